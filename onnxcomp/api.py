@@ -1,0 +1,94 @@
+"""The Python API mirroring the CLI: `optimize`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+from onnxcomp.calibration import CalibrationData
+from onnxcomp.errors import UsageError
+from onnxcomp.manager import ManagerOptions, PassManager, build_pipeline
+from onnxcomp.model_io import check_output_path, load_model, save_model
+from onnxcomp.pass_api import Pass, load_builtin_passes
+from onnxcomp.plugins import load_entry_point_plugins, load_plugin
+from onnxcomp.report import Report
+from onnxcomp.verify import Tolerance
+
+
+def default_output_path(input_path: str | os.PathLike[str]) -> Path:
+    """``<stem>.opt.onnx`` beside the input."""
+    p = Path(input_path)
+    return p.with_name(p.stem + ".opt.onnx")
+
+
+def optimize(
+    model_or_path: onnx.ModelProto | str | os.PathLike[str],
+    passes: Sequence["str | Pass | tuple[str, dict[str, Any]]"] = (),
+    *,
+    preset: str | None = None,
+    calibration_data: Any = None,
+    train_data: Any = None,
+    output: str | os.PathLike[str] | None = None,
+    plugins: Sequence[str] = (),
+    strict: bool = False,
+    verify: Literal["each", "final", "none"] = "each",
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    allow_unverified: bool = False,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[onnx.ModelProto, Report]:
+    """Optimize a model with a pipeline of passes; verify; optionally write the result.
+
+    Args:
+        model_or_path: A ModelProto or a path to an ``.onnx`` file (never overwritten).
+        passes: Pass specs (``"prune-channels:ratio=0.5"``, ``("name", {opts})`` or Pass
+            instances). Alone they form the whole pipeline; with ``preset`` they override
+            that preset's options or are appended.
+        preset: Named pipeline (default ``lossless`` when ``passes`` is empty).
+        calibration_data: ``.npz`` path, folder of ``.npz``, ``"random"``, a dict of arrays
+            or an onnxruntime ``CalibrationDataReader``.
+        train_data: Training data for ``distill`` (same formats; ``label`` array optional).
+        output: Where to write the result (atomically, after verification). None: don't write.
+        plugins: Plugin modules or ``.py`` files to import first.
+        strict: Fail instead of rolling back a lossless pass that changes outputs.
+        verify: ``each`` pass (default), ``final`` only, or ``none``.
+        atol: Absolute tolerance for lossless passes.
+        rtol: Tolerance relative to each output's largest magnitude.
+        allow_unverified: Accept a result that could not be checked numerically.
+        seed: Seed for everything random (deterministic output).
+        progress: Callback receiving progress messages.
+
+    Returns:
+        The optimized model and the report.
+    """
+    load_builtin_passes()
+    load_entry_point_plugins()
+    for plugin in plugins:
+        load_plugin(plugin)
+    input_path = None if isinstance(model_or_path, onnx.ModelProto) else Path(model_or_path)
+    if output is not None:
+        check_output_path(output, [input_path] if input_path else [])
+    model = load_model(input_path) if input_path is not None else model_or_path
+    steps = build_pipeline(preset, passes)
+    calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
+    train = CalibrationData.from_source(train_data, model, seed=seed) if train_data is not None else None
+    if verify not in ("each", "final", "none"):
+        raise UsageError(f"verify must be each, final or none (got {verify!r})")
+    manager = PassManager(
+        steps,
+        options=ManagerOptions(strict=strict, verify=verify, tolerance=Tolerance(atol, rtol), allow_unverified=allow_unverified, seed=seed),
+        calibration=calib,
+        train_data=train,
+        progress=progress,
+    )
+    result, report = manager.run(model)
+    report.input = str(input_path) if input_path else None
+    if output is not None:
+        written = save_model(result, output, protect=[input_path] if input_path else [])
+        report.output = str(written)
+    return result, report

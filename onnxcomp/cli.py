@@ -1,0 +1,171 @@
+"""The ``onnxcomp`` command line (click).
+
+Every `OnnxcompError` becomes one line on stderr and its exit code (2 for bad input or
+usage, 1 for a failed pass or verification); no traceback unless ``-v``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxcomp._version import __version__
+from onnxcomp.errors import OnnxcompError
+
+log = logging.getLogger("onnxcomp")
+
+
+class _State:
+    verbose = 0
+    quiet = False
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn errors into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OnnxcompError as e:
+            if _State.verbose:
+                raise
+            click.echo(f"onnxcomp: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("onnxcomp: interrupted; nothing written", err=True)
+            sys.exit(130)
+        except MemoryError:
+            click.echo("onnxcomp: error: out of memory; nothing written", err=True)
+            sys.exit(1)
+        except Exception as e:  # a bug: say so in one line, full traceback with -v
+            if _State.verbose:
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            click.echo(f"onnxcomp: internal error: {type(e).__name__}: {first} (run with -v for a traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="onnxcomp")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug); tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the final result.")
+def main(verbose: int, quiet: bool) -> None:
+    """Make ONNX models smaller and faster: verified graph passes, benchmarked side by side."""
+    _State.verbose, _State.quiet = verbose, quiet
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="onnxcomp: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def _progress_callback():
+    """A rich status line on a terminal; nothing otherwise."""
+    if _State.quiet or not sys.stderr.isatty():
+        return None, None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    status = console.status("starting")
+    status.start()
+    return status, (lambda msg: status.update(msg))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
+@click.option("--preset", help="Named pipeline: lossless (default), int8, prune, prune-recover, prune-distill-int8.")
+@click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="A pass with options; repeat in pipeline order.")
+@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on axis 0), a folder of them, or 'random'.")
+@click.option("--train-data", metavar="PATH", help="Training data for distill (same format; optional 'label' array).")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE_OR_FILE", help="Import passes from a module or .py file (repeatable).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
+@click.option("--strict", is_flag=True, help="Fail instead of rolling back a lossless pass that changes outputs.")
+@click.option("--verify", type=click.Choice(["each", "final", "none"]), default="each", show_default=True, help="When to check numerics.")
+@click.option("--atol", type=float, default=1e-4, show_default=True, help="Absolute tolerance for lossless passes.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True, help="Tolerance relative to each output's largest magnitude.")
+@click.option("--allow-unverified", is_flag=True, help="Write the result even if its numerics could not be checked.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")
+@handle_errors
+def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: tuple[str, ...], calibration_data: str | None,
+             train_data: str | None, plugins: tuple[str, ...], report_path: Path | None, strict: bool, verify: str,
+             atol: float, rtol: float, allow_unverified: bool, seed: int) -> None:
+    """Run a pipeline of passes over MODEL, verify it, write the result."""
+    from onnxcomp.api import default_output_path
+    from onnxcomp.api import optimize as run_optimize
+
+    out = output or default_output_path(model)
+    status, progress = _progress_callback()
+    try:
+        _, report = run_optimize(
+            model, pass_specs, preset=preset, calibration_data=calibration_data, train_data=train_data, output=out,
+            plugins=plugins, strict=strict, verify=verify, atol=atol, rtol=rtol,  # type: ignore[arg-type]
+            allow_unverified=allow_unverified, seed=seed, progress=progress,
+        )
+    finally:
+        if status is not None:
+            status.stop()
+    if report_path is not None:
+        report.write_json(report_path)
+    if not _State.quiet:
+        report.render()
+    click.echo(str(out))
+
+
+@main.command("passes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE_OR_FILE", help="Also list passes from these plugins.")
+@handle_errors
+def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
+    """List passes with their summaries and options (types, defaults)."""
+    from onnxcomp.pass_api import describe_pass, registered_passes
+    from onnxcomp.plugins import load_entry_point_plugins, load_plugin
+    from onnxcomp.presets import PRESET_SUMMARIES, PRESETS
+
+    load_entry_point_plugins()
+    for p in plugins:
+        load_plugin(p)
+    described = [describe_pass(cls) for cls in registered_passes().values()]
+    presets = {name: {"summary": PRESET_SUMMARIES.get(name, ""), "steps": [list(s.passes) if hasattr(s, "passes") else s for s in steps]}
+               for name, steps in PRESETS.items()}
+    if as_json:
+        click.echo(json.dumps({"passes": described, "presets": presets}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="passes", title_justify="left", show_lines=False)
+    table.add_column("pass")
+    table.add_column("lossless")
+    table.add_column("summary / options")
+    for d in described:
+        opts = "\n".join(f"  {o['name']}: {o['type']} = {o['default']!r}" for o in d["options"])
+        table.add_row(d["name"], "yes" if d["lossless"] else "no", d["summary"] + ("\n" + opts if opts else ""))
+    console = Console()
+    console.print(table)
+    for name, info in presets.items():
+        console.print(f"preset [bold]{name}[/]: {info['summary']}")
+
+
+# Commands that live in their own modules (bench/compare/gate, inspect, ...).
+for _mod in ("onnxcomp.cli_bench", "onnxcomp.cli_inspect"):
+    try:
+        _m = importlib.import_module(_mod)
+    except ModuleNotFoundError as _e:
+        if _e.name != _mod:
+            raise
+        continue
+    for _cmd in getattr(_m, "COMMANDS", ()):
+        main.add_command(_cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

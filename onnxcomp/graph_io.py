@@ -1,0 +1,123 @@
+"""Conversion between ``onnx.ModelProto`` and the onnx-graphsurgeon IR that passes mutate.
+
+onnx-graphsurgeon drops a few things on import that a user's model must keep, so this
+module carries them beside the graph in a `ModelMeta`:
+
+* model-level metadata (``metadata_props``, ``doc_string``, ``domain``, ``model_version``);
+* initializers that are *also* graph inputs (old IR < 4 exporters emit them; newer models
+  use them as overridable defaults). graphsurgeon would turn them into constants and drop
+  them from the inputs, which changes the model's interface and lets passes fold values the
+  user may override. We strip them before import (so they become plain graph inputs) and
+  restore them on export.
+
+Names are a serialization concern: duplicates are fixed once, here, at export.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_graphsurgeon as gs
+
+
+@dataclass
+class ModelMeta:
+    """Model-level facts that live outside the graphsurgeon IR."""
+
+    doc_string: str = ""
+    domain: str = ""
+    model_version: int = 0
+    metadata_props: list[tuple[str, str]] = field(default_factory=list)
+    #: Initializers that are also graph inputs (overridable defaults), restored on export.
+    overridable_initializers: list[onnx.TensorProto] = field(default_factory=list)
+
+
+def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False) -> tuple[gs.Graph, ModelMeta]:
+    """Import ``model`` into a graphsurgeon graph, never mutating ``model``.
+
+    Args:
+        model: The model to import.
+        initializers_as_constants: Treat initializers that are also graph inputs as
+            constants (they then leave the model interface). Default: keep them as inputs.
+
+    Returns:
+        The graph and the metadata needed to export it faithfully.
+    """
+    meta = ModelMeta(
+        doc_string=model.doc_string,
+        domain=model.domain,
+        model_version=model.model_version,
+        metadata_props=[(p.key, p.value) for p in model.metadata_props],
+    )
+    input_names = {i.name for i in model.graph.input}
+    shadowed = [t for t in model.graph.initializer if t.name in input_names]
+    if shadowed and not initializers_as_constants:
+        # Import a copy without those initializers; deep-copying is acceptable here
+        # because only old-IR or unusual models take this path.
+        stripped = onnx.ModelProto()
+        stripped.CopyFrom(model)
+        keep = [t for t in stripped.graph.initializer if t.name not in input_names]
+        del stripped.graph.initializer[:]
+        stripped.graph.initializer.extend(keep)
+        meta.overridable_initializers = [copy.deepcopy(t) for t in shadowed]
+        model = stripped
+    elif shadowed:
+        stripped = onnx.ModelProto()
+        stripped.CopyFrom(model)
+        names = {t.name for t in shadowed}
+        keep_inputs = [i for i in stripped.graph.input if i.name not in names]
+        del stripped.graph.input[:]
+        stripped.graph.input.extend(keep_inputs)
+        model = stripped
+    graph = gs.import_onnx(model)
+    return graph, meta
+
+
+def _dedupe_tensor_names(graph: gs.Graph) -> None:
+    """Give distinct tensors distinct names (linear walk; graph inputs/outputs keep theirs)."""
+    owner: dict[str, int] = {}
+    for t in list(graph.inputs) + list(graph.outputs):
+        owner.setdefault(t.name, id(t))
+    counter = 0
+    for node in graph.nodes:
+        for t in list(node.inputs) + list(node.outputs):
+            if not t.name:  # optional (omitted) inputs are legitimately unnamed
+                continue
+            prev = owner.setdefault(t.name, id(t))
+            if prev != id(t):
+                base = t.name
+                while True:
+                    counter += 1
+                    candidate = f"{base}__{counter}"
+                    if candidate not in owner:
+                        break
+                t.name = candidate
+                owner[candidate] = id(t)
+
+
+def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
+    """Export ``graph`` to a ModelProto, restoring what `to_graph` set aside."""
+    _dedupe_tensor_names(graph)
+    kwargs = {}
+    if graph.import_domains is not None:
+        kwargs["opset_imports"] = list(graph.import_domains)
+    model = gs.export_onnx(graph, do_type_check=False, **kwargs)
+    model.doc_string = meta.doc_string
+    model.domain = meta.domain
+    model.model_version = meta.model_version
+    for key, value in meta.metadata_props:
+        model.metadata_props.add(key=key, value=value)
+    if meta.overridable_initializers:
+        existing = {t.name for t in model.graph.initializer}
+        input_names = {i.name for i in model.graph.input}
+        for t in meta.overridable_initializers:
+            if t.name in input_names and t.name not in existing:
+                model.graph.initializer.append(t)
+    return model
+
+
+def set_metadata(meta: ModelMeta, key: str, value: str) -> None:
+    """Set (or replace) one ``metadata_props`` entry carried through export."""
+    meta.metadata_props = [(k, v) for k, v in meta.metadata_props if k != key] + [(key, value)]

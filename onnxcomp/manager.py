@@ -1,0 +1,302 @@
+"""The pass manager: runs a pipeline and enforces the pass contract.
+
+After every pass that reports ``modified``: graphsurgeon cleanup + toposort, export,
+``onnx.checker`` (full check, with shape inference), and a numeric check in onnxruntime.
+
+* A **lossless** pass whose outputs drift beyond tolerance (or whose result fails the
+  checker or cannot run) is rolled back with a warning naming the pass and the output;
+  with ``strict`` it is an error instead.
+* A **lossy** pass is not rolled back; its fidelity against the input model (cosine,
+  errors, top-1 agreement) goes into its report row. Later lossless passes are checked
+  against the last accepted model, not the input.
+* Any exception inside a pass becomes a `PassError` naming the pass and the passes that
+  ran before it, chained with ``from``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxcomp._version import __version__
+from onnxcomp.calibration import CalibrationData
+from onnxcomp.cost import graph_cost, model_cost
+from onnxcomp.errors import OnnxcompError, PassError, UnverifiedError, VerificationError
+from onnxcomp.graph_io import ModelMeta, to_graph, to_model
+from onnxcomp.metrics import summarize
+from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate, split_spec
+from onnxcomp.presets import FixedPoint, preset_steps
+from onnxcomp.report import PassRecord, Report
+from onnxcomp.verify import Tolerance, Verifier, drift, verification_feeds
+from onnxcomp.verify import fidelity as verify_fidelity
+
+log = logging.getLogger("onnxcomp")
+
+
+@dataclass
+class PassGroup:
+    """Passes repeated until one full sweep changes nothing."""
+
+    passes: list[Pass]
+    max_iterations: int = 8
+
+
+Step = "Pass | PassGroup"
+
+
+def build_pipeline(preset: str | None, specs: Sequence["str | Pass | tuple"] = ()) -> list["Pass | PassGroup"]:
+    """Turn ``--preset`` and ``-p`` specs into pipeline steps.
+
+    ``-p`` alone runs exactly those passes, in order. With a preset, a ``-p`` naming a
+    pass the preset contains overrides that pass's options everywhere in the preset; any
+    other ``-p`` is appended after the preset.
+    """
+    if specs and preset is None:
+        return [instantiate(s) for s in specs]
+    steps = list(preset_steps(preset or "lossless"))
+    overrides: dict[str, Pass] = {}
+    extra: list[Pass] = []
+    names_in_preset = {n for s in steps for n in (s.passes if isinstance(s, FixedPoint) else (s,))}
+    for spec in specs:
+        p = instantiate(spec)
+        (overrides.__setitem__(p.name, p) if p.name in names_in_preset else extra.append(p))
+
+    def make(name: str) -> Pass:
+        if name in overrides:
+            return overrides[name]
+        return instantiate(name)
+
+    out: list[Pass | PassGroup] = []
+    for s in steps:
+        if isinstance(s, FixedPoint):
+            out.append(PassGroup([make(n) for n in s.passes], s.max_iterations))
+        else:
+            out.append(make(s))  # type: ignore[arg-type]
+    return out + extra
+
+
+@dataclass
+class ManagerOptions:
+    """How the manager checks passes.
+
+    Attributes:
+        strict: Fail (instead of rolling back) when a lossless pass changes outputs.
+        verify: ``each`` (after every modifying pass), ``final`` (once, at the end) or
+            ``none`` (structure checks only; the result is reported as unverified).
+        tolerance: Allowed numeric drift for lossless passes.
+        allow_unverified: Accept a result whose numerics could not be checked (e.g. the
+            model has custom ops with no onnxruntime kernel).
+        seed: Seed for the context RNG and generated inputs.
+    """
+
+    strict: bool = False
+    verify: Literal["each", "final", "none"] = "each"
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    allow_unverified: bool = False
+    seed: int = 0
+
+
+from onnxcomp.verify import one_line as _one_line  # noqa: E402
+
+
+def _check_structure(model: onnx.ModelProto, full: bool) -> None:
+    from onnxcomp.model_io import needs_external_data, save_model
+
+    if needs_external_data(model):
+        with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as d:
+            path = Path(d) / "model.onnx"
+            save_model(model, path, external_data=True)
+            onnx.checker.check_model(str(path), full_check=full)
+    else:
+        onnx.checker.check_model(model, full_check=full)
+
+
+class PassManager:
+    """Runs pipeline steps over a model with checks after every pass."""
+
+    def __init__(
+        self,
+        steps: Sequence["Pass | PassGroup"],
+        *,
+        options: ManagerOptions | None = None,
+        calibration: CalibrationData | None = None,
+        train_data: CalibrationData | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.steps = list(steps)
+        self.options = options or ManagerOptions()
+        self.calibration = calibration
+        self.train_data = train_data
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public
+    def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
+        """Run the pipeline on ``model`` (not mutated); return the result and a report."""
+        t_start = time.perf_counter()
+        opts = self.options
+        report = Report(onnxcomp_version=__version__, seed=opts.seed)
+        self._full_check = True
+        try:
+            _check_structure(model, full=True)
+        except Exception as e:
+            try:
+                _check_structure(model, full=False)
+            except Exception as e2:
+                from onnxcomp.errors import InvalidModelError
+
+                raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e2)}") from e2
+            self._full_check = False
+            msg = f"input model fails onnx's full check ({_one_line(e)}); checking structure only"
+            log.warning(msg)
+            report.warnings.append(msg)
+
+        graph, meta = to_graph(model)
+        self.meta: ModelMeta = meta
+        ctx = PassContext(
+            original_model=model,
+            meta=meta,
+            calibration=self.calibration,
+            train_data=self.train_data,
+            seed=opts.seed,
+            progress=self.progress,
+        )
+        self.verifier: Verifier | None = None
+        if opts.verify != "none":
+            feeds = verification_feeds(model, self.calibration, seed=opts.seed)
+            self.verifier = Verifier(model, feeds, tolerance=opts.tolerance)
+            self.baseline = self.verifier.reference_outputs
+        self.ran: list[str] = []
+        self._flops = 0
+        self._last_model: onnx.ModelProto | None = None
+
+        for step in self.steps:
+            if isinstance(step, PassGroup):
+                for _ in range(step.max_iterations):
+                    changed = False
+                    for p in step.passes:
+                        graph, modified = self._run_one(p, graph, ctx, report)
+                        changed |= modified
+                    if not changed:
+                        break
+            else:
+                graph, _ = self._run_one(step, graph, ctx, report)
+
+        result = self._last_model if self._last_model is not None else to_model(graph.copy(), meta)
+        report.verification = self._final_verification(result, report)
+        report.seconds = time.perf_counter() - t_start
+        return result, report
+
+    # ----------------------------------------------------------------- helpers
+    def _context_msg(self) -> str:
+        return f"passes before it: {', '.join(self.ran) if self.ran else '(none)'}"
+
+    def _run_one(self, p: Pass, graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
+        opts = self.options
+        if self.progress:
+            self.progress(f"running {p.name}")
+        before = graph_cost(graph, flops=False)
+        snapshot = graph.copy()
+        t0 = time.perf_counter()
+        try:
+            result = p.run(graph, ctx)
+        except PassError:
+            raise
+        except OnnxcompError as e:
+            e.args = (f"pass '{p.name}': {e}",)
+            raise
+        except Exception as e:
+            raise PassError(f"pass '{p.name}' failed: {type(e).__name__}: {_one_line(e)} ({self._context_msg()})") from e
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult ({self._context_msg()})")
+        seconds = time.perf_counter() - t0
+        record = PassRecord(
+            name=p.name, seconds=0.0, modified=bool(result.modified), nodes_before=before.nodes, nodes_after=before.nodes,
+            params_before=before.params, params_after=before.params, bytes_before=before.bytes, bytes_after=before.bytes,
+            lossless=p.lossless, stats=dict(result.stats),
+        )
+        self.ran.append(p.name)
+        if not result.modified:
+            record.seconds = seconds
+            report.passes.append(record)
+            return graph, False
+
+        t1 = time.perf_counter()
+        problem: str | None = None
+        candidate: onnx.ModelProto | None = None
+        try:
+            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            candidate = to_model(graph.copy(), self.meta)
+            _check_structure(candidate, full=self._full_check)
+        except Exception as e:
+            problem = f"result is not valid ONNX: {_one_line(e)}"
+
+        fidelity = None
+        if problem is None and self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
+            outs, err = self.verifier.evaluate(candidate)
+            if err:
+                problem = err
+            else:
+                bad = drift(self.baseline, outs, opts.tolerance) if p.lossless else None
+                if bad:
+                    problem = bad[1]
+                else:
+                    fidelity = summarize(verify_fidelity(self.verifier.reference_outputs, outs))
+                    self.baseline = outs
+
+        if problem is not None:
+            where = f"pass '{p.name}' {problem} ({self._context_msg()})"
+            if not p.lossless or opts.strict:
+                raise PassError(where)
+            log.warning("rolled back %s", where)
+            report.warnings.append(f"rolled back {where}")
+            record.rolled_back = True
+            record.modified = False
+            record.note = problem[:80]
+            record.seconds = seconds + (time.perf_counter() - t1)
+            report.passes.append(record)
+            ctx.invalidate_analyses()
+            return snapshot, False
+
+        after = graph_cost(graph, flops=False)
+        record.nodes_after, record.params_after, record.bytes_after = after.nodes, after.params, after.bytes
+        if not p.lossless:
+            record.fidelity = fidelity
+            if candidate is not None:
+                record.flops_before = self._flops or model_cost(self._last_model or ctx.original_model).flops
+                record.flops_after = self._flops = model_cost(candidate).flops
+        self._last_model = candidate
+        record.seconds = seconds + (time.perf_counter() - t1)
+        report.passes.append(record)
+        ctx.invalidate_analyses()
+        return graph, True
+
+    def _final_verification(self, result: onnx.ModelProto, report: Report) -> dict:
+        opts = self.options
+        if self.verifier is None:
+            if not opts.allow_unverified:
+                raise UnverifiedError("verification was disabled (--verify none); pass --allow-unverified to write an unverified model")
+            return {"verified": False, "reason": "verification disabled"}
+        if not self.verifier.can_verify:
+            if not opts.allow_unverified:
+                raise UnverifiedError(f"could not verify the result: {self.verifier.unverifiable}; pass --allow-unverified to write it anyway")
+            report.warnings.append(f"not verified: {self.verifier.unverifiable}")
+            return {"verified": False, "reason": self.verifier.unverifiable}
+        outs, err = self.verifier.evaluate(result)
+        if err:
+            raise VerificationError(f"final model: {err} ({self._context_msg()})")
+        per = verify_fidelity(self.verifier.reference_outputs, outs)
+        out = {"verified": True, **summarize(per), "outputs": {k: v.to_dict() for k, v in per.items()}}
+        if all(r.lossless for r in report.passes if r.modified):
+            bad = drift(self.verifier.reference_outputs, outs, opts.tolerance)
+            out["within_tolerance"] = bad is None
+            if bad is not None:
+                raise VerificationError(f"lossless pipeline {bad[1]} ({self._context_msg()})")
+        return out

@@ -1,0 +1,332 @@
+"""The one place that reads and writes model files.
+
+Loading refuses what is not a model (empty, truncated, Git LFS pointers, pickles) with a
+one-line `InvalidModelError`. Saving is atomic: everything is written into a temporary
+directory beside the destination, fsynced, and renamed into place — external-data files
+first, the model file last — so a crash or a failed check never leaves a partial output.
+The input file is never overwritten.
+
+External data is written by our own small writer rather than ``onnx.save(...,
+save_as_external_data=True)`` because the library version mutates the caller's
+ModelProto in place and (in some releases) appended to an existing data file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxcomp.errors import InvalidModelError, UsageError
+
+#: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
+PROTO_LIMIT = 2**31 - 2**26
+#: Tensors at least this large go to the external data file when external data is used.
+EXTERNAL_THRESHOLD = 1024
+
+
+def _sniff(path: Path) -> None:
+    """Recognise common non-model files before protobuf sees them."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise InvalidModelError(f"cannot read {path}: {e.strerror or e}") from None
+    if not path.is_file():
+        raise InvalidModelError(f"{path} is not a file")
+    if size == 0:
+        raise InvalidModelError(f"{path} is empty (0 bytes)")
+    with path.open("rb") as f:
+        head = f.read(256)
+    if head.startswith(b"version https://git-lfs"):
+        raise InvalidModelError(f"{path} is a Git LFS pointer, not the model: run `git lfs pull` to fetch it")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise InvalidModelError(f"{path} looks like a Python pickle (e.g. a PyTorch checkpoint), not ONNX; pickles are never loaded")
+    if head.startswith(b"PK\x03\x04"):
+        raise InvalidModelError(f"{path} is a zip archive (e.g. a PyTorch .pt file), not an ONNX model")
+
+
+def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model from ``path`` with clear errors for bad input.
+
+    Args:
+        path: The ``.onnx`` file. External data is resolved relative to its folder.
+        load_external_data: Load external tensors into memory (default).
+
+    Returns:
+        The model.
+
+    Raises:
+        InvalidModelError: The file is missing, empty, not ONNX, or references unsafe or
+            missing external data.
+    """
+    p = Path(path)
+    _sniff(p)
+    from onnxcomp import safety  # local import: safety imports this module's constants
+
+    try:
+        model = onnx.load_model(str(p), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise InvalidModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {_one_line(e)})") from None
+    safety.check_model_header(model, p)
+    if load_external_data:
+        safety.load_external_data_safely(model, p.parent)
+    return model
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def model_from(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
+    """Return a ModelProto from either a ModelProto or a path."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        return model_or_path
+    return load_model(model_or_path)
+
+
+def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and tensor-valued attributes, recursing into subgraphs (explicit stack)."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> bytes:
+    if t.HasField("raw_data"):
+        return t.raw_data
+    return numpy_helper.to_array(t).tobytes()
+
+
+def model_nbytes(model: onnx.ModelProto) -> int:
+    """Approximate serialized size without serializing (sums tensor payloads)."""
+    total = 0
+    for t in _all_tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in t.external_data:
+                if kv.key == "length":
+                    total += int(kv.value)
+        elif t.HasField("raw_data"):
+            total += len(t.raw_data)
+        else:
+            total += int(np.prod(t.dims, dtype=np.int64)) * 8
+    return total
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True when the model cannot be serialized as a single protobuf."""
+    return model_nbytes(model) >= PROTO_LIMIT
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def external_data_files(model_path: str | os.PathLike[str]) -> list[Path]:
+    """External-data files a model on disk refers to (header read only)."""
+    p = Path(model_path)
+    try:
+        model = onnx.load_model(str(p), load_external_data=False)
+    except Exception:
+        return []
+    out: set[Path] = set()
+    for t in _all_tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for kv in t.external_data:
+                if kv.key == "location":
+                    out.add((p.parent / kv.value).resolve())
+    return sorted(out)
+
+
+def check_output_path(output: str | os.PathLike[str], protect: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Refuse outputs that would overwrite an input (model or its external data)."""
+    out = Path(output)
+    data = out.with_name(out.name + ".data")
+    for src in protect:
+        src_p = Path(src)
+        guarded = [src_p, *external_data_files(src_p)] if src_p.exists() else [src_p]
+        for g in guarded:
+            for candidate in (out, data):
+                if candidate.resolve() == g.resolve() or _same_file(candidate, g):
+                    raise UsageError(f"refusing to write {candidate}: it is an input file ({src_p}); choose another -o")
+    if out.exists() and out.is_dir():
+        raise UsageError(f"output {out} is a directory")
+    if not out.parent.exists():
+        raise UsageError(f"output folder {out.parent} does not exist")
+    return out
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    protect: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Write ``model`` to ``path`` atomically; ``model`` itself is not modified.
+
+    Args:
+        model: The model to write.
+        path: Destination ``.onnx`` path.
+        external_data: Store large tensors in ``<name>.data`` beside the model. ``None``
+            (default) decides by size: only models too large for one protobuf use it.
+        protect: Input files that must never be overwritten (the model being optimized).
+
+    Returns:
+        The path written.
+    """
+    out = check_output_path(path, protect)
+    use_external = needs_external_data(model) if external_data is None else external_data
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        data_name = out.name + ".data"
+        tmp_model = tmpdir / out.name
+        tmp_data = tmpdir / data_name
+        if use_external:
+            to_write = _externalized_copy(model, tmp_data, data_name)
+        else:
+            to_write = model
+        with tmp_model.open("wb") as f:
+            f.write(to_write.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        final_data = out.parent / data_name
+        if use_external:
+            os.replace(tmp_data, final_data)
+        elif final_data.exists() and _refers_to(out, data_name):
+            # The old output at this path used external data that the new one does not
+            # need; remove it only after the new model is safely in place (below).
+            pass
+        os.replace(tmp_model, out)
+        _fsync_dir(out.parent)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        for leftover in tmpdir.glob("*"):
+            leftover.unlink(missing_ok=True)
+        tmpdir.rmdir()
+    return out
+
+
+def _refers_to(model_path: Path, data_name: str) -> bool:
+    return any(p.name == data_name for p in external_data_files(model_path)) if model_path.exists() else False
+
+
+def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose large tensors point into ``data_path`` (written here).
+
+    The copy shares nothing mutable with ``model``; tensor payloads are streamed to the
+    file one at a time so peak memory stays at one tensor beyond the model itself.
+    """
+    shell = onnx.ModelProto()
+    with data_path.open("wb") as f:
+        offset = 0
+        records: list[tuple[int, int]] = []
+        for t in _all_tensors(model.graph):
+            payload_size = len(t.raw_data) if t.HasField("raw_data") else None
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                raise InvalidModelError("model still references external data that was not loaded")
+            if payload_size is None:
+                nbytes = int(np.prod(t.dims, dtype=np.int64)) * 4
+                if nbytes < EXTERNAL_THRESHOLD or t.data_type == onnx.TensorProto.STRING:
+                    records.append((-1, -1))
+                    continue
+            elif payload_size < EXTERNAL_THRESHOLD:
+                records.append((-1, -1))
+                continue
+            data = _tensor_bytes(t)
+            pad = (-offset) % 4096  # page-align so runtimes can mmap tensors
+            if pad:
+                f.write(b"\0" * pad)
+                offset += pad
+            f.write(data)
+            records.append((offset, len(data)))
+            offset += len(data)
+        f.flush()
+        os.fsync(f.fileno())
+    # Temporarily clear payloads so CopyFrom does not duplicate gigabytes.
+    tensors = list(_all_tensors(model.graph))
+    saved: list[tuple[bytes | None, list]] = []
+    try:
+        for t, (off, _n) in zip(tensors, records):
+            if off < 0:
+                saved.append((None, []))
+                continue
+            raw = t.raw_data if t.HasField("raw_data") else None
+            typed = _take_typed_fields(t)
+            saved.append((raw, typed))
+            t.ClearField("raw_data")
+        shell.CopyFrom(model)
+    finally:
+        for t, (raw, typed), (off, _n) in zip(tensors, saved, records):
+            if off < 0:
+                continue
+            if raw is not None:
+                t.raw_data = raw
+            _restore_typed_fields(t, typed)
+    for t, (off, n) in zip(list(_all_tensors(shell.graph)), records):
+        if off < 0:
+            continue
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.EXTERNAL
+        t.external_data.add(key="location", value=location)
+        t.external_data.add(key="offset", value=str(off))
+        t.external_data.add(key="length", value=str(n))
+    return shell
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+
+
+def _take_typed_fields(t: onnx.TensorProto) -> list[tuple[str, list]]:
+    taken = []
+    for name in _TYPED_FIELDS:
+        values = getattr(t, name)
+        if len(values):
+            taken.append((name, list(values)))
+            t.ClearField(name)
+    return taken
+
+
+def _restore_typed_fields(t: onnx.TensorProto, taken: list[tuple[str, list]]) -> None:
+    for name, values in taken:
+        getattr(t, name).extend(values)
+
+
+def serialize_for_runtime(model: onnx.ModelProto, workdir: Path) -> bytes | str:
+    """Bytes for ``onnxruntime.InferenceSession``, or a file path when too large for bytes."""
+    if not needs_external_data(model):
+        return model.SerializeToString()
+    path = workdir / "model.onnx"
+    save_model(model, path, external_data=True)
+    return str(path)

@@ -1,0 +1,95 @@
+"""onnxruntime sessions: execution-provider selection, threads, and running models."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxcomp.errors import UsageError
+
+EP_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+}
+
+
+def resolve_providers(ep: str | Sequence[str] | None) -> list[str]:
+    """Map ``cpu``/``cuda``/... (or full provider names) to available providers.
+
+    A non-CPU provider gets the CPU provider appended as fallback for unsupported ops.
+
+    Raises:
+        UsageError: The provider is unknown or not available in this onnxruntime build,
+            listing the available ones.
+    """
+    wanted = [ep] if isinstance(ep, str) or ep is None else list(ep)
+    available = ort.get_available_providers()
+    out: list[str] = []
+    for w in wanted:
+        name = EP_ALIASES.get((w or "cpu").lower(), w or "CPUExecutionProvider")
+        if name not in available:
+            short = ", ".join(sorted({k for k, v in EP_ALIASES.items() if v in available} | set(available)))
+            hint = " (install the `cuda` extra: pip install 'onnxcomp[cuda]')" if name == "CUDAExecutionProvider" else ""
+            raise UsageError(f"execution provider {w!r} is not available in this onnxruntime{hint}; available: {short}")
+        out.append(name)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def make_session(
+    model: onnx.ModelProto | str | Path | bytes,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    optimize: bool = True,
+    workdir: Path | None = None,
+) -> ort.InferenceSession:
+    """Create one InferenceSession.
+
+    Args:
+        model: A ModelProto, serialized bytes, or a path.
+        providers: Resolved provider names (see `resolve_providers`).
+        threads: Intra-op threads (None: onnxruntime's default).
+        optimize: Enable onnxruntime graph optimizations (disable to run the graph as
+            written, e.g. for verification).
+        workdir: Where to spill models too large to pass as bytes.
+    """
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, onnx.ModelProto):
+        from onnxcomp.model_io import serialize_for_runtime
+
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="onnxcomp-ort-"))
+        model = serialize_for_runtime(model, workdir)
+    elif isinstance(model, Path):
+        model = str(model)
+    return ort.InferenceSession(model, sess_options=so, providers=list(providers))
+
+
+def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``session`` on ``feeds`` (extra keys ignored), outputs by name."""
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    outs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    return dict(zip(names, outs))

@@ -1,0 +1,154 @@
+"""Numeric verification: reference outputs, drift checks, fidelity.
+
+One onnxruntime session per model checked — never per node. Reference outputs are
+computed once, on calibration batches when given, otherwise on generated inputs at two
+different sizes for symbolic dims (so a pass that bakes in one size is caught).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcomp.calibration import CalibrationData, generate_inputs, required_input_specs
+from onnxcomp.metrics import FidelityAccumulator, OutputFidelity
+from onnxcomp.runtime import make_session, run
+
+log = logging.getLogger("onnxcomp")
+
+Outputs = list[dict[str, np.ndarray]]
+
+
+@dataclass
+class Tolerance:
+    """Allowed drift for lossless passes: ``max|a-b| <= atol + rtol * max|ref|`` per output.
+
+    Half-precision outputs get at least 1e-2 for both.
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-4
+
+    def bound(self, ref: np.ndarray) -> float:
+        """The allowed max |diff| for reference output ``ref``."""
+        fin = ref[np.isfinite(ref)]
+        scale = float(np.abs(fin).max()) if fin.size else 0.0
+        atol, rtol = self.atol, self.rtol
+        if ref.dtype == np.float16:
+            atol, rtol = max(atol, 1e-2), max(rtol, 1e-2)
+        return atol + rtol * scale
+
+
+def one_line(e: BaseException) -> str:
+    """First line of an exception message (for one-line errors)."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:400]
+
+
+def _as_array(v: Any) -> np.ndarray:
+    if isinstance(v, np.ndarray):
+        return v
+    if isinstance(v, list):  # sequence outputs
+        return np.concatenate([np.asarray(x).reshape(-1) for x in v]) if v else np.zeros(0, np.float32)
+    return np.asarray(v)
+
+
+def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
+    return any(any(not isinstance(d, int) for d in (s.shape or ())) for s in required_input_specs(model))
+
+
+def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | None, *, seed: int = 0, batches: int = 2) -> Outputs:
+    """Feeds used to verify passes: calibration batches, or generated inputs."""
+    if calibration is not None:
+        feeds = calibration.first_batches(batches)
+        if feeds:
+            return feeds
+    feeds = [generate_inputs(model, dim_value=2, seed=seed)]
+    if _has_symbolic_dims(model):
+        feeds.append(generate_inputs(model, dim_value=3, seed=seed + 1))
+    return feeds
+
+
+def evaluate(model: onnx.ModelProto, feeds: Outputs, workdir: Path | None = None) -> Outputs:
+    """Run ``model`` (graph optimizations off: we check *our* graph) on every feed."""
+    sess = make_session(model, optimize=False, workdir=workdir)
+    return [{k: _as_array(v) for k, v in run(sess, f).items()} for f in feeds]
+
+
+def drift(reference: Outputs, candidate: Outputs, tolerance: Tolerance) -> tuple[str, str] | None:
+    """The first output that differs beyond tolerance, as ``(name, description)``; else None.
+
+    NaN/Inf must appear in the same places; integer and bool outputs must be equal.
+    """
+    for ref_out, cand_out in zip(reference, candidate):
+        for name, r in ref_out.items():
+            c = cand_out.get(name)
+            if c is None:
+                return name, f"removed output {name!r}"
+            if r.shape != c.shape or r.dtype != c.dtype:
+                return name, f"changed output {name!r} from {r.dtype}{list(r.shape)} to {c.dtype}{list(c.shape)}"
+            if r.dtype.kind in "fc":
+                if not np.array_equal(np.isnan(r), np.isnan(c)) or not np.array_equal(np.isinf(r), np.isinf(c)):
+                    return name, f"changed output {name!r} (NaN/Inf pattern differs)"
+                inf = np.isinf(r)
+                if inf.any() and not np.array_equal(r[inf], c[inf]):
+                    return name, f"changed output {name!r} (Inf signs differ)"
+                fin = np.isfinite(r)
+                if fin.any():
+                    diff = float(np.abs(r[fin].astype(np.float64) - c[fin]).max())
+                    bound = tolerance.bound(r)
+                    if diff > bound:
+                        return name, f"changed output {name!r} beyond tolerance (max |diff| {diff:.3g} > {bound:.3g})"
+            elif not np.array_equal(r, c):
+                return name, f"changed output {name!r} (integer/bool values differ)"
+    return None
+
+
+def fidelity(reference: Outputs, candidate: Outputs, labels: list[np.ndarray | None] | None = None) -> dict[str, OutputFidelity]:
+    """Per-output fidelity of ``candidate`` against ``reference`` (same feeds, same order)."""
+    accs: dict[str, FidelityAccumulator] = {}
+    for i, (ref_out, cand_out) in enumerate(zip(reference, candidate)):
+        lab = labels[i] if labels else None
+        for name, r in ref_out.items():
+            c = cand_out.get(name)
+            if c is not None and r.dtype.kind in "fiub" and r.shape == c.shape and r.size:
+                accs.setdefault(name, FidelityAccumulator()).add(r, c, lab)
+    return {k: a.result() for k, a in accs.items()}
+
+
+class Verifier:
+    """The verification feeds and the input model's outputs on them.
+
+    ``unverifiable`` holds a reason when onnxruntime cannot run the input model (custom
+    ops without kernels, unsupported types); numeric checks are then skipped and the
+    result is reported as unverified.
+    """
+
+    def __init__(self, reference: onnx.ModelProto, feeds: Outputs, *, tolerance: Tolerance | None = None) -> None:
+        self.feeds = feeds
+        self.tolerance = tolerance or Tolerance()
+        self.workdir = Path(tempfile.mkdtemp(prefix="onnxcomp-verify-"))
+        self.unverifiable: str | None = None
+        self.reference_outputs: Outputs = []
+        try:
+            self.reference_outputs = evaluate(reference, feeds, self.workdir)
+        except Exception as e:
+            self.unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
+            log.warning("cannot verify numerics: %s", self.unverifiable)
+
+    @property
+    def can_verify(self) -> bool:
+        return self.unverifiable is None
+
+    def evaluate(self, model: onnx.ModelProto) -> tuple[Outputs, str | None]:
+        """Outputs of ``model`` on the verification feeds, or an error description."""
+        try:
+            return evaluate(model, self.feeds, self.workdir), None
+        except Exception as e:
+            return [], f"result cannot run in onnxruntime: {one_line(e)}"
