@@ -231,10 +231,11 @@ def export(
     dynamic_batch: bool = False,
     seed: int = 0,
     opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
 ) -> Path:
     """Export a model to a single self-contained ONNX file.
 
-    Uses torch 2.13's dynamo exporter (see :mod:`models._onnx_export`).
+    Uses torch 2.13's dynamo exporter by default (see :mod:`models._onnx_export`).
 
     Args:
         name: One of :data:`MODEL_NAMES`.
@@ -251,6 +252,9 @@ def export(
             sequence dim becomes symbolic (``"seq"``) as well.
         seed: Seed of the weights (see :func:`build`).
         opset: Target ONNX opset.
+        exporter: ``"dynamo"`` or ``"torchscript"`` (legacy exporter; with
+            ``keep_batchnorm`` it gives Conv(no bias)+BatchNormalization
+            without the dynamo raw-graph artefacts).
 
     Returns:
         The written path.
@@ -275,4 +279,5 @@ def export(
         dynamic_axes=dynamic_axes,
         dynamic_max=dynamic_max,
         opset=opset,
+        exporter=exporter,
     )

@@ -14,7 +14,15 @@ Why the dynamo (``torch.export``-based) exporter:
   compression passes to clean up. That is what ``keep_batchnorm=True`` uses.
 
 ``external_data=False`` keeps each model in a single ``.onnx`` file (every
-model here is far below the 2 GB protobuf limit).
+model here is far below the 2 GB protobuf limit). Note the dynamo exporter's
+default is ``external_data=True``, which writes a ``<file>.data`` side file
+even for tiny models.
+
+The legacy exporter is still selectable (``exporter="torchscript"``): its
+graphs look like most ONNX files found in the wild (Conv without bias input +
+BatchNormalization with ``training=PRESERVE, do_constant_folding=False``;
+``Flatten``/``GlobalAveragePool``; Identity nodes where two initializers have
+equal values), which is a useful second graph "dialect" for testing passes.
 """
 
 from __future__ import annotations
@@ -31,11 +39,12 @@ import onnx
 import torch
 
 DEFAULT_OPSET = 18
-"""Opset of exported graphs: >= 17 (LayerNormalization is a single op) and
-well inside onnxruntime 1.32's range. The dynamo exporter's own default (20)
-is avoided because older tooling (e.g. some quantisation/graph tools) lags on
-opset 20; the only difference for these models is that GELU is expressed with
-Erf instead of the opset-20 ``Gelu`` op."""
+"""Opset of exported graphs. 18 is >= 17 (LayerNormalization is a single op),
+is what both torch 2.13 exporters handle natively, and sits well inside
+onnxruntime 1.32's range while staying conservative for other ONNX tooling.
+The dynamo exporter's own default is 20; for these models the only visible
+difference is that GELU is spelled Div/Erf/Add/Mul instead of the opset-20
+``Gelu`` op. Pass ``opset=20`` to :func:`export_module` to get that."""
 
 
 @contextlib.contextmanager
@@ -64,6 +73,7 @@ def export_module(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     dynamic_max: Mapping[str, int] | None = None,
     opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
 ) -> Path:
     """Export ``model`` to a single self-contained ONNX file.
 
@@ -81,14 +91,24 @@ def export_module(
         dynamic_max: Optional symbolic name -> upper bound (e.g. BERT's
             ``seq`` is bounded by the position table).
         opset: Target ONNX opset.
+        exporter: ``"dynamo"`` (default, torch.export based) or
+            ``"torchscript"`` (legacy, deprecated in torch >= 2.9).
 
     Returns:
         The written path.
     """
+    if exporter not in ("dynamo", "torchscript"):
+        raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(example_inputs)
     args = tuple(torch.from_numpy(np.ascontiguousarray(example_inputs[n])) for n in names)
+
+    model.eval()
+    if exporter == "torchscript":
+        _export_torchscript(model, args, path, names, output_names, keep_batchnorm, dynamic_axes, opset)
+        onnx.checker.check_model(str(path))
+        return path
 
     dynamic_shapes = None
     if dynamic_axes:
@@ -103,7 +123,6 @@ def export_module(
             {ax: dims[sym] for ax, sym in dynamic_axes[n].items()} if n in dynamic_axes else None for n in names
         )
 
-    model.eval()
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
             model,
@@ -119,6 +138,34 @@ def export_module(
         program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path))
     return path
+
+
+def _export_torchscript(
+    model: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    names: list[str],
+    output_names: Sequence[str],
+    keep_batchnorm: bool,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None,
+    opset: int,
+) -> None:
+    # PRESERVE exports BN as an inference-mode BatchNormalization (the model
+    # is in eval mode); disabling constant folding stops the exporter from
+    # folding BN into the preceding Conv.
+    extra = {"training": torch.onnx.TrainingMode.PRESERVE, "do_constant_folding": False} if keep_batchnorm else {}
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=names,
+            output_names=list(output_names),
+            opset_version=opset,
+            dynamo=False,
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None,
+            **extra,
+        )
 
 
 def run_onnx(path: str | Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -57,5 +57,8 @@ class MultiHeadSelfAttention(nn.Module):
         if additive_mask is not None:
             scores = scores + additive_mask
         probs = torch.softmax(scores, dim=-1)
-        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
+        # .contiguous() first so the merge is a plain view that keeps the -1;
+        # reshape() of a non-contiguous tensor would bake the width (heads *
+        # head_dim) into the exported Reshape constant.
+        ctx = torch.matmul(probs, v).transpose(1, 2).contiguous().view(b, s, -1)
         return self.out(ctx)

@@ -217,6 +217,9 @@ def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - small private he
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        # mkstemp creates 0600 files; cached artefacts should be shareable
+        # like any normally created file.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

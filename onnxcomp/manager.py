@@ -107,6 +107,21 @@ class ManagerOptions:
 from onnxcomp.verify import one_line as _one_line  # noqa: E402
 
 
+def _fingerprint(graph: gs.Graph) -> int:
+    """Cheap structural identity of a graph (linear): ops, attributes' identity, wiring.
+
+    Used to catch a pass that reports ``modified=False`` yet changed the graph, which
+    would otherwise skip verification. Constant payloads are compared by object identity
+    (passes must replace arrays, never mutate them in place).
+    """
+    # Order-insensitive (a sum of node hashes): re-sorting nodes is not a change.
+    h = hash((len(graph.nodes), tuple(id(t) for t in graph.inputs), tuple(id(t) for t in graph.outputs)))
+    for n in graph.nodes:
+        ins = tuple((id(t), id(getattr(t, "_values", None))) for t in n.inputs)
+        h += hash((n.op, n.domain, ins, tuple(id(t) for t in n.outputs), tuple((k, id(v)) for k, v in n.attrs.items())))
+    return h & 0xFFFFFFFFFFFFFFFF
+
+
 def _check_structure(model: onnx.ModelProto, full: bool) -> None:
     from onnxcomp.model_io import needs_external_data, save_model
 
@@ -204,6 +219,7 @@ class PassManager:
             self.progress(f"running {p.name}")
         before = graph_cost(graph, flops=False)
         snapshot = graph.copy()
+        fingerprint = _fingerprint(graph)
         t0 = time.perf_counter()
         try:
             result = p.run(graph, ctx)
@@ -223,6 +239,8 @@ class PassManager:
             lossless=p.lossless, stats=dict(result.stats),
         )
         self.ran.append(p.name)
+        if not result.modified and _fingerprint(graph) != fingerprint:
+            raise PassError(f"pass '{p.name}' reported modified=False but changed the graph ({self._context_msg()})")
         if not result.modified:
             record.seconds = seconds
             report.passes.append(record)

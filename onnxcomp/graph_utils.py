@@ -1,0 +1,222 @@
+"""Small graph helpers shared by the lossless passes.
+
+All helpers are linear in graph size: onnx-graphsurgeon keeps use-def links on every
+tensor (``tensor.inputs`` = producers, ``tensor.outputs`` = consumers), so a "consumer
+map" is already maintained by the IR; what this module adds is constant access, static
+shape facts, and rewiring that keeps graph-output names stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxcomp.pass_api import PassContext
+
+#: Ops whose result is random: never folded, merged or removed as duplicates.
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
+)
+
+#: Domains of the standard operator set (anything else is a custom op: left alone).
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def is_standard(node: gs.Node) -> bool:
+    """True if ``node`` belongs to the default ONNX domain."""
+    return (node.domain or "") in STANDARD_DOMAINS
+
+
+def has_subgraph(node: gs.Node) -> bool:
+    """True if ``node`` carries a graph attribute (If/Loop/Scan bodies, functions' graphs)."""
+    return any(isinstance(a, gs.Graph) or (isinstance(a, list) and a and isinstance(a[0], gs.Graph)) for a in node.attrs.values())
+
+
+def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """Yield ``graph`` and every subgraph nested in its nodes (explicit stack, no recursion)."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for node in g.nodes:
+            for a in node.attrs.values():
+                if isinstance(a, gs.Graph):
+                    stack.append(a)
+
+
+def default_opset(graph: gs.Graph) -> int:
+    """The default-domain opset of ``graph`` (subgraphs inherit the model's)."""
+    return int(graph.opset or 0)
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of ``tensor`` if it is a constant (initializer or single-output Constant node).
+
+    Returns None for variables and for Constant nodes holding sparse tensors or attribute
+    references (not statically known).
+    """
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1:
+        node = tensor.inputs[0]
+        if node.op == "Constant" and is_standard(node) and len(node.outputs) == 1:
+            return constant_node_value(node)
+    return None
+
+
+def constant_node_value(node: gs.Node) -> np.ndarray | None:
+    """The value of a ``Constant`` node from whichever ``value*`` attribute it uses."""
+    attrs = node.attrs
+    if "value" in attrs:
+        v = attrs["value"]
+        return np.asarray(v.values) if isinstance(v, gs.Constant) else None
+    if "value_float" in attrs:
+        return np.array(attrs["value_float"], dtype=np.float32)
+    if "value_floats" in attrs:
+        return np.array(attrs["value_floats"], dtype=np.float32)
+    if "value_int" in attrs:
+        return np.array(attrs["value_int"], dtype=np.int64)
+    if "value_ints" in attrs:
+        return np.array(attrs["value_ints"], dtype=np.int64)
+    return None  # sparse_value / value_string(s): leave to onnxruntime or alone
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """True if ``tensor`` is one of ``graph.outputs`` (identity comparison, not name)."""
+    return any(t is tensor for t in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """True if ``tensor`` is one of ``graph.inputs``."""
+    return any(t is tensor for t in graph.inputs)
+
+
+def replace_uses(old: gs.Tensor, new: gs.Tensor) -> int:
+    """Make every consumer node of ``old`` read ``new`` instead; return how many inputs changed.
+
+    Graph outputs are not touched (see `bypass`, which keeps output names stable).
+    """
+    changed = 0
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new
+                changed += 1
+    return changed
+
+
+def bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor, result: gs.Tensor) -> bool:
+    """Remove the effect of ``node`` whose output ``result`` equals its input ``source``.
+
+    Consumers of ``result`` read ``source`` instead. When ``result`` is a graph output its
+    *name* is part of the model interface, so instead the producer of ``source`` is made to
+    write ``result`` directly (``source``'s other readers follow). That is impossible when
+    ``source`` is a graph input, a constant, another graph output, or a subgraph's outer-scope
+    value; then nothing changes and False is returned.
+
+    The node itself is left dangling; ``graph.cleanup()`` removes it.
+    """
+    if not is_graph_output(graph, result):
+        replace_uses(result, source)
+        _detach(node)
+        return True
+    if isinstance(source, gs.Constant) or is_graph_input(graph, source) or is_graph_output(graph, source):
+        return False
+    if len(source.inputs) != 1:
+        return False
+    producer = source.inputs[0]
+    if not any(n is producer for n in graph.nodes):  # outer-scope value of a subgraph
+        return False
+    if result.dtype is None and source.dtype is not None:
+        result.dtype = source.dtype
+    if result.shape is None and source.shape is not None:
+        result.shape = source.shape
+    _detach(node)
+    replace_uses(source, result)
+    idx = next(i for i, t in enumerate(producer.outputs) if t is source)
+    producer.outputs[idx] = result
+    return True
+
+
+def _detach(node: gs.Node) -> None:
+    """Disconnect ``node`` from its inputs and outputs so cleanup drops it."""
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The fully static shape of ``tensor`` or None if any dim is unknown or symbolic."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(int(d) for d in tensor.shape)
+    shape = tensor.shape
+    if shape is None:
+        return None
+    if all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        return tuple(int(d) for d in shape)
+    return None
+
+
+def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
+    """Fill in missing dtypes/shapes of main-graph variables from ONNX shape inference.
+
+    The inferred facts are cached in ``ctx`` (``analysis("lossless.shapes")``) until a pass
+    modifies the graph, so a fixed-point sweep infers once per change, not once per pass.
+    Failures of shape inference (e.g. models over 2 GiB, custom ops) leave shapes as they were.
+    """
+
+    def compute() -> dict[str, tuple[np.dtype | None, list | None]]:
+        try:
+            model = ctx.to_model(graph)
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as e:  # inference is an optimisation aid, never a reason to fail
+            ctx.logger.debug("shape inference failed: %s", e)
+            return {}
+        facts: dict[str, tuple[np.dtype | None, list | None]] = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            tt = vi.type.tensor_type
+            if not vi.type.HasField("tensor_type"):
+                continue
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else None
+            shape = None
+            if tt.HasField("shape"):
+                shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+            facts[vi.name] = (dtype, shape)
+        return facts
+
+    facts = ctx.analysis("lossless.shapes", compute)
+    if not facts:
+        return
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Constant) or name not in facts:
+            continue
+        dtype, shape = facts[name]
+        if tensor.dtype is None and dtype is not None:
+            tensor.dtype = dtype
+        if shape is not None and (tensor.shape is None or static_shape(tensor) is None):
+            # Only replace with something at least as informative.
+            if tensor.shape is None or len(tensor.shape) == len(shape):
+                tensor.shape = [d if d is not None else (old if tensor.shape else None) for d, old in zip(shape, tensor.shape or [None] * len(shape))]
+
+
+def count_nodes(graph: gs.Graph) -> int:
+    """Number of nodes in ``graph`` including nested subgraphs."""
+    return sum(len(g.nodes) for g in iter_graphs(graph))
+
+
+def unique_namer(graph: gs.Graph, prefix: str):
+    """Return a function producing tensor/node names unused in ``graph`` (``prefix_N``)."""
+    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    counter = [0]
+
+    def fresh(base: str = "") -> str:
+        while True:
+            counter[0] += 1
+            name = f"{base or prefix}__{prefix}{counter[0]}"
+            if name not in taken:
+                taken.add(name)
+                return name
+
+    return fresh

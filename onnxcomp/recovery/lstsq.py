@@ -1,0 +1,171 @@
+"""Streamed ridge least squares and im2col patches.
+
+A linear layer maps features ``x ∈ R^F`` (plus a constant 1 for the bias) to outputs
+``y ∈ R^C``. Given samples stacked as ``X ∈ R^{M×F}`` and targets ``Y ∈ R^{M×C}``, the
+ridge solution is::
+
+    W* = argmin_W ||X W - Y||² + λ ||W||²  =  (XᵀX + λI)⁻¹ XᵀY
+
+Only ``XᵀX`` (F×F) and ``XᵀY`` (F×C) depend on the data, and both are sums over samples,
+so they are accumulated batch by batch (float64) and the samples are never stored.
+``λ = ridge · mean(diag(XᵀX))`` makes the regulariser scale-free; the bias column is
+not regularised (a mean shift is never "overfitting").
+
+Grouped convolutions are ``G`` independent problems; every array here carries a leading
+group axis so depthwise convs cost ``G`` small solves, not one huge block-diagonal one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class NormalEquations:
+    """Running ``XᵀX`` and ``XᵀY`` for ``groups`` independent ridge problems.
+
+    Attributes:
+        features: Features per sample, without the bias column.
+        outputs: Targets per sample (per group).
+        groups: Number of independent problems (conv groups).
+        bias: Whether a constant-1 column (intercept) is appended.
+    """
+
+    features: int
+    outputs: int
+    groups: int = 1
+    bias: bool = True
+    samples: int = 0
+    xtx: np.ndarray = field(init=False, repr=False)
+    xty: np.ndarray = field(init=False, repr=False)
+    #: Per-group ``Σ ||y||²``, so residuals of any weights follow from the sums alone.
+    yty: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        f = self.features + int(self.bias)
+        self.xtx = np.zeros((self.groups, f, f), dtype=np.float64)
+        self.xty = np.zeros((self.groups, f, self.outputs), dtype=np.float64)
+        self.yty = np.zeros(self.groups, dtype=np.float64)
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Accumulate samples.
+
+        Args:
+            x: ``[G, M, F]`` features (or ``[M, F]`` when ``groups == 1``).
+            y: ``[G, M, C]`` targets (or ``[M, C]``).
+        """
+        if x.ndim == 2:
+            x, y = x[None], y[None]
+        x = x.astype(np.float64, copy=False)
+        y = y.astype(np.float64, copy=False)
+        if self.bias:
+            # The bias column's cross terms are plain column sums: cheaper than
+            # concatenating a column of ones onto a large patch matrix.
+            f = self.features
+            self.xtx[:, :f, :f] += np.matmul(x.transpose(0, 2, 1), x)
+            s = x.sum(axis=1)
+            self.xtx[:, :f, f] += s
+            self.xtx[:, f, :f] += s
+            self.xtx[:, f, f] += x.shape[1]
+            self.xty[:, :f] += np.matmul(x.transpose(0, 2, 1), y)
+            self.xty[:, f] += y.sum(axis=1)
+        else:
+            self.xtx += np.matmul(x.transpose(0, 2, 1), x)
+            self.xty += np.matmul(x.transpose(0, 2, 1), y)
+        self.yty += np.einsum("gmc,gmc->g", y, y)
+        self.samples += x.shape[1]
+
+    def residual(self, w: np.ndarray) -> float:
+        """Relative squared error ``Σ||XW − Y||² / Σ||Y||²`` of weights ``w`` ``[G, F(+1), C]``.
+
+        ``||XW − Y||² = tr(WᵀXᵀXW) − 2·tr(WᵀXᵀY) + ||Y||²``, from the accumulated sums.
+        """
+        w = w.astype(np.float64)
+        quad = np.einsum("gfc,gfh,ghc->", w, self.xtx, w)
+        cross = np.einsum("gfc,gfc->", w, self.xty)
+        total = float(self.yty.sum())
+        return max(float(quad - 2 * cross + total), 0.0) / max(total, 1e-30)
+
+    def solve(self, ridge: float) -> np.ndarray:
+        """Solve the ridge problems.
+
+        Args:
+            ridge: Relative regularisation; ``λ = ridge · mean(diag(XᵀX))`` per group.
+
+        Returns:
+            ``[G, F(+1), C]`` float64 weights; the last row is the bias when ``bias``.
+        """
+        f = self.features
+        out = np.empty_like(self.xty)
+        for g in range(self.groups):
+            a = self.xtx[g].copy()
+            diag = np.diag(a)[:f]
+            lam = ridge * float(diag.mean()) if f else 0.0
+            # A tiny floor keeps dead (all-zero) feature columns from making the
+            # system singular; their weights then come out as zero.
+            lam = max(lam, 1e-12 * max(float(diag.max(initial=0.0)), 1.0))
+            a[np.arange(f), np.arange(f)] += lam
+            try:
+                out[g] = np.linalg.solve(a, self.xty[g])
+            except np.linalg.LinAlgError:
+                out[g] = np.linalg.lstsq(a, self.xty[g], rcond=None)[0]
+        return out
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The spatial hyper-parameters of an N-d convolution (N = 1, 2 or 3)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]  # ONNX order: begins then ends
+    group: int
+
+
+def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray | None = None) -> np.ndarray:
+    """im2col: every receptive field of ``x`` as a feature row, grouped.
+
+    Args:
+        x: ``[N, Cin, *spatial]`` input.
+        geo: The convolution's geometry.
+        positions: Optional flat indices into ``N · prod(out_spatial)`` selecting a subset
+            of output positions (subsampling for large feature maps).
+
+    Returns:
+        ``[G, M, (Cin/G)·prod(kernel)]`` with features ordered like the weight's
+        ``[Cin/G, *kernel]`` axes, so ``patches @ W.reshape(Cout, -1).T`` is the conv.
+    """
+    nd = len(geo.kernel)
+    n, cin = x.shape[:2]
+    pad_width = [(0, 0), (0, 0)] + [(geo.pads[i], geo.pads[i + nd]) for i in range(nd)]
+    xp = np.pad(x, pad_width) if any(geo.pads) else x
+    span = [d * (k - 1) + 1 for k, d in zip(geo.kernel, geo.dilations)]
+    win = np.lib.stride_tricks.sliding_window_view(xp, span, axis=tuple(range(2, 2 + nd)))
+    # win: [N, Cin, *out_full, *span] -> stride the positions, dilate the window.
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in geo.strides)
+    sl += tuple(slice(None, None, d) for d in geo.dilations)
+    win = win[sl]
+    out_sp = win.shape[2 : 2 + nd]
+    # -> [N, *out, Cin, *kernel]
+    perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
+    win = win.transpose(perm)
+    if positions is None:
+        flat = win.reshape(n * int(np.prod(out_sp)), cin, *geo.kernel)
+    else:
+        # Gather the chosen positions from the strided view, so the full patch matrix
+        # of a large feature map is never materialised.
+        flat = win[np.unravel_index(positions, (n, *out_sp))]
+    g = geo.group
+    return np.ascontiguousarray(flat.reshape(flat.shape[0], g, -1).transpose(1, 0, 2))
+
+
+def conv_targets(y: np.ndarray, group: int, positions: np.ndarray | None = None) -> np.ndarray:
+    """Conv outputs ``[N, Cout, *spatial]`` as ``[G, M, Cout/G]`` rows matching `conv_patches`."""
+    n, c = y.shape[:2]
+    rows = np.moveaxis(y, 1, -1).reshape(-1, c)
+    if positions is not None:
+        rows = rows[positions]
+    return np.ascontiguousarray(rows.reshape(rows.shape[0], group, c // group).transpose(1, 0, 2))
