@@ -232,6 +232,7 @@ def export(
     seed: int = 0,
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
+    module: torch.nn.Module | None = None,
 ) -> Path:
     """Export a model to a single self-contained ONNX file.
 
@@ -255,12 +256,15 @@ def export(
         exporter: ``"dynamo"`` or ``"torchscript"`` (legacy exporter; with
             ``keep_batchnorm`` it gives Conv(no bias)+BatchNormalization
             without the dynamo raw-graph artefacts).
+        module: Export this module instead of ``build(name, ...)`` -- e.g. a
+            pruned or fine-tuned copy -- with exactly the same input/output
+            names, example inputs and dynamic axes as the original.
 
     Returns:
         The written path.
     """
     s = spec(name, small=small)
-    model = build(name, small=small, seed=seed)
+    model = module if module is not None else build(name, small=small, seed=seed)
     trace_batch = max(batch, 2) if dynamic_batch else batch
     trace_seq = max(seq_len, 2) if (dynamic_batch and s.kind == "text") else seq_len
     inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=trace_seq, seed=seed)

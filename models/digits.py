@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -42,6 +43,7 @@ NUM_CLASSES = 10
 SPLIT_SEED = 0
 TEST_SIZE = 0.2
 _CACHE_VERSION = 1  # bump when the cache layout or data pipeline changes
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -343,6 +345,7 @@ def train_or_load(
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return model.eval(), float(json.loads(meta_file.read_text())["test_accuracy"])
 
+    _log.info("training digits model (%s, seed %d); cache entry %s", cfg.channels, seed, entry)
     model, acc, seconds = train(cfg, seed, verbose=verbose)
     entry.mkdir(parents=True, exist_ok=True)
     d = load_data()

@@ -32,6 +32,9 @@ class ModelMeta:
     metadata_props: list[tuple[str, str]] = field(default_factory=list)
     #: Initializers that are also graph inputs (overridable defaults), restored on export.
     overridable_initializers: list[onnx.TensorProto] = field(default_factory=list)
+    #: The declared types of graph inputs and outputs by name: graphsurgeon keeps only
+    #: dtype+shape, so sequence/optional element shapes would be lost on export.
+    interface_types: dict[str, onnx.TypeProto] = field(default_factory=dict)
 
 
 def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False) -> tuple[gs.Graph, ModelMeta]:
@@ -51,6 +54,11 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
         model_version=model.model_version,
         metadata_props=[(p.key, p.value) for p in model.metadata_props],
     )
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if vi.HasField("type"):
+            t = onnx.TypeProto()
+            t.CopyFrom(vi.type)
+            meta.interface_types[vi.name] = t
     input_names = {i.name for i in model.graph.input}
     shadowed = [t for t in model.graph.initializer if t.name in input_names]
     if shadowed and not initializers_as_constants:
@@ -109,6 +117,7 @@ def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
     model.model_version = meta.model_version
     for key, value in meta.metadata_props:
         model.metadata_props.add(key=key, value=value)
+    _restore_interface_types(model.graph, meta)
     if meta.overridable_initializers:
         existing = {t.name for t in model.graph.initializer}
         input_names = {i.name for i in model.graph.input}
@@ -116,6 +125,34 @@ def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
             if t.name in input_names and t.name not in existing:
                 model.graph.initializer.append(t)
     return model
+
+
+def _type_kind(t: onnx.TypeProto) -> tuple:
+    """The type without shapes: ('tensor', elem) / ('sequence', inner) / ... ."""
+    which = t.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        return (which, getattr(t, which).elem_type)
+    if which == "sequence_type":
+        return (which, _type_kind(t.sequence_type.elem_type))
+    if which == "optional_type":
+        return (which, _type_kind(t.optional_type.elem_type))
+    if which == "map_type":
+        return (which, t.map_type.key_type, _type_kind(t.map_type.value_type))
+    return (which,)
+
+
+def _restore_interface_types(graph: onnx.GraphProto, meta: ModelMeta) -> None:
+    """Put back the declared input/output types where export lost only shape detail.
+
+    A changed element type or kind is left as exported, so a pass that really changed
+    the interface stays visible to verification instead of being papered over.
+    """
+    for vi in list(graph.input) + list(graph.output):
+        orig = meta.interface_types.get(vi.name)
+        if orig is None or vi.type == orig:
+            continue
+        if not vi.HasField("type") or _type_kind(vi.type) == _type_kind(orig):
+            vi.type.CopyFrom(orig)
 
 
 def set_metadata(meta: ModelMeta, key: str, value: str) -> None:

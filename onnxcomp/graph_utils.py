@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxcomp.pass_api import PassContext
 
@@ -23,6 +24,12 @@ RANDOM_OPS = frozenset(
 
 #: Domains of the standard operator set (anything else is a custom op: left alone).
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def can_add_initializers(ctx: PassContext) -> bool:
+    """False for IR < 4 models, where every initializer must also be a graph input: a pass
+    that creates constants would produce an invalid model (the exporter does not add inputs)."""
+    return ctx.original_model.ir_version >= 4
 
 
 def is_standard(node: gs.Node) -> bool:
@@ -52,6 +59,30 @@ def default_opset(graph: gs.Graph) -> int:
     return int(graph.opset or 0)
 
 
+def peek_values(tensor: gs.Constant) -> np.ndarray:
+    """The value of a constant without caching a lazily loaded payload on the tensor.
+
+    ``Constant.values`` replaces a lazy payload with the loaded array, which is a change
+    of the graph as far as the manager's "did the pass really change nothing?" check is
+    concerned; passes that only *look* must not do that.
+    """
+    raw = tensor._values
+    if isinstance(raw, LazyValues):
+        return np.asarray(raw.load())
+    return np.asarray(tensor.values)
+
+
+def constant_nbytes(tensor: gs.Constant) -> int:
+    """Size of a constant's payload in bytes, without loading it."""
+    raw = tensor._values
+    if isinstance(raw, LazyValues):
+        try:
+            return int(np.prod(raw.shape, dtype=np.int64)) * np.dtype(raw.dtype).itemsize
+        except TypeError:  # dtypes numpy lacks (bfloat16, float8): estimate from the proto
+            return raw.tensor.ByteSize()
+    return int(np.asarray(raw).nbytes)
+
+
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of ``tensor`` if it is a constant (initializer or single-output Constant node).
 
@@ -59,7 +90,7 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     references (not statically known).
     """
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return peek_values(tensor)
     if len(tensor.inputs) == 1:
         node = tensor.inputs[0]
         if node.op == "Constant" and is_standard(node) and len(node.outputs) == 1:
@@ -72,7 +103,7 @@ def constant_node_value(node: gs.Node) -> np.ndarray | None:
     attrs = node.attrs
     if "value" in attrs:
         v = attrs["value"]
-        return np.asarray(v.values) if isinstance(v, gs.Constant) else None
+        return peek_values(v) if isinstance(v, gs.Constant) else None
     if "value_float" in attrs:
         return np.array(attrs["value_float"], dtype=np.float32)
     if "value_floats" in attrs:
@@ -169,8 +200,7 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
 
     def compute() -> dict[str, tuple[np.dtype | None, list | None]]:
         try:
-            model = ctx.to_model(graph)
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(_skeleton_model(graph, ctx), strict_mode=False, data_prop=True)
         except Exception as e:  # inference is an optimisation aid, never a reason to fail
             ctx.logger.debug("shape inference failed: %s", e)
             return {}
@@ -199,6 +229,30 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
             # Only replace with something at least as informative.
             if tensor.shape is None or len(tensor.shape) == len(shape):
                 tensor.shape = [d if d is not None else (old if tensor.shape else None) for d, old in zip(shape, tensor.shape or [None] * len(shape))]
+
+
+#: Constants larger than this are replaced by typed graph inputs for shape inference:
+#: only small ones (shape vectors, axes, scalars) carry information inference can use.
+_SKELETON_MAX_CONSTANT_BYTES = 4096
+
+
+def _skeleton_model(graph: gs.Graph, ctx: PassContext) -> onnx.ModelProto:
+    """Export ``graph`` for shape inference without its large weights.
+
+    Serialising and inferring a model with 100 MB of weights costs seconds; the weights'
+    dtype and shape are all inference needs, so they become graph inputs of that type.
+    """
+    from onnxcomp.graph_io import to_model
+
+    skeleton = graph.copy()
+    extra = []
+    for t in skeleton.tensors().values():
+        if isinstance(t, gs.Constant) and constant_nbytes(t) > _SKELETON_MAX_CONSTANT_BYTES:
+            dtype, shape = t._values.dtype if isinstance(t._values, LazyValues) else t.values.dtype, list(t.shape)
+            t.to_variable(dtype=dtype, shape=shape)
+            extra.append(t)
+    skeleton.inputs = list(skeleton.inputs) + extra
+    return to_model(skeleton, ctx.meta)
 
 
 def count_nodes(graph: gs.Graph) -> int:

@@ -158,6 +158,11 @@ class PassManager:
         t_start = time.perf_counter()
         opts = self.options
         report = Report(onnxcomp_version=__version__, seed=opts.seed)
+        # Hygiene (onnxcomp/hygiene.py): unique names, nodes sorted (a sorted copy if needed).
+        from onnxcomp.hygiene import normalize
+
+        model, hygiene = normalize(model)
+        report.warnings.extend(hygiene.warnings)
         self._full_check = True
         try:
             _check_structure(model, full=True)
@@ -251,7 +256,7 @@ class PassManager:
         candidate: onnx.ModelProto | None = None
         try:
             graph.cleanup(remove_unused_graph_inputs=False).toposort()
-            candidate = to_model(graph.copy(), self.meta)
+            candidate = to_model(graph, self.meta)
             _check_structure(candidate, full=self._full_check)
         except Exception as e:
             problem = f"result is not valid ONNX: {_one_line(e)}"

@@ -37,7 +37,7 @@ def _sniff(path: Path) -> None:
     except OSError as e:
         raise InvalidModelError(f"cannot read {path}: {e.strerror or e}") from None
     if not path.is_file():
-        raise InvalidModelError(f"{path} is not a file")
+        raise InvalidModelError(f"{path} is not a file (a folder or device?)")
     if size == 0:
         raise InvalidModelError(f"{path} is empty (0 bytes)")
     with path.open("rb") as f:
@@ -53,16 +53,22 @@ def _sniff(path: Path) -> None:
 def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
     """Load an ONNX model from ``path`` with clear errors for bad input.
 
+    Order matters for safety: sniff the first bytes (LFS pointer, pickle, zip), parse the
+    protobuf *without* external payloads, check IR/opset, nesting depth and that every
+    tensor's declared size is backed by stored bytes, check every external reference —
+    and only then read external payloads. Nothing is unpickled, ever.
+
     Args:
         path: The ``.onnx`` file. External data is resolved relative to its folder.
-        load_external_data: Load external tensors into memory (default).
+        load_external_data: Load external tensors into memory (default). Without it the
+            references are still checked, so a later load cannot escape the folder.
 
     Returns:
         The model.
 
     Raises:
-        InvalidModelError: The file is missing, empty, not ONNX, or references unsafe or
-            missing external data.
+        InvalidModelError: The file is missing, empty, not ONNX, too new/old, declares
+            more data than it stores, or references unsafe or missing external data.
     """
     p = Path(path)
     _sniff(p)
@@ -70,11 +76,16 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
 
     try:
         model = onnx.load_model(str(p), load_external_data=False)
+    except RecursionError:
+        raise InvalidModelError(f"{p} nests messages too deeply to parse; refusing to load") from None
     except Exception as e:  # protobuf raises DecodeError and friends
         raise InvalidModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {_one_line(e)})") from None
     safety.check_model_header(model, p)
+    safety.check_limits(model)
     if load_external_data:
-        safety.load_external_data_safely(model, p.parent)
+        safety.load_external_data_safely(model, p.parent, p)
+    else:
+        safety.check_external_data(model, p.parent, p)
     return model
 
 
@@ -195,6 +206,13 @@ def save_model(
 ) -> Path:
     """Write ``model`` to ``path`` atomically; ``model`` itself is not modified.
 
+    Steps: refuse paths that would overwrite an input; write model (and data file) into a
+    fresh temporary folder beside the destination; fsync; verify what was written (sizes,
+    header parses, external ranges in bounds); rename the data file, then the model file
+    last; fsync the folder. On any failure — including Ctrl-C — the temporary folder is
+    removed and nothing at the destination changed. Serialization is deterministic, so
+    the same model always gives the same bytes.
+
     Args:
         model: The model to write.
         path: Destination ``.onnx`` path.
@@ -204,38 +222,78 @@ def save_model(
 
     Returns:
         The path written.
+
+    Raises:
+        UsageError: The destination is an input, a folder, in a missing folder, or cannot
+            be written (read-only folder, disk full, ...).
     """
     out = check_output_path(path, protect)
     use_external = needs_external_data(model) if external_data is None else external_data
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    data_name = out.name + ".data"
+    final_data = out.parent / data_name
+    # A previous output at this path may use a data file the new one does not need.
+    stale_data = (not use_external) and final_data.exists() and _refers_to(out, data_name)
+    tmpdir: Path | None = None
     try:
-        data_name = out.name + ".data"
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         tmp_model = tmpdir / out.name
         tmp_data = tmpdir / data_name
-        if use_external:
-            to_write = _externalized_copy(model, tmp_data, data_name)
-        else:
-            to_write = model
+        to_write = _externalized_copy(model, tmp_data, data_name) if use_external else model
+        blob = to_write.SerializeToString(deterministic=True)
         with tmp_model.open("wb") as f:
-            f.write(to_write.SerializeToString())
+            f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        final_data = out.parent / data_name
+        _verify_written(tmp_model, len(blob), use_external)
+        del blob
         if use_external:
             os.replace(tmp_data, final_data)
-        elif final_data.exists() and _refers_to(out, data_name):
-            # The old output at this path used external data that the new one does not
-            # need; remove it only after the new model is safely in place (below).
-            pass
         os.replace(tmp_model, out)
+        if stale_data:
+            final_data.unlink(missing_ok=True)
         _fsync_dir(out.parent)
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
-        for leftover in tmpdir.glob("*"):
-            leftover.unlink(missing_ok=True)
-        tmpdir.rmdir()
+        if tmpdir is not None:
+            _remove_tree(tmpdir)
     return out
+
+
+def _verify_written(model_path: Path, expected_size: int, external: bool) -> None:
+    """Check the bytes on disk before they replace anything.
+
+    Cheap on purpose: the size must match what was serialized and, for external data,
+    the header must parse and every reference must lie inside the data file. (The
+    numeric verification already happened on the in-memory model.)
+    """
+    size = model_path.stat().st_size
+    if size != expected_size:
+        raise OSError(f"wrote {size} bytes instead of {expected_size}")
+    if external:
+        from onnxcomp import safety
+
+        try:
+            header = onnx.load_model(str(model_path), load_external_data=False)
+        except Exception as e:
+            raise OSError(f"written model does not parse back: {_one_line(e)}") from None
+        try:
+            safety.check_external_data(header, model_path.parent, model_path)
+        except InvalidModelError as e:
+            raise OSError(f"written model fails its own checks: {e}") from None
+
+
+def _remove_tree(folder: Path) -> None:
+    """Remove our temporary folder (flat: it only ever holds the model and data file)."""
+    for leftover in folder.glob("*"):
+        try:
+            leftover.unlink()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _refers_to(model_path: Path, data_name: str) -> bool:

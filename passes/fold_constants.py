@@ -28,6 +28,9 @@ Size limit: an output is materialised only if it is at most ``max_size_bytes`` o
 larger than the node's constant inputs together — folding must not make the model much
 bigger (an Expand/Tile of a small constant to a huge tensor stays a node).
 
+Models with IR version < 4 are left alone: there every initializer must also be a graph
+input, so new initializers would make the model invalid.
+
 Subgraphs: only the main graph is folded. If/Loop/Scan bodies are left alone on purpose:
 their nodes can read outer-scope values and run conditionally or per iteration, and
 the manager's checks run on the main graph's outputs; a constant computed inside a body
@@ -49,11 +52,14 @@ from onnxcomp.errors import UsageError
 from onnxcomp.graph_utils import (
     RANDOM_OPS,
     annotate_shapes,
+    can_add_initializers,
+    constant_nbytes,
     constant_node_value,
     default_opset,
     has_subgraph,
     is_graph_output,
     is_standard,
+    peek_values,
     static_shape,
 )
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
@@ -189,6 +195,14 @@ def _cast(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
     return [inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(to))]
 
 
+@_rule("CastLike", since=15)
+def _cast_like(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
+    _numeric(inputs[0], inputs[1])
+    if np.float16 in (inputs[0].dtype, inputs[1].dtype):
+        raise _Decline("float16 rounding: leave to onnxruntime")
+    return [inputs[0].astype(inputs[1].dtype)]
+
+
 @_rule("Unsqueeze")
 def _unsqueeze(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
     axes = _axes(node, inputs, 1)
@@ -302,7 +316,7 @@ def _transpose(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
 def _constant_of_shape(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
     shape = _ints(inputs[0])
     value = node.attrs.get("value")
-    fill = np.asarray(value.values).reshape(-1) if isinstance(value, gs.Constant) else np.zeros(1, np.float32)
+    fill = peek_values(value).reshape(-1) if isinstance(value, gs.Constant) else np.zeros(1, np.float32)
     ev.check(shape, fill.dtype)
     return [np.full(shape, fill[0], dtype=fill.dtype)]
 
@@ -359,9 +373,7 @@ class FoldConstantsOptions(PassOptions):
 
 
 def _value_of(t: gs.Tensor) -> np.ndarray | None:
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
-    return None
+    return peek_values(t) if isinstance(t, gs.Constant) else None
 
 
 def _foldable_op(node: gs.Node) -> bool:
@@ -377,13 +389,17 @@ class FoldConstants(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         opts: FoldConstantsOptions = self.options  # type: ignore[assignment]
+        if not can_add_initializers(ctx):
+            return PassResult(modified=False, stats={"nodes_folded": 0, "skipped": "IR version < 4"})
         if opts.shapes:
             annotate_shapes(graph, ctx)
-        stats = {"nodes_folded": 0, "shape_nodes_folded": 0, "onnxruntime_runs": 0, "declined_too_large": 0}
+        stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "onnxruntime_runs": 0, "_declined": set()}
         graph.toposort(recurse_subgraphs=False)
         for _ in range(_MAX_SWEEPS):
             if not self._sweep(graph, ctx, opts, stats):
                 break
+        # A node declined in several sweeps is counted once.
+        stats["declined_too_large"] = len(stats.pop("_declined"))
         modified = stats["nodes_folded"] > 0
         if modified:
             graph.cleanup(remove_unused_graph_inputs=False)
@@ -407,22 +423,32 @@ class FoldConstants(Pass):
                     self._apply(node, [value], stats)
                     stats["shape_nodes_folded"] += 1
                 continue
+            if node.op == "CastLike" and len(node.inputs) == 2 and isinstance(node.inputs[0], gs.Constant):
+                # Only the *dtype* of the second input matters: known dtype = constant result.
+                like = node.inputs[1].dtype
+                if like is not None and not isinstance(node.inputs[1], gs.Constant):
+                    src = peek_values(node.inputs[0])
+                    if issubclass(src.dtype.type, _NUMERIC) and np.float16 not in (src.dtype, np.dtype(like)):
+                        self._apply(node, [src.astype(np.dtype(like))], stats)
+                        continue
             present = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
-            values = [None if not (t.name or isinstance(t, gs.Constant)) else _value_of(t) for t in node.inputs]
             if not node.inputs and node.op != "Constant":
                 continue  # an op with no inputs that is not Constant: nothing to gain, maybe stateful
-            if any(_value_of(t) is None for t in present):
-                if all(_value_of(t) is not None or id(t) in pending for t in present) and opts.onnxruntime:
+            # Decide from types first: loading a weight's payload is only worth it when the
+            # node is actually foldable.
+            if not all(isinstance(t, gs.Constant) for t in present):
+                if all(isinstance(t, gs.Constant) or id(t) in pending for t in present) and opts.onnxruntime:
                     batch.append(node)
                     pending.update(id(t) for t in node.outputs)
                 continue
-            input_bytes = sum(v.nbytes for v in values if v is not None)
+            input_bytes = sum(constant_nbytes(t) for t in present)
             rule = _find_rule(node, opset)
             if rule is not None:
+                values = [_value_of(t) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
                 try:
                     outs = rule(node, values, _Eval(opset, opts.max_size_bytes, input_bytes))
                 except _TooLarge:
-                    stats["declined_too_large"] += 1
+                    stats["_declined"].add(id(node))
                     continue
                 except (_Decline, ValueError, IndexError, TypeError, KeyError) as e:
                     ctx.logger.debug("fold-constants: numpy rule declined %s (%s): %s", node.name, node.op, e)
@@ -431,7 +457,7 @@ class FoldConstants(Pass):
                     if self._fits(outs, input_bytes, opts):
                         self._apply(node, outs, stats)
                     else:
-                        stats["declined_too_large"] += 1
+                        stats["_declined"].add(id(node))
                     continue
             if opts.onnxruntime:
                 batch.append(node)
@@ -492,9 +518,9 @@ class FoldConstants(Pass):
             if any(o is None and t.name for o, t in zip(outs, node.outputs)):
                 continue
             arrays = [np.asarray(o) for o in outs if o is not None]
-            input_bytes = sum(np.asarray(t.values).nbytes for t in node.inputs if isinstance(t, gs.Constant))
+            input_bytes = sum(constant_nbytes(t) for t in node.inputs if isinstance(t, gs.Constant))
             if not self._fits(arrays, input_bytes, opts):
-                stats["declined_too_large"] += 1
+                stats["_declined"].add(id(node))
                 continue
             self._apply(node, [np.asarray(o) if o is not None else None for o in outs], stats)
 
@@ -537,10 +563,10 @@ class FoldConstants(Pass):
             if any(id(t) in dropped for t in n.inputs):
                 dropped.update(id(t) for t in n.outputs)
                 continue
-            input_bytes = sum(np.asarray(t.values).nbytes for t in n.inputs if isinstance(t, gs.Constant))
+            input_bytes = sum(constant_nbytes(t) for t in n.inputs if isinstance(t, gs.Constant))
             out_bytes = sum(sizes.get(t.name, 0) for t in n.outputs)
             if out_bytes > opts.max_size_bytes and out_bytes > max(input_bytes, 1):
-                stats["declined_too_large"] += 1
+                stats["_declined"].add(id(n))
                 dropped.update(id(t) for t in n.outputs)
                 continue
             keep.append(n)

@@ -161,11 +161,12 @@ class Reconstruct(Pass):
             layer = match_layer(node, opset)
             if layer is None or node.name in exclude:
                 continue
-            weight_names = {t.name for t in node.inputs[1:] if t.name}
-            touched = layer.x in kept_map or layer.y in kept_map or bool(weight_names & set(kept_map))
-            if opts.scope == "pruned" and kept_map and not touched:
+            # A layer needs a refit when its *input* changed: its input channels were
+            # pruned ("pruned") or anything upstream was ("downstream"). A layer whose
+            # outputs alone were sliced still computes exactly the kept teacher channels.
+            if opts.scope == "pruned" and kept_map and layer.x not in kept_map:
                 continue
-            if region is not None and layer.x not in region and not touched:
+            if region is not None and layer.x not in region:
                 continue
             if layer.y not in teacher_tensors:
                 skipped += 1
@@ -205,7 +206,7 @@ class Reconstruct(Pass):
                 before, after = job.eq.residual(old), job.eq.residual(new)
                 # Never make a layer worse on its own calibration objective (e.g. when the
                 # ridge is too strong for very few samples): keep the old weights then.
-                if after < before:
+                if after < before * (1.0 - 1e-6):
                     job.layer.assign(new)
                     refit += 1
                 else:

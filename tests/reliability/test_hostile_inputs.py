@@ -60,8 +60,10 @@ def test_hostile_input(case: Case, tmp_path: Path) -> None:
     if case.expect in ("error", "unverified"):
         assert res.exit_code == (2 if case.expect == "error" else 1), res.stderr
         lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("onnxcomp: error: "), res.stderr
-        assert case.message.lower() in lines[0].lower(), lines[0]
+        errors = [ln for ln in lines if ln.startswith("onnxcomp: error: ")]
+        # Exactly one error line; an unverifiable model may also log why it cannot run.
+        assert len(errors) == 1 and (len(lines) == 1 or case.expect == "unverified"), res.stderr
+        assert case.message.lower() in errors[0].lower(), errors[0]
         assert after == before, "something was written or the input changed"
         assert not (work / "pwned").exists(), "a pickle was unpickled"
         return

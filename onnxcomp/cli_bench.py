@@ -1,0 +1,207 @@
+"""``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (added to the CLI by `onnxcomp.cli`).
+
+Exit codes: 0 success / gate pass, 1 gate regression, 2 bad input or usage (one line on
+stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxcomp.cli import _State, handle_errors
+from onnxcomp.errors import UsageError
+
+_EP_HELP = "Execution provider: cpu, cuda, tensorrt, openvino, … (cuda:1 picks a device)."
+
+
+def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by the three commands: EP, threads, inputs."""
+    opts = [
+        click.option("--ep", default="cpu", show_default=True, help=_EP_HELP),
+        click.option("--batch", type=int, help="Size of a symbolic batch dim (axis 0) of generated inputs (default 1)."),
+        click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx…",
+                     help="Shape of an input with dynamic dims, e.g. input=1x3x224x224 (repeatable)."),
+        click.option("--data", type=str, metavar="PATH",
+                     help=".npz (keys = input names, samples on axis 0; optional 'label') or a folder of them."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+def _check_data(data: str | None) -> None:
+    if data is not None and not Path(data).exists():
+        raise UsageError(f"--data {data} not found (expected an .npz file or a folder of them)")
+
+
+def _check_models(paths: tuple[Path, ...] | list[Path]) -> None:
+    for p in paths:
+        if not p.exists():
+            raise UsageError(f"{p} not found")
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[float, str], None] | None]:
+    """A rich progress bar on stderr when it is a terminal (and not ``-q``); else nothing."""
+    if _State.quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=1.0)
+        yield lambda frac, msg: bar.update(task, completed=frac, description=msg)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    from onnxcomp.report import _json_default, json_safe
+
+    text = json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False)
+    if str(path) == "-":
+        click.echo(text)
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_input_options
+@click.option("--threads", type=int, help="Intra-op threads per session (default: onnxruntime's choice).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs per model first.")
+@click.option("--rounds", type=int, help="Exact number of timed rounds (default: run for --duration).")
+@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds of timed rounds when --rounds is not given.")
+@click.option("--placement/--no-placement", default=None,
+              help="Report which EP ran each op type (onnxruntime profiling). Default: on for non-CPU EPs.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
+@handle_errors
+def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None, seed: int,
+          threads: int | None, warmup: int, rounds: int | None, duration: float, placement: bool | None,
+          json_out: Path | None) -> None:
+    """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
+    from onnxcomp.benchmark import bench as run_bench
+
+    _check_models(models)
+    _check_data(data)
+    if warmup < 0 or duration <= 0:
+        raise UsageError("--warmup must be >= 0 and --duration > 0")
+    with _progress("bench") as progress:
+        result = run_bench(list(models), ep=ep, threads=threads, batch=batch, shapes=shapes, data=data, warmup=warmup,
+                           rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed)
+    if json_out is not None:
+        _write_json(json_out, result.to_dict())
+    if not _State.quiet and str(json_out) != "-":
+        result.render()
+
+
+@click.command()
+@click.argument("reference", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("candidate", type=click.Path(dir_okay=False, path_type=Path))
+@_input_options
+@click.option("--threads", type=int, help="Intra-op threads per session (default: onnxruntime's choice).")
+@click.option("--max-samples", type=int, default=512, show_default=True, help="Samples of --data used for fidelity.")
+@click.option("--rounds", type=int, help="Exact number of timed rounds (default: run for --duration).")
+@click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds of timed rounds.")
+@click.option("--no-speed", is_flag=True, help="Fidelity only; skip timing.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
+@handle_errors
+def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None,
+            seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
+            json_out: Path | None) -> None:
+    """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
+    from onnxcomp.benchmark import compare as run_compare
+
+    _check_models([reference, candidate])
+    _check_data(data)
+    if max_samples < 1 or duration <= 0:
+        raise UsageError("--max-samples must be >= 1 and --duration > 0")
+    with _progress("compare") as progress:
+        result = run_compare(reference, candidate, data, ep=ep, threads=threads, batch=batch, shapes=shapes,
+                             max_samples=max_samples, speed=not no_speed, rounds=rounds, duration_s=duration,
+                             progress=progress, seed=seed)
+    if json_out is not None:
+        _write_json(json_out, result.to_dict())
+    if not _State.quiet and str(json_out) != "-":
+        result.render()
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, metavar="BASELINE CANDIDATE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-slowdown", type=float, default=0.10, show_default=True, help="Allowed slowdown as a fraction (0.10 = 10%).")
+@click.option("--min-cosine", type=float, help="Fail if the candidate's worst output cosine vs the baseline is below this.")
+@_input_options
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Intra-op threads per session; 1 keeps two interleaved sessions from contending for cores.")
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="Coverage of the interval on the slowdown.")
+@click.option("--max-time", type=float, default=30.0, show_default=True, help="Seconds of measurement at most (then decide on the point estimate).")
+@click.option("--min-rounds", type=int, default=20, show_default=True, help="Rounds before the first look.")
+@click.option("--max-rounds", type=int, default=2000, show_default=True, help="Rounds at most.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed runs per model first (more on GPUs with autotuning).")
+@click.option("--record", "record_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Record mode: time the one MODEL against the reference workload and write a baseline .json here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the verdict as JSON here ('-' = stdout).")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append a Markdown summary here (e.g. \"$GITHUB_STEP_SUMMARY\").")
+@handle_errors
+def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None, ep: str, batch: int | None,
+         shapes: tuple[str, ...], data: str | None, seed: int, threads: int, confidence: float, max_time: float,
+         min_rounds: int, max_rounds: int, warmup: int, record_out: Path | None, json_out: Path | None,
+         md_out: Path | None) -> None:
+    """Latency-regression gate: exit 0 pass, 1 regression, 2 usage/input error.
+
+    \b
+    onnxcomp gate BASELINE.onnx CANDIDATE.onnx --max-slowdown 0.10 [--min-cosine 0.99]
+    onnxcomp gate --record baseline.json MODEL.onnx       (keep a baseline for later runs)
+    onnxcomp gate baseline.json CANDIDATE.onnx            (normalised by a reference workload)
+
+    Both models run interleaved; the slowdown is the median of paired ratios with a
+    bootstrap confidence interval. Pass when the interval lies below --max-slowdown, fail
+    when above; while it straddles, measure more, up to --max-time, then decide on the
+    point estimate.
+    """
+    from onnxcomp.gate import Budget, record_baseline
+    from onnxcomp.gate import gate as run_gate
+
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    _check_models(models)
+    _check_data(data)
+    budget = Budget(min_rounds=min_rounds, max_rounds=max_rounds, max_time_s=max_time)
+    if record_out is not None:
+        if len(models) != 1:
+            raise UsageError(f"--record takes exactly one MODEL, got {len(models)}")
+        with _progress("record") as progress:
+            rec = record_baseline(models[0], record_out, ep=ep, threads=threads, batch=batch, shapes=shapes, data=data,
+                                  budget=budget, warmup=warmup, progress=progress, seed=seed)
+        if not _State.quiet:
+            click.echo(f"recorded {models[0]}: {rec['normalized_cost']:.4f}× the reference workload "
+                       f"({rec['rounds']} rounds, {rec['providers'][0]}, threads={threads}) → {record_out}", err=True)
+        return
+    if len(models) != 2:
+        raise UsageError(f"gate takes BASELINE and CANDIDATE (or --record OUT MODEL), got {len(models)} path(s)")
+    with _progress("gate") as progress:
+        result = run_gate(models[0], models[1], max_slowdown, min_cosine=min_cosine, ep=ep, threads=threads, batch=batch,
+                          shapes=shapes, data=data, confidence=confidence, budget=budget, warmup=warmup,
+                          progress=progress, seed=seed)
+    if json_out is not None:
+        _write_json(json_out, result.to_dict())
+    if md_out is not None:
+        with open(md_out, "a", encoding="utf-8") as f:
+            f.write(result.to_markdown())
+    if not _State.quiet and str(json_out) != "-":
+        result.render()
+    sys.exit(result.exit_code)
+
+
+COMMANDS = [bench, compare, gate]

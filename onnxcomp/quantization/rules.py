@@ -1,0 +1,377 @@
+"""Per-op QDQ placement rules: handlers *mark* tensors; `insert.py` materialises Q/DQ.
+
+A rule is a stateless function ``rule(node, view, plan) -> bool`` registered for
+``(domain, op_type, opset range)``. It records in the `QuantPlan` which inputs of ``node``
+read quantized values, which constant weights/biases become int8/int32, which output must
+be followed by a Q (so onnxruntime can fuse ``DQ -> op -> Q`` into an integer kernel) and
+which tensors must share one scale. It returns True when ``node`` became an integer
+"layer" (the unit the sensitivity analysis and the fallback exclude).
+
+Placement follows onnxruntime's CPU QDQ fusions:
+
+* Conv/Gemm/MatMul/Add/Mul: ``DQ(x), DQ(w)[, DQ(b:int32)] -> op -> Q``. A Relu or Clip
+  right after the op gets the Q *after* it (no Q/DQ between them): onnxruntime removes a
+  Relu/Clip whose following Q already clamps to its range, leaving ``op -> Q`` to fuse.
+* Concat: every input and the output share one scale (QLinearConcat, and no requantize).
+* MaxPool/Resize/Transpose/Reshape/Squeeze/Unsqueeze/Flatten: pass-through when the input is
+  quantized; the output shares the input's scale so onnxruntime drops the DQ/Q pair and runs
+  the op on 8-bit data.
+* Average pooling: own output scale (QLinearAveragePool/QLinearGlobalAveragePool).
+* Gather from a constant table (embeddings): the table becomes int8 per-tensor and the
+  output shares its scale (an 8-bit Gather).
+* In the dynamic scheme, MatMul (or Gemm) with a constant 2-D weight becomes
+  ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`` (fused by onnxruntime into
+  DynamicQuantizeMatMul); nothing else around it is touched, so LayerNorm/Softmax/GELU stay
+  float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+#: Ops whose output, when it follows a quantized op with no other consumer, carries the Q.
+FUSABLE_ACTIVATIONS = ("Relu", "Clip")
+PASS_THROUGH = ("MaxPool", "Resize", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+class UnionFind:
+    """Shared-scale groups over tensor names."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, a: str) -> str:
+        self.parent.setdefault(a, a)
+        root = a
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[a] != root:  # path compression keeps finds near O(1)
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def groups(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for k in list(self.parent):
+            out.setdefault(self.find(k), []).append(k)
+        return out
+
+
+@dataclass
+class QuantPlan:
+    """What the rules decided; consumed by `insert.materialize`.
+
+    Attributes:
+        activations: Tensor name -> ids of consumer nodes that read its dequantized value.
+        rewire_all: Tensors whose every consumer reads the dequantized value (a Q must
+            directly follow the producer for fusion).
+        weights: Constant name -> (channel axis or None, ids of consumer nodes).
+        biases: (node id, input index) -> (bias name, activation name, weight name).
+        shared: Shared-scale groups (may include weight names: then the weight's scale wins).
+        dynamic: MatMul nodes for the dynamic-activation scheme.
+        layers: Names of the nodes that became integer layers.
+    """
+
+    activations: dict[str, set[int]] = field(default_factory=dict)
+    rewire_all: set[str] = field(default_factory=set)
+    weights: dict[str, tuple[int | None, set[int]]] = field(default_factory=dict)
+    biases: dict[tuple[int, int], tuple[str, str, str]] = field(default_factory=dict)
+    shared: UnionFind = field(default_factory=UnionFind)
+    dynamic: list[gs.Node] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+
+    def mark_input(self, t: gs.Tensor, consumer: gs.Node) -> None:
+        self.activations.setdefault(t.name, set()).add(id(consumer))
+
+    def mark_output(self, t: gs.Tensor) -> None:
+        self.activations.setdefault(t.name, set())
+        self.rewire_all.add(t.name)
+
+    def mark_weight(self, t: gs.Constant, axis: int | None, consumer: gs.Node) -> None:
+        prev = self.weights.get(t.name)
+        if prev is not None and prev[0] != axis:
+            axis = None  # a weight shared with different channel axes: per-tensor is safe
+        ids = prev[1] if prev else set()
+        ids.add(id(consumer))
+        self.weights[t.name] = (axis, ids)
+
+    def is_marked(self, t: gs.Tensor) -> bool:
+        return t.name in self.activations
+
+
+@dataclass(frozen=True)
+class RuleOptions:
+    """The options rules read (a view of the pass options)."""
+
+    per_channel: bool = True
+    quantize_activation_matmul: bool = False
+    min_weight_size: int = 0
+
+
+class GraphView:
+    """Read-only facts about the graph that rules need, built once (linear)."""
+
+    def __init__(self, graph: gs.Graph, options: RuleOptions) -> None:
+        self.graph = graph
+        self.options = options
+        self.consumers: dict[str, list[gs.Node]] = {}
+        for n in graph.nodes:
+            for t in n.inputs:
+                if t.name:
+                    self.consumers.setdefault(t.name, []).append(n)
+        self.outputs = {t.name for t in graph.outputs}
+
+    @staticmethod
+    def is_float_weight(t: gs.Tensor) -> bool:
+        return isinstance(t, gs.Constant) and np.asarray(t.values).dtype.kind == "f"
+
+    @staticmethod
+    def is_float_var(t: gs.Tensor) -> bool:
+        # Unknown dtype (no shape inference) is treated as float: rules only look at
+        # float-producing ops, whose integer inputs (indices, shapes) are constants.
+        if not isinstance(t, gs.Variable):
+            return False
+        return t.dtype is None or np.dtype(t.dtype).kind == "f"
+
+    def fused_output(self, node: gs.Node) -> gs.Tensor:
+        """The tensor a Q should follow: past a lone Relu/Clip consumer, else the output."""
+        out = node.outputs[0]
+        users = self.consumers.get(out.name, [])
+        if len(users) == 1 and out.name not in self.outputs and users[0].op in FUSABLE_ACTIVATIONS:
+            act = users[0]
+            if act.op == "Relu" or all(isinstance(t, gs.Constant) for t in act.inputs[1:] if t.name):
+                return act.outputs[0]
+        return out
+
+
+Rule = Callable[[gs.Node, GraphView, QuantPlan], bool]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    domain: str
+    op_type: str
+    since: int
+    until: int
+    rule: Rule
+
+
+class RuleRegistry:
+    """QDQ rules keyed by (domain, op_type, opset range)."""
+
+    def __init__(self) -> None:
+        self._rules: dict[tuple[str, str], list[_Entry]] = {}
+
+    def register(self, op_type: str, *, domain: str = "", since: int = 1, until: int = 10_000) -> Callable[[Rule], Rule]:
+        def deco(fn: Rule) -> Rule:
+            self._rules.setdefault((domain, op_type), []).append(_Entry(domain, op_type, since, until, fn))
+            return fn
+
+        return deco
+
+    def lookup(self, domain: str, op_type: str, opset: int) -> Rule | None:
+        for e in self._rules.get((domain or "", op_type), []):
+            if e.since <= opset <= e.until:
+                return e.rule
+        return None
+
+    def op_types(self) -> set[str]:
+        return {k[1] for k in self._rules}
+
+
+STATIC_RULES = RuleRegistry()
+DYNAMIC_RULES = RuleRegistry()
+
+
+def _conv_like(node: gs.Node, view: GraphView, plan: QuantPlan, axis: int | None) -> bool:
+    if len(node.inputs) < 2 or not view.is_float_var(node.inputs[0]) or not view.is_float_weight(node.inputs[1]):
+        return False  # dynamic weights (or already-quantized inputs) have no integer kernel here
+    plan.mark_input(node.inputs[0], node)
+    plan.mark_weight(node.inputs[1], axis, node)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        b = node.inputs[2]
+        if not view.is_float_weight(b):
+            return False
+        plan.biases[(id(node), 2)] = (b.name, node.inputs[0].name, node.inputs[1].name)
+    plan.mark_output(view.fused_output(node))
+    return True
+
+
+@STATIC_RULES.register("Conv", since=1)
+def conv_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Conv: activation in, per-output-channel (axis 0) int8 weight, int32 bias, Q out."""
+    return _conv_like(node, view, plan, 0 if view.options.per_channel else None)
+
+
+@STATIC_RULES.register("ConvTranspose", since=1)
+def conv_transpose_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """ConvTranspose: like Conv; weight per-tensor (its output channels are axis 1 per group)."""
+    if node.attrs.get("group", 1) != 1:
+        return False
+    return _conv_like(node, view, plan, 1 if view.options.per_channel else None)
+
+
+@STATIC_RULES.register("Gemm", since=1)
+def gemm_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Gemm (QGemm): per-output-channel weight, int32 bias when C is a 1-D constant."""
+    if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
+        return False
+    a, b = node.inputs[0], node.inputs[1]
+    if not view.is_float_var(a) or not view.is_float_weight(b) or np.asarray(b.values).ndim != 2:
+        return False
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = node.inputs[2]
+        if not view.is_float_weight(c) or np.asarray(c.values).ndim != 1 or node.attrs.get("beta", 1.0) != 1.0:
+            return False
+    axis = (0 if node.attrs.get("transB", 0) else 1) if view.options.per_channel else None
+    return _conv_like(node, view, plan, axis)
+
+
+@STATIC_RULES.register("MatMul", since=1)
+def matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """MatMul: constant 2-D weight per-tensor (QLinearMatMul); activation x activation
+    only with ``quantize_activation_matmul`` (usually slower on CPU)."""
+    a, b = node.inputs
+    if not view.is_float_var(a):
+        return False
+    if view.is_float_weight(b) and np.asarray(b.values).ndim == 2:
+        plan.mark_input(a, node)
+        plan.mark_weight(b, None, node)
+    elif view.options.quantize_activation_matmul and view.is_float_var(b):
+        plan.mark_input(a, node)
+        plan.mark_input(b, node)
+    else:
+        return False
+    plan.mark_output(view.fused_output(node))
+    return True
+
+
+@STATIC_RULES.register("Add", since=7)
+@STATIC_RULES.register("Mul", since=7)
+def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Add/Mul of two activations (QLinearAdd/QLinearMul); constants operands decline."""
+    a, b = node.inputs
+    if not (view.is_float_var(a) and view.is_float_var(b)):
+        return False
+    plan.mark_input(a, node)
+    plan.mark_input(b, node)
+    plan.mark_output(view.fused_output(node))
+    return True
+
+
+@STATIC_RULES.register("Concat", since=4)
+def concat_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Concat: all inputs and the output share one scale (no requantization)."""
+    if not all(view.is_float_var(t) for t in node.inputs):
+        return False
+    out = node.outputs[0]
+    for t in node.inputs:
+        plan.mark_input(t, node)
+        plan.shared.union(out.name, t.name)
+    plan.mark_output(out)
+    return False
+
+
+def _pass_through(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    x = node.inputs[0]
+    if not plan.is_marked(x) or not view.is_float_var(x):
+        return False  # only worth it when the data is already 8-bit
+    plan.mark_input(x, node)
+    plan.mark_output(node.outputs[0])
+    plan.shared.union(x.name, node.outputs[0].name)
+    return False
+
+
+def _own_scale(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    x = node.inputs[0]
+    if not plan.is_marked(x):
+        return False
+    plan.mark_input(x, node)
+    plan.mark_output(node.outputs[0])
+    return False
+
+
+for _op in PASS_THROUGH:
+    STATIC_RULES.register(_op)(_pass_through)
+STATIC_RULES.register("AveragePool")(_own_scale)
+STATIC_RULES.register("GlobalAveragePool")(_own_scale)
+
+
+def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Gather from a constant 2-D float table (embeddings): int8 table, shared-scale output."""
+    table = node.inputs[0]
+    if not view.is_float_weight(table) or np.asarray(table.values).ndim != 2 or node.attrs.get("axis", 0) != 0:
+        return False
+    plan.mark_weight(table, None, node)
+    out = node.outputs[0]
+    plan.mark_output(out)
+    plan.shared.union(table.name, out.name)
+    return False
+
+
+STATIC_RULES.register("Gather")(gather_rule)
+DYNAMIC_RULES.register("Gather")(gather_rule)
+
+
+@DYNAMIC_RULES.register("MatMul", since=1)
+def dynamic_matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """MatMul with a constant 2-D weight -> dynamic-activation integer MatMul.
+
+    Declines small weights (``min_weight_size``): quantizing the activation at run time
+    costs more than the integer product saves there.
+    """
+    a, b = node.inputs
+    if not view.is_float_var(a) or not view.is_float_weight(b):
+        return False
+    w = np.asarray(b.values)
+    if w.ndim != 2 or w.size < view.options.min_weight_size:
+        return False
+    plan.dynamic.append(node)
+    return True
+
+
+@DYNAMIC_RULES.register("Gemm", since=1)
+def dynamic_gemm_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Gemm (A x B + C, constant B and 1-D C) -> dynamic integer MatMul plus a bias Add."""
+    if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
+        return False
+    a, b = node.inputs[0], node.inputs[1]
+    if not view.is_float_var(a) or not view.is_float_weight(b):
+        return False
+    w = np.asarray(b.values)
+    if w.ndim != 2 or w.size < view.options.min_weight_size:
+        return False
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = node.inputs[2]
+        if not view.is_float_weight(c) or np.asarray(c.values).ndim != 1:
+            return False
+    plan.dynamic.append(node)
+    return True
+
+
+def build_plan(
+    graph: gs.Graph,
+    registry: RuleRegistry,
+    options: RuleOptions,
+    *,
+    opset: int,
+    skip: Callable[[gs.Node], bool] = lambda n: False,
+) -> QuantPlan:
+    """Run the rules over ``graph`` in topological order (the graph must be sorted)."""
+    view = GraphView(graph, options)
+    plan = QuantPlan()
+    for node in graph.nodes:
+        if skip(node):
+            continue
+        rule = registry.lookup(node.domain or "", node.op, opset)
+        if rule is not None and rule(node, view, plan):
+            plan.layers.append(node.name)
+    return plan

@@ -1,0 +1,134 @@
+"""Accuracy control: per-layer sensitivity and greedy fallback to float.
+
+Each candidate is a whole model evaluated in ONE onnxruntime session on a few calibration
+batches (never a session per node). The number of candidates is bounded:
+
+* sensitivity: layers are cut into at most ``max_groups`` consecutive groups (topological
+  order); candidate *g* quantizes only group *g*; its sensitivity is ``1 - cosine``
+  (worst output) against the float model;
+* fallback: groups go back to float, most sensitive first, one candidate each, until the
+  target holds or ``max_fallback`` groups are float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxcomp.metrics import FidelityAccumulator
+from onnxcomp.runtime import make_session, run
+
+
+@dataclass(frozen=True)
+class Score:
+    """Fidelity of a candidate: worst cosine and worst max |error| over float outputs."""
+
+    cosine: float
+    max_abs: float
+
+    def meets(self, target_cosine: float | None, target_max_abs: float | None) -> bool:
+        if target_cosine is not None and self.cosine < target_cosine:
+            return False
+        if target_max_abs is not None and self.max_abs > target_max_abs:
+            return False
+        return True
+
+
+class Evaluator:
+    """Reference outputs of the float model on fixed feeds; scores candidate models."""
+
+    def __init__(self, reference: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+        self.reference = self._outputs(reference)
+        self.sessions = 0
+
+    def _outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        # Graph optimizations on: candidates are scored as they will run (fused integer
+        # kernels round differently from the QDQ float simulation).
+        sess = make_session(model, optimize=True)
+        return [run(sess, f) for f in self.feeds]
+
+    def score(self, model: onnx.ModelProto) -> Score:
+        """Worst-output cosine and max |error| of ``model`` against the reference."""
+        self.sessions += 1
+        outs = self._outputs(model)
+        accs: dict[str, FidelityAccumulator] = {}
+        for r_out, c_out in zip(self.reference, outs):
+            for k, r in r_out.items():
+                r = np.asarray(r)
+                if r.dtype.kind != "f" or not r.size:
+                    continue
+                accs.setdefault(k, FidelityAccumulator()).add(r, np.asarray(c_out[k]))
+        if not accs:
+            return Score(1.0, 0.0)
+        res = [a.result() for a in accs.values()]
+        return Score(min(r.cosine for r in res), max(r.max_abs_diff for r in res))
+
+
+def group_layers(layers: Sequence[str], max_groups: int) -> list[tuple[str, ...]]:
+    """Cut ``layers`` (topological order) into at most ``max_groups`` consecutive groups."""
+    if not layers:
+        return []
+    k = min(max_groups, len(layers))
+    bounds = np.linspace(0, len(layers), k + 1).astype(int)
+    return [tuple(layers[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+@dataclass
+class FallbackResult:
+    """Outcome of `fallback`: float layers, final score, candidates evaluated."""
+
+    excluded: set[str]
+    score: Score
+    candidates: int
+    met: bool
+
+
+def fallback(
+    layers: Sequence[str],
+    build: Callable[[set[str]], onnx.ModelProto],
+    evaluator: Evaluator,
+    *,
+    target_cosine: float | None,
+    target_max_abs: float | None,
+    max_groups: int = 48,
+    max_fallback: int = 16,
+    progress: Callable[[str], None] | None = None,
+) -> FallbackResult:
+    """Sensitivity per layer group, then float fallback in order until the target holds.
+
+    Args:
+        layers: Quantized layer names in topological order.
+        build: Model with every layer in the given set kept float.
+        evaluator: Scores candidate models.
+        target_cosine: Worst-output cosine to reach (None: no cosine target).
+        target_max_abs: Worst-output max |error| to stay under (None: none).
+        max_groups: Cap on sensitivity candidates.
+        max_fallback: Cap on groups returned to float.
+        progress: Status-line callback.
+    """
+    groups = group_layers(layers, max_groups)
+    all_layers = set(layers)
+    sens: list[tuple[float, int]] = []
+    for i, g in enumerate(groups):
+        if progress:
+            progress(f"sensitivity: group {i + 1}/{len(groups)}")
+        s = evaluator.score(build(all_layers - set(g)))
+        # Cosine first; max error breaks ties (and ranks when only a max-error target is set).
+        sens.append((1.0 - s.cosine + (s.max_abs if target_cosine is None else 0.0), i))
+    sens.sort(reverse=True)
+    excluded: set[str] = set()
+    score = Score(0.0, float("inf"))
+    n = 0
+    for _, i in sens[:max_fallback]:
+        excluded |= set(groups[i])
+        n += 1
+        if progress:
+            progress(f"fallback: {len(excluded)} layers float")
+        score = evaluator.score(build(excluded))
+        if score.meets(target_cosine, target_max_abs):
+            return FallbackResult(excluded, score, len(groups) + n, True)
+    return FallbackResult(excluded, score, len(groups) + n, False)

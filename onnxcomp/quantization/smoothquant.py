@@ -1,0 +1,116 @@
+"""SmoothQuant-style scale migration from activation outlier channels into weights.
+
+Pretrained transformers have a few hidden channels whose activations are 10-100x larger
+than the rest; a per-tensor activation scale sized for them leaves the other channels with
+a handful of levels. For ``Y = X W`` (W is K x N, input channels on rows) and a per-channel
+factor ``s_j > 0``::
+
+    Y = (X diag(1/s)) (diag(s) W)
+
+is exact in real arithmetic. With ``a_j = max|X_j|`` (calibrated) and ``w_j = max_k |W_jk|``
+(over every layer reading X), ``s_j = a_j^alpha / w_j^(1 - alpha)`` equalises the two ranges
+(alpha = 0.5 splits the difficulty evenly): the activation becomes easy to quantize per
+tensor, and the weight, quantized per output column, absorbs the outliers.
+
+Where ``X / s`` goes:
+
+* ``X = LayerNormalization(x; gamma, beta)`` read only by the smoothed layers: fold into
+  the norm, ``gamma' = gamma / s``, ``beta' = beta / s`` (free at run time);
+* otherwise one ``Mul(X, 1/s)`` feeding the smoothed layers (other readers of X, e.g. the
+  residual Add of a post-LN block, keep the unscaled X). One elementwise multiply per
+  smoothed tensor is negligible next to the MatMuls it feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcomp.quantization.calibrators import TensorStats
+
+
+@dataclass(frozen=True)
+class SmoothSite:
+    """Layers (MatMul / Gemm with a constant weight) that read the same activation."""
+
+    tensor: gs.Tensor
+    layers: tuple[gs.Node, ...]
+
+
+def _weight_in_rows(node: gs.Node) -> np.ndarray:
+    """The layer's weight as K x N (input channels on rows)."""
+    w = np.asarray(node.inputs[1].values, dtype=np.float32)
+    return w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
+
+
+def _set_weight_rows(node: gs.Node, w_rows: np.ndarray, tag: str) -> None:
+    old = node.inputs[1]
+    w = w_rows.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w_rows
+    # A new constant per layer: the original may be shared with layers we do not smooth.
+    node.inputs[1] = gs.Constant(f"{old.name}_smoothed_{tag}", np.ascontiguousarray(w.astype(np.float32)))
+
+
+def find_sites(layers: list[gs.Node]) -> list[SmoothSite]:
+    """Group layers by the activation they read (linear in the number of layers)."""
+    by_input: dict[int, list[gs.Node]] = {}
+    tensors: dict[int, gs.Tensor] = {}
+    for n in layers:
+        if n.op not in ("MatMul", "Gemm") or not isinstance(n.inputs[1], gs.Constant):
+            continue
+        if np.asarray(n.inputs[1].values).ndim != 2:
+            continue
+        x = n.inputs[0]
+        by_input.setdefault(id(x), []).append(n)
+        tensors[id(x)] = x
+    return [SmoothSite(tensors[k], tuple(v)) for k, v in by_input.items()]
+
+
+def smooth(graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float) -> int:
+    """Migrate scales at every site with channel statistics; returns how many were smoothed."""
+    consumers: dict[str, int] = {}
+    for n in graph.nodes:
+        for t in n.inputs:
+            if t.name:
+                consumers[t.name] = consumers.get(t.name, 0) + 1
+    outputs = {t.name for t in graph.outputs}
+    done = 0
+    for site in sites:
+        st = stats.get(site.tensor.name)
+        if st is None or st.channel_absmax is None:
+            continue
+        a = st.channel_absmax
+        ws = [_weight_in_rows(n) for n in site.layers]
+        if any(w.shape[0] != a.size for w in ws):
+            continue
+        wmax = np.max(np.stack([np.abs(w).max(axis=1) for w in ws]), axis=0)
+        s = np.power(np.maximum(a, 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1.0 - alpha)
+        s = np.clip(s, 1e-4, 1e4).astype(np.float32)
+        x = site.tensor
+        tag = f"{done}"
+        producer = x.inputs[0] if x.inputs else None
+        foldable = (
+            producer is not None and producer.op == "LayerNormalization" and producer.attrs.get("axis", -1) == -1
+            and consumers.get(x.name, 0) == len(site.layers) and x.name not in outputs
+            and all(isinstance(t, gs.Constant) for t in producer.inputs[1:] if t.name)
+        )
+        if foldable:
+            for idx in (1, 2):
+                if len(producer.inputs) > idx and producer.inputs[idx].name:
+                    old = producer.inputs[idx]
+                    producer.inputs[idx] = gs.Constant(
+                        f"{old.name}_smoothed_{tag}", (np.asarray(old.values, dtype=np.float32) / s).astype(np.float32)
+                    )
+        else:
+            xs = gs.Variable(f"{x.name}_smoothed_{tag}", dtype=np.float32, shape=x.shape)
+            inv = gs.Constant(f"{x.name}_smooth_inv_{tag}", (1.0 / s).astype(np.float32))
+            graph.nodes.append(gs.Node("Mul", f"{x.name}_SmoothQuant_{tag}", {}, [x, inv], [xs]))
+            for n in site.layers:
+                n.inputs[0] = xs
+        for n, w in zip(site.layers, ws):
+            _set_weight_rows(n, w * s[:, None], f"{n.name}")
+        done += 1
+    if done:
+        graph.toposort()
+    return done

@@ -1,0 +1,203 @@
+"""``distill``: recover accuracy by knowledge distillation from the original model.
+
+The current (e.g. pruned) graph is turned into a trainable PyTorch module whose
+parameters are the graph's weight initializers (`onnxcomp.recovery.torch_graph`), trained
+against the teacher -- the model the run started from, or ``teacher=PATH`` -- with::
+
+    L = α·CE(labels) + (1 − α)·T²·KL(teacher_T ‖ student_T) + β·feature MSE
+
+(see `onnxcomp.recovery.distill_loop`), and the trained values are written back into the
+same initializers: the graph structure is unchanged, only weight values move.
+
+Data: ``ctx.train_data`` (``--train-data``; an extra ``label`` array gives hard labels),
+else the calibration data with a warning. Teacher outputs are computed once, in one
+onnxruntime session. Feature tensors are matched by name; when pruning sliced a feature
+tensor, the teacher's copy is restricted to the kept channels (``prune-channels``
+artifact). Needs the ``torch`` extra; this module imports without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxcomp.errors import UsageError
+from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+
+_NO_TORCH = "distill needs PyTorch: pip install 'onnxcomp[torch]'"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillOptions(PassOptions):
+    """Options of ``distill``."""
+
+    epochs: int = field(default=10, metadata={"help": "training epochs (upper bound: early stopping)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (cosine-annealed to 0)"})
+    batch_size: int = field(default=64, metadata={"help": "training batch size"})
+    temperature: float = field(default=4.0, metadata={"help": "softmax temperature T of the KL term"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the hard-label CE term (needs labels)"})
+    beta: float = field(default=0.0, metadata={"help": "weight of the feature MSE term"})
+    features: tuple[str, ...] = field(default=(), metadata={"help": "intermediate tensor names matched by the feature term"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    val_fraction: float = field(default=0.1, metadata={"help": "held-out fraction for early stopping"})
+    patience: int = field(default=3, metadata={"help": "epochs without validation improvement before stopping"})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "cap on training samples held in memory"})
+    seed: Optional[int] = field(default=None, metadata={"help": "training seed (default: the run's seed)"})
+    output: Optional[str] = field(default=None, metadata={"help": "graph output to distil (default: the first)"})
+    threads: int = field(default=1, metadata={"help": "torch intra-op threads (1 is fastest for small models)"})
+    teacher: Optional[str] = field(default=None, metadata={"help": "teacher ONNX path (default: the model the run started from)"})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.temperature > 0:
+            raise UsageError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.beta < 0:
+            raise UsageError(f"beta must be >= 0, got {self.beta}")
+        if self.beta > 0 and not self.features:
+            raise UsageError("beta > 0 needs feature tensor names (features=[a,b])")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UsageError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.patience < 1:
+            raise UsageError(f"patience must be >= 1, got {self.patience}")
+        if self.threads < 1:
+            raise UsageError(f"threads must be >= 1, got {self.threads}")
+        if self.max_samples is not None and self.max_samples < 2:
+            raise UsageError(f"max_samples must be >= 2, got {self.max_samples}")
+
+
+def _load_data(ctx: PassContext, max_samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    data = ctx.train_data
+    if data is None:
+        if ctx.calibration is None:
+            raise UsageError("distill needs training data (--train-data PATH) or calibration data")
+        ctx.logger.warning("distill: no --train-data given; training on the calibration data")
+        data = ctx.calibration
+    feeds: dict[str, list[np.ndarray]] = {}
+    labels: list[np.ndarray] = []
+    has_labels = True
+    for batch, y in data.iter_with_labels(max_samples):
+        for k, v in batch.items():
+            feeds.setdefault(k, []).append(v)
+        if y is None:
+            has_labels = False
+        else:
+            labels.append(y)
+    if not feeds:
+        raise UsageError("distill: the training data is empty")
+    inputs = {k: np.concatenate(v) for k, v in feeds.items()}
+    return inputs, (np.concatenate(labels).reshape(-1) if has_labels and labels else None)
+
+
+def _teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
+    from onnxcomp.recovery.activations import TensorTap
+
+    tap = TensorTap(teacher, names)
+    n = len(next(iter(inputs.values())))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for start in range(0, n, batch):
+        out = tap({k: v[start : start + batch] for k, v in inputs.items()})
+        for k in names:
+            parts[k].append(out[k])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _restrict(name: str, t: np.ndarray, student_shape: tuple, kept: dict) -> np.ndarray:
+    """The teacher's tensor restricted to the channels the student kept."""
+    if name in kept:
+        axis, idx = kept[name]
+        t = np.take(t, np.asarray(idx, dtype=np.int64), axis=axis)
+    if t.shape[1:] != tuple(student_shape[1:]):
+        raise UsageError(
+            f"distill: feature {name!r} has shape {t.shape[1:]} in the teacher but {tuple(student_shape[1:])} in the "
+            "student, and no pruning record says which channels were kept"
+        )
+    return t
+
+
+@register_pass("distill")
+class Distill(Pass):
+    """Train the weights by knowledge distillation from the original model (torch extra)."""
+
+    lossless = False
+    Options = DistillOptions
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        opts: DistillOptions = self.options  # type: ignore[assignment]
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UsageError(_NO_TORCH) from None
+        from onnxcomp.recovery.distill_loop import DistillConfig, distill
+        from onnxcomp.recovery.torch_graph import OnnxModule
+
+        if opts.teacher is not None:
+            from onnxcomp.model_io import load_model
+
+            teacher = load_model(opts.teacher)
+        else:
+            teacher = ctx.original_model
+        student_model = ctx.to_model(graph)
+        module = OnnxModule(student_model)  # fails early, naming unsupported ops
+        if not module.trainable_names:
+            return PassResult(modified=False, stats={"params_trained": 0})
+        output = opts.output or module.output_names[0]
+        if output not in module.output_names:
+            raise UsageError(f"distill: {output!r} is not a graph output; outputs: {', '.join(module.output_names)}")
+        teacher_names = {o for n in teacher.graph.node for o in n.output} | {o.name for o in teacher.graph.output}
+        missing = [f for f in (output, *opts.features) if f not in teacher_names]
+        if missing:
+            raise UsageError(f"distill: tensor(s) not in the teacher model: {', '.join(missing)}")
+
+        inputs, labels = _load_data(ctx, opts.max_samples)
+        if len(next(iter(inputs.values()))) < 2:
+            raise UsageError("distill needs at least 2 training samples")
+        ctx.progress(f"distill: teacher outputs for {len(next(iter(inputs.values())))} samples")
+        names = [output, *(opts.features if opts.beta > 0 else ())]
+        targets = _teacher_outputs(teacher, inputs, names, max(opts.batch_size, 64))
+        kept = ctx.artifacts.get("prune-channels", {}).get("kept", {})
+        if opts.beta > 0:
+            with torch.no_grad():
+                probe = module({k: torch.from_numpy(v[:1]) for k, v in inputs.items()}, capture=opts.features)
+            for f in opts.features:
+                targets[f] = _restrict(f, targets[f], tuple(probe[f].shape), kept)
+
+        cfg = DistillConfig(
+            epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, temperature=opts.temperature, alpha=opts.alpha,
+            beta=opts.beta, weight_decay=opts.weight_decay, val_fraction=opts.val_fraction, patience=opts.patience,
+            seed=ctx.seed if opts.seed is None else opts.seed, threads=opts.threads,
+        )
+        before = module.export_initializers()
+        result = distill(module, inputs, targets, output=output, features=opts.features if opts.beta > 0 else (),
+                         labels=labels, config=cfg, progress=ctx.progress)
+        after = module.export_initializers()
+        changed = {k: v for k, v in after.items() if not np.array_equal(v, before[k])}
+        if changed:
+            consts = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+            for name, value in changed.items():
+                const = consts[name]
+                const.values = value.astype(np.asarray(const.values).dtype)
+        last = result.history[-1] if result.history else {}
+        best = result.history[result.best_epoch - 1] if result.best_epoch else result.initial
+        stats = {
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "samples": int(len(next(iter(inputs.values())))),
+            "labels": labels is not None,
+            "params_trained": len(changed),
+            "val_kl_before": round(result.initial.get("val_kl", float("nan")), 6),
+            "val_kl_after": round(best.get("val_kl", float("nan")), 6),
+            "val_top1_agreement": round(best.get("val_top1_agreement", float("nan")), 6),
+            "final_train_loss": round(last.get("train_loss", float("nan")), 6),
+        }
+        return PassResult(modified=bool(changed), stats=stats)

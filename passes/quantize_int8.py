@@ -1,0 +1,232 @@
+"""``quantize-int8``: post-training INT8 quantization with calibration.
+
+Two schemes, chosen per model by ``mode`` (``auto`` picks by graph shape):
+
+* ``static`` (CNNs): QDQ placement by the per-op rules in `onnxcomp.quantization.rules`,
+  activation ranges from streamed calibration statistics (`collect`, `calibrators`),
+  int8 per-channel symmetric weights, int32 biases with ``s_b = s_x * s_w``. onnxruntime
+  fuses ``DQ -> Conv -> Q`` into QLinearConv etc.
+* ``dynamic`` (transformers): MatMuls with constant weights become
+  ``DynamicQuantizeLinear -> MatMulInteger`` (activation range measured per batch at run
+  time); LayerNorm, Softmax, GELU and the attention products stay float. SmoothQuant scale
+  migration (`smoothquant`) first moves activation outlier channels into the weights.
+
+Accuracy control: ``exclude`` keeps named nodes / op types float; when the quantized model
+misses ``target_cosine`` (or ``target_max_abs``) on a few calibration batches, a
+per-layer-group sensitivity analysis ranks layers and the most sensitive go back to float
+until the target is met (`sensitivity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxcomp.errors import UsageError
+from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.quantization.calibrators import CALIBRATORS, QParams, activation_qparams, calibrate_range, weight_qparams
+from onnxcomp.quantization.collect import collect_stats
+from onnxcomp.quantization.insert import materialize, weight_params
+from onnxcomp.quantization.rules import DYNAMIC_RULES, STATIC_RULES, QuantPlan, RuleOptions, build_plan
+from onnxcomp.quantization.sensitivity import Evaluator, fallback
+from onnxcomp.quantization.smoothquant import find_sites, smooth
+
+NEEDS_DATA = "quantize-int8 needs --calibration-data (an .npz, a folder of them, or 'random')"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeInt8Options(PassOptions):
+    """Options of `quantize-int8`."""
+
+    mode: Literal["auto", "static", "dynamic"] = field(
+        default="auto", metadata={"help": "static QDQ (CNNs), dynamic activation MatMuls (transformers), or auto by graph"}
+    )
+    calibrator: Literal["minmax", "percentile", "entropy", "mse"] = field(
+        default="minmax", metadata={"help": "how activation ranges are chosen from calibration statistics"}
+    )
+    percentile: float = field(default=99.999, metadata={"help": "percentile for calibrator=percentile"})
+    per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
+    activation_type: Literal["uint8", "int8"] = field(default="uint8", metadata={"help": "activation integer type (static)"})
+    symmetric: bool = field(default=False, metadata={"help": "symmetric activation ranges (static)"})
+    exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names or op types to keep float"})
+    target_cosine: Optional[float] = field(
+        default=0.99, metadata={"help": "worst-output cosine to reach; layers fall back to float until met (none: off)"}
+    )
+    target_max_abs: Optional[float] = field(default=None, metadata={"help": "worst-output max |error| to stay under"})
+    smoothquant_alpha: Optional[float] = field(
+        default=None, metadata={"help": "dynamic mode: SmoothQuant migration strength in [0, 1] (none: 0.5; 0 disables)"}
+    )
+    calibration_batches: Optional[int] = field(default=None, metadata={"help": "use at most this many calibration batches"})
+    eval_batches: int = field(default=4, metadata={"help": "calibration batches used to score candidates"})
+    max_sensitivity_groups: int = field(default=48, metadata={"help": "cap on per-layer sensitivity candidates"})
+    max_fallback: int = field(default=16, metadata={"help": "cap on layer groups returned to float"})
+    quantize_activation_matmul: bool = field(
+        default=False, metadata={"help": "static mode: also quantize activation x activation MatMuls (often slower on CPU)"}
+    )
+    min_weight_size: int = field(default=16384, metadata={"help": "dynamic mode: skip MatMuls with smaller weights"})
+    quantize_embeddings: bool = field(default=True, metadata={"help": "int8 tables for Gather from constant embeddings"})
+
+    def __post_init__(self) -> None:
+        if self.calibrator not in CALIBRATORS:
+            raise UsageError(f"calibrator must be one of {', '.join(CALIBRATORS)}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UsageError("percentile must be in (50, 100]")
+        if self.target_cosine is not None and not -1.0 <= self.target_cosine <= 1.0:
+            raise UsageError("target_cosine must be in [-1, 1] (or none)")
+        if self.target_max_abs is not None and self.target_max_abs < 0:
+            raise UsageError("target_max_abs must be >= 0")
+        if self.smoothquant_alpha is not None and not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise UsageError("smoothquant_alpha must be in [0, 1]")
+        if self.calibration_batches is not None and self.calibration_batches < 1:
+            raise UsageError("calibration_batches must be >= 1")
+        for name in ("eval_batches", "max_sensitivity_groups"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1")
+        if self.max_fallback < 0 or self.min_weight_size < 0:
+            raise UsageError("max_fallback and min_weight_size must be >= 0")
+
+
+def is_transformer_like(graph: gs.Graph) -> bool:
+    """LayerNorm/Softmax present and constant-weight MatMuls outnumber convolutions."""
+    ops = [n.op for n in graph.nodes]
+    attn = ops.count("LayerNormalization") + ops.count("Softmax")
+    mm = sum(1 for n in graph.nodes if n.op == "MatMul" and isinstance(n.inputs[1], gs.Constant))
+    return attn > 0 and mm >= ops.count("Conv")
+
+
+def _default_opset(graph: gs.Graph) -> int:
+    for d in graph.import_domains or []:
+        if d.domain in ("", "ai.onnx"):
+            return int(d.version)
+    return int(graph.opset)
+
+
+@register_pass("quantize-int8")
+class QuantizeInt8(Pass):
+    """INT8 post-training quantization (static QDQ or dynamic MatMul) with calibration."""
+
+    lossless = False
+    Options = QuantizeInt8Options
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        o: QuantizeInt8Options = self.options  # type: ignore[assignment]
+        if ctx.calibration is None:
+            raise UsageError(NEEDS_DATA)
+        opset = _default_opset(graph)
+        if opset < 13:
+            # Per-channel DequantizeLinear (axis) needs opset 13; upgrade first with
+            # onnx.version_converter (documented) rather than silently rewriting opsets.
+            raise UsageError(f"quantize-int8 needs opset >= 13 (model has {opset}); convert with onnx.version_converter first")
+        transformer = is_transformer_like(graph)
+        mode = o.mode if o.mode != "auto" else ("dynamic" if transformer else "static")
+        ops_excluded = set(o.exclude)
+        batches = o.calibration_batches
+
+        def data():
+            for i, feeds in enumerate(ctx.calibration):
+                if batches is not None and i >= batches:
+                    return
+                yield feeds
+
+        def skip(excluded_layers: set[str]) -> "callable":
+            def f(n: gs.Node) -> bool:
+                return n.name in ops_excluded or n.op in ops_excluded or n.name in excluded_layers
+
+            return f
+
+        rule_opts = RuleOptions(
+            per_channel=o.per_channel, quantize_activation_matmul=o.quantize_activation_matmul, min_weight_size=o.min_weight_size
+        )
+        registry = DYNAMIC_RULES if mode == "dynamic" else STATIC_RULES
+        if not o.quantize_embeddings:
+            ops_excluded.add("Gather")
+        probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
+        if not (probe.layers or probe.activations or probe.weights or probe.dynamic):
+            return PassResult(modified=False, stats={"mode": mode, "layers_quantized": 0})
+
+        # SmoothQuant (dynamic scheme): a lossless rescaling, applied once before any
+        # candidate is built, so every candidate and the reference share it.
+        alpha = o.smoothquant_alpha if o.smoothquant_alpha is not None else 0.5
+        smoothed = 0
+        if mode == "dynamic" and alpha > 0:
+            sites = find_sites(probe.dynamic)
+            if sites:
+                names = [s.tensor.name for s in sites]
+                st = collect_stats(ctx.to_model(graph), data(), names, channel_stats=names, progress=ctx.progress)
+                smoothed = smooth(graph, sites, st, alpha)
+                if smoothed:
+                    probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
+
+        float_model = ctx.to_model(graph)
+        ranges: dict[str, tuple[float, float]] = {}
+        if probe.activations:
+            hist = o.calibrator != "minmax"
+            stats = collect_stats(float_model, data(), list(probe.activations), histogram=hist, progress=ctx.progress)
+            ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
+
+        def quantize_into(g: gs.Graph, excluded_layers: set[str]) -> QuantPlan:
+            plan = build_plan(g, registry, rule_opts, opset=opset, skip=skip(excluded_layers))
+            tensors = g.tensors()
+            wp = weight_params(plan, tensors)
+            acts = self._activation_params(plan, ranges, tensors, o)
+            materialize(g, plan, acts, wp)
+            return plan
+
+        def candidate(excluded_layers: set[str]):
+            g = graph.copy()
+            quantize_into(g, excluded_layers)
+            return ctx.to_model(g)
+
+        excluded_layers: set[str] = set()
+        extra: dict[str, object] = {}
+        if o.target_cosine is not None or o.target_max_abs is not None:
+            feeds = ctx.calibration.first_batches(o.eval_batches)
+            evaluator = Evaluator(float_model, feeds)
+            score = evaluator.score(candidate(set()))
+            extra["estimated_cosine"] = round(score.cosine, 6)
+            if not score.meets(o.target_cosine, o.target_max_abs):
+                fb = fallback(
+                    probe.layers, candidate, evaluator, target_cosine=o.target_cosine, target_max_abs=o.target_max_abs,
+                    max_groups=o.max_sensitivity_groups, max_fallback=o.max_fallback, progress=ctx.progress,
+                )
+                excluded_layers = fb.excluded
+                extra.update(estimated_cosine=round(fb.score.cosine, 6), target_met=fb.met, candidates=fb.candidates + 1)
+                if not fb.met:
+                    ctx.logger.warning(
+                        "quantize-int8: fidelity target not met after %d layers fell back (cosine %.4f)", len(excluded_layers), fb.score.cosine
+                    )
+        plan = quantize_into(graph, excluded_layers)
+        ctx.artifacts["quantize-int8"] = {"mode": mode, "float_layers": sorted(excluded_layers), "layers": list(plan.layers)}
+        stats_out = {
+            "mode": mode,
+            "layers_quantized": len(plan.layers),
+            "layers_float": len(excluded_layers),
+            "activations_quantized": len(plan.activations),
+            "weights_quantized": len(plan.weights),
+            "dynamic_matmuls": len(plan.dynamic),
+            "smoothed_norms": smoothed,
+            **extra,
+        }
+        return PassResult(modified=True, stats=stats_out)
+
+    @staticmethod
+    def _activation_params(
+        plan: QuantPlan, ranges: dict[str, tuple[float, float]], tensors: dict[str, gs.Tensor], o: QuantizeInt8Options
+    ) -> dict[str, QParams]:
+        """Resolve shared-scale groups: union of member ranges, or the weight's scale."""
+        groups = plan.shared.groups()
+        out: dict[str, QParams] = {}
+        for name in plan.activations:
+            members = groups.get(plan.shared.find(name), [name])
+            wname = next((m for m in members if m in plan.weights), None)
+            if wname is not None:
+                out[name] = weight_qparams(np.asarray(tensors[wname].values), None)
+                continue
+            known = [ranges[m] for m in members if m in ranges]
+            lo = min((r[0] for r in known), default=0.0)
+            hi = max((r[1] for r in known), default=0.0)
+            out[name] = activation_qparams(lo, hi, dtype=o.activation_type, symmetric=o.symmetric)
+        return out

@@ -1,0 +1,140 @@
+"""``reconstruct``: closed-form layer refit after pruning."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxcomp
+from onnxcomp.errors import UsageError
+from onnxcomp.graph_io import to_graph, to_model
+from onnxcomp.pass_api import instantiate
+from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
+
+from .conftest import conv_net, make_ctx
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def _duplicate_channel_pair(rng: np.random.Generator, fc: bool = False):
+    """Teacher whose conv1 channel 3 duplicates channel 0, and its pruned student.
+
+    Dropping channel 3 loses nothing that conv2 cannot express: refitting conv2 (add
+    W2[:, 3] onto W2[:, 0]) reproduces the teacher exactly.
+    """
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b1 = rng.standard_normal(4).astype(np.float32)
+    w1[3], b1[3] = w1[0], b1[0]
+    w2 = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b2 = rng.standard_normal(5).astype(np.float32)
+    fcw = rng.standard_normal((3, 5)).astype(np.float32) if fc else None
+    fcb = rng.standard_normal(3).astype(np.float32) if fc else None
+    teacher = conv_net(w1, b1, w2, b2, fc=fcw, fc_b=fcb)
+    keep = np.array([0, 1, 2], dtype=np.int64)
+    student = conv_net(w1[keep], b1[keep], w2[:, keep], b2, fc=fcw, fc_b=fcb)
+    kept = {"w1": (0, keep), "b1": (0, keep), "h": (1, keep), "r": (1, keep), "w2": (1, keep)}
+    return teacher, student, kept
+
+
+def test_refit_recovers_exactly_reconstructible_layer(rng: np.random.Generator) -> None:
+    teacher, student, kept = _duplicate_channel_pair(rng)
+    x = rng.standard_normal((64, 3, 6, 6)).astype(np.float32)
+    before = np.abs(_run(student, x) - _run(teacher, x)).max()
+    assert before > 0.5  # pruning really hurt
+
+    graph, meta = to_graph(student)
+    ctx = make_ctx(teacher, student, {"x": x}, kept=kept)
+    result = Reconstruct(ReconstructOptions(ridge=0.0)).run(graph, ctx)
+    assert result.modified
+    assert result.stats["layers_refit"] == 1  # conv2 only: conv1's input was not pruned
+    out = to_model(graph, meta)
+    onnx.checker.check_model(out, full_check=True)
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in student.graph.node]
+    x_test = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x_test), _run(teacher, x_test), atol=2e-3, rtol=1e-3)
+    assert result.stats["rel_error_after"] < 1e-8
+
+
+def test_refit_through_manager_with_gemm_downstream(rng: np.random.Generator) -> None:
+    """Stages: conv2 first, then the Gemm sees conv2's refit output (downstream scope)."""
+    teacher, student, kept = _duplicate_channel_pair(rng, fc=True)
+    x = rng.standard_normal((64, 3, 6, 6)).astype(np.float32)
+    graph, meta = to_graph(student)
+    ctx = make_ctx(teacher, student, {"x": x}, kept=kept)
+    result = Reconstruct(ReconstructOptions(ridge=0.0)).run(graph, ctx)
+    assert result.stats["stages"] == 2
+    assert result.stats["layers_refit"] + result.stats["layers_unchanged"] == 2
+    out = to_model(graph, meta)
+    np.testing.assert_allclose(_run(out, x[:8]), _run(teacher, x[:8]), atol=2e-3, rtol=1e-3)
+
+
+def test_teacher_option_without_artifact_refits_perturbed_layers(rng: np.random.Generator, tmp_path) -> None:
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b1 = rng.standard_normal(4).astype(np.float32)
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    teacher = conv_net(w1, b1, w2, None)
+    # Student: noisy conv2, no bias (reconstruct adds one).
+    student = conv_net(w1, b1, w2 + 0.3 * rng.standard_normal(w2.shape).astype(np.float32), None)
+    tpath = tmp_path / "teacher.onnx"
+    onnx.save(teacher, tpath)
+    x = rng.standard_normal((48, 3, 6, 6)).astype(np.float32)
+    out, report = onnxcomp.optimize(student, [f"reconstruct:teacher={tpath},ridge=0"], calibration_data={"x": x})
+    row = report.passes[0]
+    assert row.modified and row.stats["layers_refit"] == 1
+    assert len(out.graph.initializer) == len(student.graph.initializer) + 1  # the new conv2 bias
+    np.testing.assert_allclose(_run(out, x[:4]), _run(teacher, x[:4]), atol=2e-3, rtol=1e-3)
+
+
+def test_grouped_conv_refit(rng: np.random.Generator) -> None:
+    w1 = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    b1 = np.zeros(4, np.float32)
+    w2 = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)  # group=2
+    b2 = rng.standard_normal(4).astype(np.float32)
+    teacher = conv_net(w1, b1, w2, b2, group2=2)
+    student = conv_net(w1, b1, w2 * 0.5, b2 * 0, group2=2)
+    x = rng.standard_normal((32, 2, 6, 6)).astype(np.float32)
+    graph, meta = to_graph(student)
+    result = Reconstruct(ReconstructOptions(ridge=0.0, scope="all")).run(graph, make_ctx(teacher, student, {"x": x}))
+    assert result.stats["layers_refit"] == 2 or result.stats["layers_unchanged"] >= 1
+    np.testing.assert_allclose(_run(to_model(graph, meta), x[:4]), _run(teacher, x[:4]), atol=2e-3, rtol=1e-3)
+
+
+def test_does_not_fire_when_student_equals_teacher(rng: np.random.Generator) -> None:
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    model = conv_net(w1, np.zeros(4, np.float32), w2, np.zeros(2, np.float32))
+    x = rng.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    graph, _ = to_graph(model)
+    # ridge > 0 pulls the fit off the already-perfect weights: the guard keeps them.
+    result = Reconstruct(ReconstructOptions(ridge=0.1)).run(graph, make_ctx(model, model, {"x": x}))
+    assert not result.modified
+    assert result.stats["layers_refit"] == 0
+
+
+def test_skips_pruned_output_without_artifact(rng: np.random.Generator) -> None:
+    teacher, student, _ = _duplicate_channel_pair(rng)
+    x = rng.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    graph, _ = to_graph(student)
+    # No artifact: conv1's output has 3 channels but the teacher's has 4 -> unknown mapping.
+    result = Reconstruct(ReconstructOptions(scope="all")).run(graph, make_ctx(teacher, student, {"x": x}))
+    assert result.stats["layers_skipped"] == 1
+
+
+def test_needs_calibration(rng: np.random.Generator) -> None:
+    teacher, student, _ = _duplicate_channel_pair(rng)
+    graph, _ = to_graph(student)
+    ctx = make_ctx(teacher, student, {"x": np.zeros((1, 3, 6, 6), np.float32)})
+    ctx.calibration = None
+    with pytest.raises(UsageError, match="calibration"):
+        Reconstruct().run(graph, ctx)
+
+
+def test_options_validated() -> None:
+    with pytest.raises(UsageError):
+        instantiate("reconstruct:ridge=-1")
+    assert instantiate("reconstruct:scope=all,max_rows=10").options.max_rows == 10
