@@ -150,7 +150,7 @@ def make_config(
         warmup=3 if quick else 10,
         duration_s=6.0 if quick else 20.0,
         min_rounds=15 if quick else 40,
-        tool_timeout_s=240.0 if quick else 900.0,
+        tool_timeout_s=600.0 if quick else 1200.0,
         settings=_settings(quick),
         seed=seed,
     )

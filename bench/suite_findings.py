@@ -7,7 +7,10 @@ Each row is a dict as stored in ``results.json`` (see `bench/run.py`). For every
   Torch-Pruning). With latency ratio ``L`` (p50 ÷ FP32 p50, lower is faster) and fidelity
   ``F`` (test accuracy for the labelled model, else cosine to FP32; higher is better):
 
-  - the peer is *faster* when ``L_peer < L_onnxcomp · (1 − SPEED_TIE)``;
+  - the peer is *faster* when ``L_peer < L_onnxcomp · (1 − SPEED_TIE)`` **and**, when the
+    per-round samples are stored, the 95 % bootstrap interval of p50(peer) ÷ p50(onnxcomp)
+    (rounds resampled together, since every round timed both) lies below 1 — a gap inside
+    the run's own noise is a tie, not a win or a loss;
   - fidelities are *equal* within ``FID_TIE`` (cosine) or exactly (accuracy);
   - verdict ``loses`` = the peer is faster at ≥ equal fidelity, or equally fast with
     higher fidelity; ``wins`` mirrors it; ``trade-off`` = one is faster, the other more
@@ -15,13 +18,13 @@ Each row is a dict as stored in ``results.json`` (see `bench/run.py`). For every
     one produced a model.
 
 * **Pareto**: a peer row that no onnxcomp row (any preset) dominates — none is at least as
-  fast (within the speed tie) *and* at least as faithful — is a point of the speed/fidelity
+  fast (the peer is not `faster` than it) *and* at least as faithful — is a point of the speed/fidelity
   plane that onnxcomp does not reach on that model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,6 +76,43 @@ def measured(row: Row) -> bool:
     return row.get("status") == "ok" and latency_ratio(row) is not None and fidelity_value(row) is not None
 
 
+#: Bootstrap resamples and confidence level of the speed comparison.
+BOOTSTRAP = 2000
+CONFIDENCE = 0.95
+
+
+def ratio_interval(a_ms: Sequence[float], b_ms: Sequence[float], *, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap interval of median(a) ÷ median(b) over paired timing rounds.
+
+    Args:
+        a_ms: Per-round latencies of one variant.
+        b_ms: Per-round latencies of another variant, same rounds (interleaved timing).
+        seed: Seed of the resampling (the result is deterministic).
+
+    Returns:
+        ``(low, high)`` at `CONFIDENCE`, or None when the samples are missing or unpaired.
+    """
+    import numpy as np
+
+    a, b = np.asarray(a_ms, dtype=np.float64), np.asarray(b_ms, dtype=np.float64)
+    if a.size < 3 or a.shape != b.shape:
+        return None
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(BOOTSTRAP, a.size))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    tail = (1 - CONFIDENCE) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def faster(a: Row, b: Row) -> bool:
+    """Row ``a`` is faster than row ``b`` beyond the tie margin and the timing noise."""
+    la, lb = latency_ratio(a), latency_ratio(b)
+    if la is None or lb is None or not la < lb * (1 - SPEED_TIE):
+        return False
+    ci = ratio_interval((a.get("timing") or {}).get("samples_ms") or [], (b.get("timing") or {}).get("samples_ms") or [])
+    return ci is None or ci[1] < 1.0
+
+
 def _fid_tol(kind: str) -> float:
     return 0.0 if kind == "accuracy" else FID_TIE
 
@@ -103,8 +143,8 @@ def compare_pair(peer: Row, oc: Row, kind: str) -> tuple[str, str]:
     fp, fo = fidelity_value(peer), fidelity_value(oc)
     assert lp is not None and lo is not None and fp is not None and fo is not None
     tol = _fid_tol(kind)
-    peer_faster = lp < lo * (1 - SPEED_TIE)
-    oc_faster = lo < lp * (1 - SPEED_TIE)
+    peer_faster = faster(peer, oc)
+    oc_faster = faster(oc, peer)
     peer_fid_ge = fp >= fo - tol
     oc_fid_ge = fo >= fp - tol
     desc = (f"{peer['label']} ×{lp:.3f} of FP32 latency at {_fmt_fid(fp, kind)} vs "
@@ -147,10 +187,7 @@ def undominated_peers(rows: list[Row]) -> list[Finding]:
         for peer in (r for r in mrows if r["family"] == "peer" and measured(r)):
             lp, fp = latency_ratio(peer), fidelity_value(peer)
             assert lp is not None and fp is not None
-            dominated = any(
-                latency_ratio(o) <= lp * (1 + SPEED_TIE) and fidelity_value(o) >= fp - tol  # type: ignore[operator]
-                for o in ocs
-            )
+            dominated = any(not faster(peer, o) and fidelity_value(o) >= fp - tol for o in ocs)  # type: ignore[operator]
             if not dominated:
                 out.append(Finding(model, peer["category"], peer["label"], "any onnxcomp preset", "pareto",
                                    f"{peer['label']} (×{lp:.3f} latency, {_fmt_fid(fp, kind)}) is not matched by any "

@@ -103,6 +103,7 @@ class Timing:
     latency_ratio: float
     paired_latency_ratio: float
     rounds: int
+    samples_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -134,6 +135,9 @@ def time_interleaved(paths: list[Path], setting: ModelSetting, eval_npz: Path, c
             latency_ratio=1.0 / m.ratio_to_first if m.ratio_to_first else float("inf"),
             paired_latency_ratio=1.0 / m.paired_ratio_to_first if m.paired_ratio_to_first else float("inf"),
             rounds=res.rounds,
+            # Per-round samples (same round order for every variant) let the findings
+            # bootstrap whether two variants really differ (see suite_findings).
+            samples_ms=[round(x, 4) for x in m.samples_ms],
         )
         for m in res.models
     ]

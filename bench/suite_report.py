@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from suite_findings import Finding, findings, fidelity_name, losses_paragraph
+from suite_findings import CONFIDENCE, FID_TIE, SPEED_TIE, Finding, fidelity_name, findings, losses_paragraph
 
 Doc = Mapping[str, Any]
 
@@ -139,7 +139,7 @@ def render_markdown(doc: Doc) -> str:
                "onnxcomp's shared cost model. † = the model uses integer kernels (MatMulInteger, ConvInteger, QLinear*) "
                "whose FLOPs the cost model does not count. Tool time is wall-clock, on the same loaded machine.")
     out.append("- **Peers:** onnxruntime `quantize_static` (after `quant_pre_process`; QDQ, per-channel, MinMax, "
-               "default S8S8) on every model, `quantize_dynamic` on transformers; onnx-simplifier `simplify`; "
+               "default S8S8 and U8S8) on every model, `quantize_dynamic` on transformers; onnx-simplifier `simplify`; "
                "Torch-Pruning `MagnitudePruner` (L2 magnitude) on the PyTorch model, exported like the original "
                "(classifier kept; on transformers only FFN expansion layers). A tool that fails or times out is a "
                "row with its error, never dropped.\n")
@@ -149,10 +149,12 @@ def render_markdown(doc: Doc) -> str:
         out.append(f"| {m['name']} | {m.get('shape', '?')} | {m.get('calib_samples', '?')} | {_cell(m.get('eval_data', '?'))} |")
     out.append("")
     out.append("## Where onnxcomp loses\n")
-    out.append("Generated from the numbers below: a peer that is faster (by more than "
-               "3 %) at equal or better fidelity than the onnxcomp preset of the same category, an onnxcomp preset "
-               "that failed where a peer worked, and peer points no onnxcomp preset matches in both speed and "
-               "fidelity.\n")
+    out.append("Generated from the numbers below: a peer that is faster (p50 lower by more than "
+               f"{SPEED_TIE:.0%} and the {CONFIDENCE:.0%} bootstrap interval of the p50 ratio over the interleaved "
+               "rounds below 1) at equal or better fidelity than the onnxcomp preset of the same category, an "
+               "onnxcomp preset that failed where a peer worked, and peer points no onnxcomp preset matches in "
+               "both speed and fidelity. Fidelity ties: cosine within "
+               f"{FID_TIE:g}; accuracy must be equal or higher.\n")
     out.append(losses_paragraph(found) + "\n")
     out.append("## Head-to-head\n")
     out.append(findings_table(found) + "\n")

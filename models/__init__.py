@@ -112,9 +112,9 @@ def spec(name: str, *, small: bool = False) -> ModelSpec:
         )
     if name == "digits":
         return ModelSpec(name, "digits", (digits.INPUT_NAME,), ("logits",), image_size=8, channels=1)
-    cfg = _IMAGE_BUILDERS[name][2 if small else 1]
+    image_cfg = _IMAGE_BUILDERS[name][2 if small else 1]
     input_name = "pixel_values" if name == "vit" else "input"
-    return ModelSpec(name, "image", (input_name,), ("logits",), image_size=cfg.image_size)  # type: ignore[attr-defined]
+    return ModelSpec(name, "image", (input_name,), ("logits",), image_size=image_cfg.image_size)  # type: ignore[attr-defined]
 
 
 def build(name: str, *, small: bool = False, seed: int = 0) -> torch.nn.Module:
@@ -124,8 +124,8 @@ def build(name: str, *, small: bool = False, seed: int = 0) -> torch.nn.Module:
         name: One of :data:`MODEL_NAMES`.
         small: Build the small test variant.
         seed: Seed of the random initialisation. For ``digits`` it is the
-            training seed; the trained weights come from the cache (training
-            on first use, ~10 s full / ~2 s small).
+            training seed; the trained weights come from the cache (trained
+            on first use, see :func:`models.digits.train_or_load`).
 
     Returns:
         The module, in eval mode.

@@ -73,7 +73,8 @@ def optimize(
     input_path = None if isinstance(model_or_path, onnx.ModelProto) else Path(model_or_path)
     if output is not None:
         check_output_path(output, [input_path] if input_path else [])
-    model = load_model(input_path) if input_path is not None else model_or_path
+    # lazy_external: a >2 GB input keeps its weights on disk (see model_io.load_model).
+    model = load_model(input_path, lazy_external=True) if input_path is not None else model_or_path
     steps = build_pipeline(preset, passes)
     calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
     train = CalibrationData.from_source(train_data, model, seed=seed) if train_data is not None else None

@@ -434,6 +434,16 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far (all sessions together), in MB."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kB
+    except (ImportError, OSError):
+        return None
+
+
 def model_size_bytes(path: str | os.PathLike[str]) -> int:
     """The model file plus its external-data files."""
     p = Path(path)
@@ -502,6 +512,7 @@ class BenchResult:
             "rounds": self.rounds,
             "interleaved": True,
             "seconds": self.seconds,
+            "process_peak_rss_mb": _peak_rss_mb(),
             "environment": environment(),
             "models": [m.to_dict() for m in self.models],
         }

@@ -11,6 +11,11 @@ module carries them beside the graph in a `ModelMeta`:
   restore them on export.
 
 Names are a serialization concern: duplicates are fixed once, here, at export.
+
+Tensors of a lazily loaded model (see ``model_io.load_model(lazy_external=True)``) stay
+on disk: their constants get `ExternalValues`, which graphsurgeon exports as the
+original (tiny) external reference and which read the validated file only if a pass
+actually asks for the values.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 
 @dataclass
@@ -80,7 +86,44 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
         stripped.graph.input.extend(keep_inputs)
         model = stripped
     graph = gs.import_onnx(model)
+    _wrap_referenced(graph)
     return graph, meta
+
+
+class ExternalValues(LazyValues):
+    """Lazy values of a tensor still in the input's external-data file.
+
+    graphsurgeon's own `LazyValues.load` resolves external locations against the
+    current directory; this reads through `onnxcomp.safety.read_external`, which
+    re-validates the location against the model's folder.
+    """
+
+    def load(self):  # noqa: ANN201 - numpy array, as in the base class
+        from onnx import numpy_helper
+
+        from onnxcomp import safety
+
+        inline = onnx.TensorProto()
+        inline.CopyFrom(self.tensor)  # header only: external tensors carry no payload
+        inline.raw_data = safety.read_external(self.tensor)
+        del inline.external_data[:]
+        inline.data_location = onnx.TensorProto.DEFAULT
+        return numpy_helper.to_array(inline)
+
+
+def _wrap_referenced(graph: gs.Graph) -> None:
+    """Swap graphsurgeon's LazyValues for `ExternalValues` on referenced tensors."""
+    from onnxcomp import safety
+
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for t in g.tensors().values():
+            v = getattr(t, "_values", None)
+            if type(v) is LazyValues and safety.is_referenced(v.tensor):
+                t._values = ExternalValues(v.tensor)
+        for node in g.nodes:
+            stack.extend(a for a in node.attrs.values() if isinstance(a, gs.Graph))
 
 
 def _dedupe_tensor_names(graph: gs.Graph) -> None:

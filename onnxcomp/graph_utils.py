@@ -26,6 +26,35 @@ RANDOM_OPS = frozenset(
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 
 
+def np_dtype(dtype: object) -> np.dtype | None:
+    """``dtype`` as a numpy dtype, or None when it has none (unknown, or an ONNX-only type
+    such as bfloat16/float8, which graphsurgeon reports as an ``onnx.TensorProto`` enum)."""
+    if dtype is None or isinstance(dtype, (int, np.integer)) and not isinstance(dtype, bool):
+        return None
+    try:
+        return np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        return None
+
+
+def onnx_elem_type(dtype: object) -> int:
+    """``dtype`` as an ``onnx.TensorProto`` element type (0 when unknown)."""
+    if dtype is None:
+        return 0
+    if isinstance(dtype, (int, np.integer)):
+        return int(dtype)
+    try:
+        return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))  # type: ignore[call-overload]
+    except (TypeError, KeyError):
+        return 0
+
+
+def same_dtype(a: object, b: object) -> bool:
+    """True if two dtypes (numpy or ONNX enum) are known and equal."""
+    ea, eb = onnx_elem_type(a), onnx_elem_type(b)
+    return ea != 0 and ea == eb
+
+
 def can_add_initializers(ctx: PassContext) -> bool:
     """False for IR < 4 models, where every initializer must also be a graph input: a pass
     that creates constants would produce an invalid model (the exporter does not add inputs)."""
@@ -78,7 +107,7 @@ def constant_nbytes(tensor: gs.Constant) -> int:
     if isinstance(raw, LazyValues):
         try:
             return int(np.prod(raw.shape, dtype=np.int64)) * np.dtype(raw.dtype).itemsize
-        except TypeError:  # dtypes numpy lacks (bfloat16, float8): estimate from the proto
+        except (TypeError, ValueError):  # dtypes numpy lacks (bfloat16, float8): estimate from the proto
             return raw.tensor.ByteSize()
     return int(np.asarray(raw).nbytes)
 
@@ -202,7 +231,7 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
         try:
             inferred = onnx.shape_inference.infer_shapes(_skeleton_model(graph, ctx), strict_mode=False, data_prop=True)
         except Exception as e:  # inference is an optimisation aid, never a reason to fail
-            ctx.logger.debug("shape inference failed: %s", e)
+            ctx.logger.info("shape inference failed (static-shape rewrites disabled): %s", e)
             return {}
         facts: dict[str, tuple[np.dtype | None, list | None]] = {}
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -225,10 +254,13 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
         dtype, shape = facts[name]
         if tensor.dtype is None and dtype is not None:
             tensor.dtype = dtype
-        if shape is not None and (tensor.shape is None or static_shape(tensor) is None):
-            # Only replace with something at least as informative.
-            if tensor.shape is None or len(tensor.shape) == len(shape):
-                tensor.shape = [d if d is not None else (old if tensor.shape else None) for d, old in zip(shape, tensor.shape or [None] * len(shape))]
+        if shape is None or static_shape(tensor) is not None:
+            continue
+        if tensor.shape is None:
+            tensor.shape = shape
+        elif len(tensor.shape) == len(shape):
+            # Merge dim by dim: an inferred value wins, a dim only the model knew is kept.
+            tensor.shape = [new if new is not None else old for new, old in zip(shape, tensor.shape)]
 
 
 #: Constants larger than this are replaced by typed graph inputs for shape inference:
@@ -250,6 +282,7 @@ def _skeleton_model(graph: gs.Graph, ctx: PassContext) -> onnx.ModelProto:
         if isinstance(t, gs.Constant) and constant_nbytes(t) > _SKELETON_MAX_CONSTANT_BYTES:
             dtype, shape = t._values.dtype if isinstance(t._values, LazyValues) else t.values.dtype, list(t.shape)
             t.to_variable(dtype=dtype, shape=shape)
+            t.type = "tensor_type"  # graphsurgeon's to_variable leaves this unset; export needs it
             extra.append(t)
     skeleton.inputs = list(skeleton.inputs) + extra
     return to_model(skeleton, ctx.meta)

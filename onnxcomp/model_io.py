@@ -1,10 +1,17 @@
 """The one place that reads and writes model files.
 
-Loading refuses what is not a model (empty, truncated, Git LFS pointers, pickles) with a
-one-line `InvalidModelError`. Saving is atomic: everything is written into a temporary
-directory beside the destination, fsynced, and renamed into place — external-data files
-first, the model file last — so a crash or a failed check never leaves a partial output.
-The input file is never overwritten.
+Loading refuses what is not a model (empty, truncated, Git LFS pointers, pickles, zip
+checkpoints) and what is unsafe (see `onnxcomp.safety`) with a one-line
+`InvalidModelError`, before any large allocation. Inputs whose external data is too large
+for one protobuf can be loaded *lazily* (``lazy_external=True``): tensors stay in the
+validated data file and are streamed file-to-file whenever a copy is needed (checker,
+onnxruntime, the final output), so onnxcomp itself never holds the weights.
+
+Saving is atomic: everything is written into a temporary directory beside the
+destination, fsynced, verified (sizes; header and external ranges parse back) and
+renamed into place — external-data file first, the model file last — so a crash, a full
+disk or a failed check never leaves a partial output. Serialization is deterministic.
+The input (and its data file) is never overwritten.
 
 External data is written by our own small writer rather than ``onnx.save(...,
 save_as_external_data=True)`` because the library version mutates the caller's
@@ -28,6 +35,10 @@ from onnxcomp.errors import InvalidModelError, UsageError
 PROTO_LIMIT = 2**31 - 2**26
 #: Tensors at least this large go to the external data file when external data is used.
 EXTERNAL_THRESHOLD = 1024
+#: With ``lazy_external``, inputs whose external payloads total at least this many bytes
+#: keep their tensors on disk (referenced, not loaded): a model too large for one
+#: protobuf is then never held in memory by onnxcomp itself.
+LAZY_EXTERNAL_BYTES = PROTO_LIMIT
 
 
 def _sniff(path: Path) -> None:
@@ -50,7 +61,7 @@ def _sniff(path: Path) -> None:
         raise InvalidModelError(f"{path} is a zip archive (e.g. a PyTorch .pt file), not an ONNX model")
 
 
-def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True, lazy_external: bool = False) -> onnx.ModelProto:
     """Load an ONNX model from ``path`` with clear errors for bad input.
 
     Order matters for safety: sniff the first bytes (LFS pointer, pickle, zip), parse the
@@ -62,6 +73,11 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
         path: The ``.onnx`` file. External data is resolved relative to its folder.
         load_external_data: Load external tensors into memory (default). Without it the
             references are still checked, so a later load cannot escape the folder.
+        lazy_external: When external payloads total at least `LAZY_EXTERNAL_BYTES`, keep
+            them on disk: tensors stay external, pinned to the model's folder (see
+            `onnxcomp.safety.reference_external_data`). Everything in onnxcomp reads
+            and writes such models by streaming from that file; other consumers should
+            write them with `save_model` first.
 
     Returns:
         The model.
@@ -82,11 +98,23 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True)
         raise InvalidModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {_one_line(e)})") from None
     safety.check_model_header(model, p)
     safety.check_limits(model)
-    if load_external_data:
-        safety.load_external_data_safely(model, p.parent, p)
-    else:
+    if not load_external_data:
         safety.check_external_data(model, p.parent, p)
+    elif lazy_external and _external_total(model) >= LAZY_EXTERNAL_BYTES:
+        safety.reference_external_data(model, p.parent, p)
+    else:
+        safety.load_external_data_safely(model, p.parent, p)
     return model
+
+
+def _external_total(model: onnx.ModelProto) -> int:
+    from onnxcomp import safety
+
+    total = 0
+    for t in safety.iter_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += safety.expected_nbytes(t) or 0
+    return total
 
 
 def _one_line(e: BaseException) -> str:
@@ -139,8 +167,13 @@ def model_nbytes(model: onnx.ModelProto) -> int:
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """True when the model cannot be serialized as a single protobuf."""
-    return model_nbytes(model) >= PROTO_LIMIT
+    """True when the model cannot be serialized as a single self-contained protobuf.
+
+    That is: too large, or holding tensors still referenced on disk (lazy loading).
+    """
+    from onnxcomp import safety
+
+    return model_nbytes(model) >= PROTO_LIMIT or any(safety.is_referenced(t) for t in safety.iter_tensors(model))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -232,7 +265,7 @@ def save_model(
     data_name = out.name + ".data"
     final_data = out.parent / data_name
     # A previous output at this path may use a data file the new one does not need.
-    stale_data = (not use_external) and final_data.exists() and _refers_to(out, data_name)
+    old_refers = final_data.exists() and _refers_to(out, data_name)
     tmpdir: Path | None = None
     try:
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -244,12 +277,13 @@ def save_model(
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        _verify_written(tmp_model, len(blob), use_external)
+        wrote_data = use_external and tmp_data.exists()
+        _verify_written(tmp_model, len(blob), wrote_data)
         del blob
-        if use_external:
+        if wrote_data:
             os.replace(tmp_data, final_data)
         os.replace(tmp_model, out)
-        if stale_data:
+        if old_refers and not wrote_data:
             final_data.unlink(missing_ok=True)
         _fsync_dir(out.parent)
     except OSError as e:
@@ -304,63 +338,108 @@ def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -
     """A copy of ``model`` whose large tensors point into ``data_path`` (written here).
 
     The copy shares nothing mutable with ``model``; tensor payloads are streamed to the
-    file one at a time so peak memory stays at one tensor beyond the model itself.
+    file one at a time, and tensors still referenced on disk (lazy loading) are copied
+    file-to-file by the kernel (``copy_file_range``), so peak memory stays at about one
+    tensor beyond the model's in-memory part. Small referenced tensors are inlined.
+    ``data_path`` is removed again when no tensor needed it.
     """
-    shell = onnx.ModelProto()
+    from onnxcomp import safety
+
+    tensors = list(safety.iter_tensors(model))
+    # Per tensor: None (leave as is), ("ext", offset, length) or ("inline", payload).
+    records: list[tuple | None] = []
     with data_path.open("wb") as f:
         offset = 0
-        records: list[tuple[int, int]] = []
-        for t in _all_tensors(model.graph):
-            payload_size = len(t.raw_data) if t.HasField("raw_data") else None
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                raise InvalidModelError("model still references external data that was not loaded")
-            if payload_size is None:
-                nbytes = int(np.prod(t.dims, dtype=np.int64)) * 4
-                if nbytes < EXTERNAL_THRESHOLD or t.data_type == onnx.TensorProto.STRING:
-                    records.append((-1, -1))
+        for t in tensors:
+            if safety.is_referenced(t):
+                src, src_off, n = safety.external_source(t)
+                if n < EXTERNAL_THRESHOLD:
+                    records.append(("inline", safety.read_external(t)))
                     continue
-            elif payload_size < EXTERNAL_THRESHOLD:
-                records.append((-1, -1))
-                continue
-            data = _tensor_bytes(t)
+            elif t.data_location == onnx.TensorProto.EXTERNAL:
+                raise InvalidModelError(f"tensor {t.name!r} still references external data that was not loaded")
+            else:
+                payload_size = len(t.raw_data) if t.HasField("raw_data") else None
+                if payload_size is None:
+                    n_est = int(np.prod(t.dims, dtype=np.int64)) * 4
+                    if n_est < EXTERNAL_THRESHOLD or t.data_type == onnx.TensorProto.STRING:
+                        records.append(None)
+                        continue
+                elif payload_size < EXTERNAL_THRESHOLD:
+                    records.append(None)
+                    continue
             pad = (-offset) % 4096  # page-align so runtimes can mmap tensors
             if pad:
                 f.write(b"\0" * pad)
                 offset += pad
-            f.write(data)
-            records.append((offset, len(data)))
-            offset += len(data)
+            if safety.is_referenced(t):
+                f.flush()
+                _copy_range(src, src_off, n, f)
+            else:
+                data = _tensor_bytes(t)
+                n = len(data)
+                f.write(data)
+                del data
+            records.append(("ext", offset, n))
+            offset += n
         f.flush()
         os.fsync(f.fileno())
+    if offset == 0:
+        data_path.unlink()
     # Temporarily clear payloads so CopyFrom does not duplicate gigabytes.
-    tensors = list(_all_tensors(model.graph))
     saved: list[tuple[bytes | None, list]] = []
     try:
-        for t, (off, _n) in zip(tensors, records):
-            if off < 0:
+        for t, rec in zip(tensors, records):
+            if rec is None or rec[0] != "ext" or safety.is_referenced(t):
                 saved.append((None, []))
                 continue
             raw = t.raw_data if t.HasField("raw_data") else None
-            typed = _take_typed_fields(t)
-            saved.append((raw, typed))
+            saved.append((raw, _take_typed_fields(t)))
             t.ClearField("raw_data")
+        shell = onnx.ModelProto()
         shell.CopyFrom(model)
     finally:
-        for t, (raw, typed), (off, _n) in zip(tensors, saved, records):
-            if off < 0:
-                continue
+        for t, (raw, typed) in zip(tensors, saved):
             if raw is not None:
                 t.raw_data = raw
             _restore_typed_fields(t, typed)
-    for t, (off, n) in zip(list(_all_tensors(shell.graph)), records):
-        if off < 0:
+    for t, rec in zip(list(safety.iter_tensors(shell)), records):
+        if rec is None:
             continue
         del t.external_data[:]
+        if rec[0] == "inline":
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = rec[1]
+            continue
         t.data_location = onnx.TensorProto.EXTERNAL
         t.external_data.add(key="location", value=location)
-        t.external_data.add(key="offset", value=str(off))
-        t.external_data.add(key="length", value=str(n))
+        t.external_data.add(key="offset", value=str(rec[1]))
+        t.external_data.add(key="length", value=str(rec[2]))
     return shell
+
+
+def _copy_range(src: Path, offset: int, length: int, dst) -> None:  # noqa: ANN001 - a binary file
+    """Append ``length`` bytes of ``src`` from ``offset`` to open file ``dst``, kernel-side
+    when possible (no user-space buffer), else in 16 MiB chunks."""
+    with src.open("rb") as s:
+        done = 0
+        if hasattr(os, "copy_file_range"):
+            try:
+                while done < length:
+                    n = os.copy_file_range(s.fileno(), dst.fileno(), length - done, offset + done)
+                    if n == 0:
+                        break
+                    done += n
+            except OSError:
+                pass  # e.g. cross-device on old kernels: fall back below
+            dst.seek(0, os.SEEK_END)
+        s.seek(offset + done)
+        while done < length:
+            chunk = s.read(min(1 << 24, length - done))
+            if not chunk:
+                raise InvalidModelError(f"external data file {src.name} ended early")
+            dst.write(chunk)
+            done += len(chunk)
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")

@@ -277,3 +277,62 @@ def load_external_data_safely(model: onnx.ModelProto, base: Path, model_path: Pa
     finally:
         for f in handles.values():
             f.close()  # type: ignore[attr-defined]
+
+
+#: ``external_data`` key naming the folder a *referenced* tensor's location is relative
+#: to (onnx's own ExternalDataInfo knows this key; onnxcomp strips it when writing).
+BASEPATH_KEY = "basepath"
+
+
+def reference_external_data(model: onnx.ModelProto, base: Path, model_path: Path | None = None) -> int:
+    """Check external references and pin them to ``base`` instead of loading payloads.
+
+    Used for models too large to hold as one protobuf: tensors stay on disk, each gets a
+    ``basepath`` entry so later readers (`external_source`) find the validated file from
+    any working directory. Returns the number of referenced payload bytes.
+    """
+    check_external_data(model, base, model_path)
+    folder = str(base.resolve())
+    total = 0
+    for t in iter_tensors(model):
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        if not any(kv.key == BASEPATH_KEY for kv in t.external_data):
+            t.external_data.add(key=BASEPATH_KEY, value=folder)
+        total += external_source(t)[2]
+    return total
+
+
+def is_referenced(t: TensorProto) -> bool:
+    """True for an external tensor pinned by `reference_external_data`."""
+    return t.data_location == TensorProto.EXTERNAL and any(kv.key == BASEPATH_KEY for kv in t.external_data)
+
+
+def external_source(t: TensorProto) -> tuple[Path, int, int]:
+    """``(file, offset, length)`` of a referenced tensor, re-validated on every call.
+
+    Re-validation is a few ``lstat`` calls; it keeps a location a pass may have edited
+    from reading outside the model's folder.
+    """
+    info = _external_info(t)
+    base = info.get(BASEPATH_KEY)
+    if not base:
+        raise InvalidModelError(f"tensor {t.name!r} references external data that was not loaded")
+    real = resolve_inside(Path(base), info.get("location", ""))
+    size = real.stat().st_size
+    offset = int(info.get("offset", 0))
+    length = int(info["length"]) if "length" in info else size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise InvalidModelError(f"tensor {t.name!r}: external data range [{offset}, {offset + length}) is outside {real.name}")
+    return real, offset, length
+
+
+def read_external(t: TensorProto) -> bytes:
+    """The payload bytes of a referenced tensor."""
+    real, offset, length = external_source(t)
+    with open(real, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise InvalidModelError(f"tensor {t.name!r}: external data file {real.name} ended early")
+    return data

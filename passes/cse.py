@@ -88,21 +88,28 @@ class EliminateCommonSubexpressions(Pass):
 
     @staticmethod
     def _merge_constants(graph: gs.Graph, max_bytes: int) -> int:
-        canonical: dict[tuple, gs.Constant] = {}
+        # Bucket by (dtype, shape) from metadata first: only constants that share both can
+        # be equal, so most weights are never loaded or hashed.
+        buckets: dict[tuple, list[gs.Constant]] = {}
+        for t in graph.tensors().values():
+            if not isinstance(t, gs.Constant) or not t.outputs or is_graph_output(graph, t):
+                continue
+            if constant_nbytes(t) > max_bytes:
+                continue
+            buckets.setdefault((str(t.dtype), tuple(t.shape)), []).append(t)
         merged = 0
-        for name, t in graph.tensors().items():
-            if not isinstance(t, gs.Constant) or is_graph_output(graph, t):
+        for members in buckets.values():
+            if len(members) < 2:
                 continue
-            if not t.outputs or constant_nbytes(t) > max_bytes:
-                continue
-            arr = peek_values(t)
-            if arr.dtype == object:
-                continue
-            key = _value_key(arr)
-            first = canonical.setdefault(key, t)
-            if first is not t and t.outputs:
-                replace_uses(t, first)
-                merged += 1
+            canonical: dict[tuple, gs.Constant] = {}
+            for t in members:
+                arr = peek_values(t)
+                if arr.dtype == object:
+                    continue
+                first = canonical.setdefault(_value_key(arr), t)
+                if first is not t:
+                    replace_uses(t, first)
+                    merged += 1
         return merged
 
     @staticmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxcomp.graph_utils import count_nodes
 from onnxcomp.pass_api import Pass, PassContext, PassResult, register_pass
 
 
@@ -31,15 +32,6 @@ def _used_domains(graph: gs.Graph) -> set[str]:
     return used
 
 
-def _count_nodes(graph: gs.Graph) -> int:
-    total, stack = 0, [graph]
-    while stack:
-        g = stack.pop()
-        total += len(g.nodes)
-        stack.extend(a for n in g.nodes for a in n.attrs.values() if isinstance(a, gs.Graph))
-    return total
-
-
 @register_pass("dce")
 class EliminateDeadCode(Pass):
     """Remove nodes that no output depends on, and unused opset imports."""
@@ -47,9 +39,9 @@ class EliminateDeadCode(Pass):
     lossless = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        before = _count_nodes(graph)
+        before = count_nodes(graph)
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
-        removed = before - _count_nodes(graph)
+        removed = before - count_nodes(graph)
         dropped = 0
         if graph.import_domains is not None:
             used = _used_domains(graph)

@@ -10,6 +10,7 @@ exactly ``y = x`` (same values, same dtype, same shape); the node is then bypass
 * ``Reshape``/``Flatten``/``Squeeze``/``Unsqueeze`` read only by Reshapes with explicit
   targets (no 0 entries): reshapes compose, so the inner one is redundant;
 * ``Transpose`` with the identity permutation; ``Cast`` to the input's own dtype;
+  a Transpose read only by Transposes is composed into them (q[j] = p1[p2[j]]);
 * ``Expand`` whose broadcast result shape equals the input's static shape;
 * ``Slice`` with step 1 whose clamped range covers every sliced axis entirely;
 * ``Pad`` with all-zero pads;
@@ -36,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_utils import annotate_shapes, bypass, constant_value, default_opset, is_standard, iter_graphs, static_shape
+from onnxcomp.graph_utils import annotate_shapes, bypass, constant_value, default_opset, is_standard, iter_graphs, same_dtype, static_shape
 from onnxcomp.pass_api import Pass, PassContext, PassResult, register_pass
 
 #: A rule returns the input tensor the node's first output equals, or None (not a no-op).
@@ -146,25 +147,15 @@ def _transpose(node: gs.Node, opset: int) -> gs.Tensor | None:
 
 @_rule("Cast")
 def _cast(node: gs.Node, opset: int) -> gs.Tensor | None:
-    import onnx
-
-    src = node.inputs[0].dtype
-    if src is None:
+    if "to" not in node.attrs:
         return None
-    try:
-        same = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"]))) == np.dtype(src)
-    except (TypeError, KeyError):
-        return None
-    # "saturate" only matters for float8 targets, which never equal a numpy source dtype.
-    return node.inputs[0] if same else None
+    # "saturate" only matters for casts *into* float8, never for a same-type cast.
+    return node.inputs[0] if same_dtype(node.inputs[0].dtype, int(node.attrs["to"])) else None
 
 
 @_rule("CastLike", since=15)
 def _cast_like(node: gs.Node, opset: int) -> gs.Tensor | None:
-    src, like = node.inputs[0].dtype, node.inputs[1].dtype
-    if src is None or like is None:
-        return None
-    return node.inputs[0] if np.dtype(src) == np.dtype(like) else None
+    return node.inputs[0] if same_dtype(node.inputs[0].dtype, node.inputs[1].dtype) else None
 
 
 @_rule("Expand", since=8)
@@ -233,9 +224,7 @@ def _neutral(value: float, commutative: bool) -> _Rule:
         for x_pos, c_pos in ((0, 1), (1, 0)) if commutative else ((0, 1),):
             x, c = node.inputs[x_pos], node.inputs[c_pos]
             cv = constant_value(c)
-            if cv is None or cv.dtype != np.dtype(x.dtype or cv.dtype) or not cv.size or not np.all(cv == value):
-                continue
-            if x.dtype is None or np.dtype(x.dtype) != cv.dtype:
+            if cv is None or not cv.size or not same_dtype(x.dtype, cv.dtype) or not np.all(cv == value):
                 continue
             if cv.ndim == 0:
                 return x
@@ -259,6 +248,32 @@ _rule("Mul", since=7)(_neutral(1.0, True))
 _rule("Div", since=7)(_neutral(1.0, False))
 
 
+def _merge_transpose_chains(graph: gs.Graph, outputs: set[int]) -> int:
+    """Compose ``Transpose(Transpose(x, p1), p2)`` into ``Transpose(x, q)``, q[j] = p1[p2[j]].
+
+    Fires when every reader of the inner Transpose is a Transpose (so the inner one dies);
+    a composed identity permutation is then removed by the Transpose rule.
+    """
+    merged = 0
+    for inner in list(graph.nodes):
+        if inner.op != "Transpose" or not is_standard(inner) or "perm" not in inner.attrs or not inner.outputs:
+            continue
+        y = inner.outputs[0]
+        readers = list(y.outputs)
+        if not readers or id(y) in outputs:
+            continue
+        if not all(r.op == "Transpose" and is_standard(r) and "perm" in r.attrs and r.inputs[0] is y for r in readers):
+            continue
+        p1 = list(inner.attrs["perm"])
+        for r in readers:
+            r.attrs["perm"] = [p1[j] for j in r.attrs["perm"]]
+            r.inputs[0] = inner.inputs[0]
+        inner.inputs.clear()
+        inner.outputs.clear()
+        merged += 1
+    return merged
+
+
 #: Rules that change the *shape* seen by the output (reshape chains) must not fire when that
 #: output is a graph output; these are the shape-exact replacements (None: no rule).
 _EXACT_FOR_GRAPH_OUTPUTS: dict[str, _Rule | None] = {"Reshape": _reshape, "Flatten": None, "Squeeze": None, "Unsqueeze": None}
@@ -276,6 +291,9 @@ class EliminateIdentity(Pass):
         removed: dict[str, int] = {}
         for g in list(iter_graphs(graph)):
             outputs = {id(t) for t in g.outputs}
+            merged = _merge_transpose_chains(g, outputs)
+            if merged:
+                removed["Transpose"] = removed.get("Transpose", 0) + merged
             for node in list(g.nodes):
                 if not is_standard(node) or not node.inputs or not node.outputs:
                     continue
@@ -292,7 +310,7 @@ class EliminateIdentity(Pass):
                 if source is None:
                     continue
                 result = node.outputs[0]
-                if source.dtype is not None and result.dtype is not None and np.dtype(source.dtype) != np.dtype(result.dtype):
+                if source.dtype is not None and result.dtype is not None and not same_dtype(source.dtype, result.dtype):
                     continue
                 if bypass(g, node, source, result):
                     removed[node.op] = removed.get(node.op, 0) + 1

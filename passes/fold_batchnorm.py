@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_utils import annotate_shapes, bypass, can_add_initializers, constant_value, is_graph_output, is_standard, static_shape, unique_namer
+from onnxcomp.graph_utils import annotate_shapes, bypass, can_add_initializers, constant_value, is_graph_output, is_standard, np_dtype, static_shape, unique_namer
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
@@ -307,7 +307,7 @@ def _fold_matmul_group(graph: gs.Graph, members: list[tuple[gs.Node, gs.Node, np
             for r in list(y.outputs):
                 r.inputs[0] = y2d
         else:
-            back = gs.Constant(fresh("gemm_out_shape"), np.array(static_shape(y), np.int64))
+            back = gs.Constant(fresh("gemm_out_shape"), np.array(list(shape_x[:-1]) + [n], np.int64))
             graph.nodes.append(gs.Node("Reshape", name=fresh("gemm_out_reshape"), inputs=[y2d, back], outputs=[y]))
     return len(members)
 
@@ -368,8 +368,8 @@ class FoldBatchNorm(Pass):
     @staticmethod
     def _decompose(graph: gs.Graph, bn: gs.Node, x: gs.Tensor, y: gs.Tensor, s: np.ndarray, t: np.ndarray, fresh) -> bool:
         rank = len(x.shape) if x.shape is not None else None
-        dtype = x.dtype if x.dtype is not None else (constant_value(bn.inputs[1]).dtype)  # type: ignore[union-attr]
-        if rank is None or rank < 2 or np.dtype(dtype) not in (np.float16, np.float32, np.float64):
+        dtype = np_dtype(x.dtype) if x.dtype is not None else constant_value(bn.inputs[1]).dtype  # type: ignore[union-attr]
+        if rank is None or rank < 2 or dtype not in (np.float16, np.float32, np.float64):
             return False
         shape = (s.size,) + (1,) * (rank - 2)
         scale = gs.Constant(fresh("bn_scale"), s.reshape(shape).astype(dtype))

@@ -57,8 +57,9 @@ from onnxcomp.graph_utils import (
     constant_node_value,
     default_opset,
     has_subgraph,
-    is_graph_output,
     is_standard,
+    np_dtype,
+    onnx_elem_type,
     peek_values,
     static_shape,
 )
@@ -411,10 +412,11 @@ class FoldConstants(Pass):
         folded_before = stats["nodes_folded"]
         batch: list[gs.Node] = []
         pending: set[int] = set()  # ids of tensors the onnxruntime batch will produce
+        graph_outputs = {id(t) for t in graph.outputs}
         for node in list(graph.nodes):
             if not node.outputs or not _foldable_op(node):
                 continue
-            if any(is_graph_output(graph, t) for t in node.outputs):
+            if any(id(t) in graph_outputs for t in node.outputs):
                 continue
             if opts.shapes and node.op in ("Shape", "Size") and node.inputs and not isinstance(node.inputs[0], gs.Constant):
                 shape = static_shape(node.inputs[0])
@@ -425,11 +427,11 @@ class FoldConstants(Pass):
                 continue
             if node.op == "CastLike" and len(node.inputs) == 2 and isinstance(node.inputs[0], gs.Constant):
                 # Only the *dtype* of the second input matters: known dtype = constant result.
-                like = node.inputs[1].dtype
+                like = np_dtype(node.inputs[1].dtype)
                 if like is not None and not isinstance(node.inputs[1], gs.Constant):
                     src = peek_values(node.inputs[0])
-                    if issubclass(src.dtype.type, _NUMERIC) and np.float16 not in (src.dtype, np.dtype(like)):
-                        self._apply(node, [src.astype(np.dtype(like))], stats)
+                    if issubclass(src.dtype.type, _NUMERIC) and issubclass(like.type, _NUMERIC) and np.float16 not in (src.dtype, like):
+                        self._apply(node, [src.astype(like)], stats)
                         continue
             present = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
             if not node.inputs and node.op != "Constant":
@@ -443,6 +445,8 @@ class FoldConstants(Pass):
                 continue
             input_bytes = sum(constant_nbytes(t) for t in present)
             rule = _find_rule(node, opset)
+            if any(np_dtype(t.dtype) is None for t in present):
+                rule = None  # bfloat16/float8 constants load as float32 in numpy: onnxruntime only
             if rule is not None:
                 values = [_value_of(t) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
                 try:
@@ -473,16 +477,20 @@ class FoldConstants(Pass):
 
     @staticmethod
     def _apply(node: gs.Node, outs: list[np.ndarray], stats: dict) -> None:
-        """Turn the node's outputs into constants and detach the node."""
+        """Turn the node's outputs into constants and detach the node.
+
+        Outputs declared with an ONNX-only dtype (bfloat16, float8) have no numpy value type
+        to store: such nodes are left as they are.
+        """
+        if any(t.name and t.dtype is not None and np_dtype(t.dtype) is None for t in node.outputs):
+            return
         for t, v in zip(list(node.outputs), outs):
             if not t.name:
                 continue
             v = np.asarray(v)
-            if t.dtype is not None and np.dtype(t.dtype) != v.dtype:
-                try:
-                    v = v.astype(np.dtype(t.dtype))
-                except TypeError:
-                    pass
+            declared = np_dtype(t.dtype)
+            if declared is not None and declared != v.dtype:
+                v = v.astype(declared)
             t.to_constant(v)
         for t in list(node.outputs):
             t.inputs.clear()
@@ -535,7 +543,7 @@ class FoldConstants(Pass):
                     inits[t.name] = OnnxExporter.export_tensor_proto(t)
             for t in n.outputs:
                 if t.name:
-                    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)) if t.dtype is not None else 0
+                    elem = onnx_elem_type(t.dtype)
                     outputs.append(onnx.helper.make_tensor_value_info(t.name, elem, None) if elem else onnx.ValueInfoProto(name=t.name))
         g = onnx.helper.make_graph(nodes, "fold_constants_batch", [], outputs, list(inits.values()))
         opsets = list(graph.import_domains) if graph.import_domains else [onnx.helper.make_opsetid("", default_opset(graph))]
@@ -555,7 +563,10 @@ class FoldConstants(Pass):
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
             tt = vi.type.tensor_type
             if tt.elem_type and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-                itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize if tt.elem_type != onnx.TensorProto.STRING else 8
+                try:
+                    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+                except (TypeError, KeyError, ValueError):
+                    itemsize = 8  # strings and exotic types: a conservative guess
                 sizes[vi.name] = math.prod(d.dim_value for d in tt.shape.dim) * itemsize
         dropped: set[int] = set()
         keep: list[gs.Node] = []

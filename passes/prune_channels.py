@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.cost import graph_cost
@@ -110,7 +109,7 @@ class PruneChannels(Pass):
         ctx.progress(f"prune-channels: {len(groups)} groups, {len(prunable)} prunable")
         model = ctx.to_model(graph) if o.criterion == "wanda" else None
         consumers = _consumers(graph)
-        scores = group_scores(o.criterion, prunable, consumers, rng=ctx.rng, model=model, calibration=ctx.calibration, shapes=shapes)
+        scores = group_scores(o.criterion, prunable, consumers, rng=ctx.rng, model=model, calibration=ctx.calibration)
         removed = allocate(prunable, scores, ratio=o.ratio, allocation=o.allocation, round_to=o.round_to, min_channels=o.min_channels)
         if not removed:
             stats = {"groups": len(groups), "groups_pruned": 0, "groups_frozen": len(groups) - len(prunable)}

@@ -162,9 +162,16 @@ class QuantizeInt8(Pass):
 
         float_model = ctx.to_model(graph)
         ranges: dict[str, tuple[float, float]] = {}
+        checking = o.target_cosine is not None or o.target_max_abs is not None
+        kept: list[dict] = []
         if probe.activations:
             hist = o.calibrator != "minmax"
-            stats = collect_stats(float_model, data(), list(probe.activations), histogram=hist, progress=ctx.progress)
+            # The calibration session also yields the float outputs of the first batches:
+            # the fidelity check below reuses them instead of a second float session.
+            stats = collect_stats(
+                float_model, data(), list(probe.activations), histogram=hist, progress=ctx.progress,
+                keep_outputs=o.eval_batches if checking else 0, kept=kept,
+            )
             ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
 
         def quantize_into(g: gs.Graph, excluded_layers: set[str]) -> QuantPlan:
@@ -175,16 +182,22 @@ class QuantizeInt8(Pass):
             materialize(g, plan, acts, wp)
             return plan
 
+        built: dict[frozenset[str], tuple[gs.Graph, QuantPlan]] = {}
+
         def candidate(excluded_layers: set[str]):
             g = graph.copy()
-            quantize_into(g, excluded_layers)
+            plan = quantize_into(g, excluded_layers)
+            built.clear()  # keep only the latest candidate: it may become the result
+            built[frozenset(excluded_layers)] = (g, plan)
             return ctx.to_model(g)
 
         excluded_layers: set[str] = set()
         extra: dict[str, object] = {}
-        if o.target_cosine is not None or o.target_max_abs is not None:
-            feeds = ctx.calibration.first_batches(o.eval_batches)
-            evaluator = Evaluator(float_model, feeds)
+        if checking:
+            if kept:
+                evaluator = Evaluator(None, [k["feeds"] for k in kept], [k["outputs"] for k in kept])
+            else:
+                evaluator = Evaluator(float_model, ctx.calibration.first_batches(o.eval_batches))
             score = evaluator.score(candidate(set()))
             extra["estimated_cosine"] = round(score.cosine, 6)
             if not score.meets(o.target_cosine, o.target_max_abs):
@@ -198,7 +211,13 @@ class QuantizeInt8(Pass):
                     ctx.logger.warning(
                         "quantize-int8: fidelity target not met after %d layers fell back (cosine %.4f)", len(excluded_layers), fb.score.cosine
                     )
-        plan = quantize_into(graph, excluded_layers)
+        reuse = built.get(frozenset(excluded_layers))
+        if reuse is not None:
+            # The last candidate scored is the answer: adopt it instead of rebuilding.
+            g, plan = reuse
+            graph.nodes, graph.inputs, graph.outputs = g.nodes, g.inputs, g.outputs
+        else:
+            plan = quantize_into(graph, excluded_layers)
         ctx.artifacts["quantize-int8"] = {"mode": mode, "float_layers": sorted(excluded_layers), "layers": list(plan.layers)}
         stats_out = {
             "mode": mode,
@@ -210,7 +229,8 @@ class QuantizeInt8(Pass):
             "smoothed_norms": smoothed,
             **extra,
         }
-        return PassResult(modified=True, stats=stats_out)
+        changed = bool(plan.activations or plan.weights or plan.dynamic) or smoothed > 0
+        return PassResult(modified=changed, stats=stats_out)
 
     @staticmethod
     def _activation_params(

@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
-from onnxcomp.recovery.activations import TensorTap
+from onnxcomp.recovery.activations import TensorTap, merged_batches
 from onnxcomp.recovery.layers import LinearLayer, match_layer
 from onnxcomp.recovery.lstsq import NormalEquations
 
@@ -54,7 +54,7 @@ class ReconstructOptions(PassOptions):
         default="downstream",
         metadata={"help": "layers to refit: touched by pruning and everything after them / only touched / every layer"},
     )
-    max_batches: Optional[int] = field(default=None, metadata={"help": "calibration batches per stage (default: all)"})
+    max_samples: Optional[int] = field(default=None, metadata={"help": "calibration samples used (default: all)"})
     max_rows: int = field(default=8192, metadata={"help": "regression rows per layer per batch (spatial subsampling)"})
     teacher: Optional[str] = field(default=None, metadata={"help": "teacher ONNX path (default: the model the run started from)"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names never refit"})
@@ -62,8 +62,8 @@ class ReconstructOptions(PassOptions):
     def __post_init__(self) -> None:
         if not self.ridge >= 0.0:
             raise UsageError(f"ridge must be >= 0, got {self.ridge}")
-        if self.max_batches is not None and self.max_batches < 1:
-            raise UsageError(f"max_batches must be >= 1, got {self.max_batches}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UsageError(f"max_samples must be >= 1, got {self.max_samples}")
         if self.max_rows < 1:
             raise UsageError(f"max_rows must be >= 1, got {self.max_rows}")
 
@@ -135,6 +135,8 @@ class Reconstruct(Pass):
         opts: ReconstructOptions = self.options  # type: ignore[assignment]
         if ctx.calibration is None:
             raise UsageError("reconstruct needs calibration data (--calibration-data PATH)")
+        if getattr(ctx.calibration, "generated", False):
+            ctx.logger.warning("reconstruct: calibration data is random; refit layers will fit noise statistics")
         if opts.teacher is not None:
             from onnxcomp.model_io import load_model
 
@@ -193,9 +195,7 @@ class Reconstruct(Pass):
             ctx.progress(f"reconstruct: stage {si + 1}/{len(stages)} ({len(stage)} layer(s))")
             student_tap = TensorTap(ctx.to_model(graph), [layer.x for layer in stage])
             stage_jobs = [jobs[id(layer.node)] for layer in stage]
-            for bi, feeds in enumerate(ctx.calibration):
-                if opts.max_batches is not None and bi >= opts.max_batches:
-                    break
+            for feeds in merged_batches(ctx.calibration, teacher, max_samples=opts.max_samples):
                 s_out = student_tap(feeds)
                 t_out = teacher_tap.run_subset(feeds, [j.layer.y for j in stage_jobs])
                 for job in stage_jobs:
@@ -205,8 +205,9 @@ class Reconstruct(Pass):
                 new = job.eq.solve(opts.ridge)
                 before, after = job.eq.residual(old), job.eq.residual(new)
                 # Never make a layer worse on its own calibration objective (e.g. when the
-                # ridge is too strong for very few samples): keep the old weights then.
-                if after < before * (1.0 - 1e-6):
+                # ridge is too strong for very few samples), and leave layers that already
+                # match (relative error < 1e-7: float noise) untouched.
+                if before - after > max(1e-6 * before, 1e-7):
                     job.layer.assign(new)
                     refit += 1
                 else:
@@ -251,6 +252,12 @@ class Reconstruct(Pass):
         layer = job.layer
         if job.kept is not None:
             y = np.take(y, job.kept, axis=layer.out_axis)
+        if y.shape[layer.out_axis] != layer.outputs:
+            # Only reachable when the teacher's shapes were unknown before running it.
+            raise UsageError(
+                f"reconstruct: teacher tensor {layer.y!r} has {y.shape[layer.out_axis]} channels but the student's has "
+                f"{layer.outputs}, and no prune-channels record says which were kept (exclude={layer.node.name!r} skips it)"
+            )
         m = layer.rows(x)
         positions = None
         if m > max_rows:

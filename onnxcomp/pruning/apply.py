@@ -20,6 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.pruning.deps import AxisKey, ChannelGroup
+from onnxcomp.pruning.rules import RuleEnv
 
 Kept = dict[str, dict[int, np.ndarray]]
 
@@ -71,12 +72,44 @@ def _const_like(name: str, values: np.ndarray) -> gs.Constant:
     return gs.Constant(name, np.ascontiguousarray(values))
 
 
-def _rewrite_shape_inputs(graph: gs.Graph, kept: Kept, shapes: dict[str, list]) -> int:
-    """Rewrite Reshape/Split/Slice constants that state a pruned size; returns the count."""
-    from onnxcomp.pruning.rules import RuleEnv
+def _rewrite_reshape_target(graph: gs.Graph, node: gs.Node, changes: dict[int, int], env: RuleEnv) -> None:
+    """Give ``node`` its own target shape with entries ``changes`` (axis -> size).
 
+    A constant target is replaced; a Concat-built one is cloned (it is often shared by
+    several Reshapes) with the constant pieces holding those entries replaced.
+    """
+    shape_t = node.inputs[1]
+    target = RuleEnv.const(shape_t)
+    if target is not None:
+        new = target.astype(np.int64).reshape(-1).copy()
+        for ax, n in changes.items():
+            new[ax] = n
+        node.inputs[1] = _const_like(f"{shape_t.name}_pruned_{node.name}", new.astype(target.dtype))
+        return
+    concat = shape_t.inputs[0]
+    pieces, start = [], 0
+    for k, piece in enumerate(concat.inputs):
+        pv = RuleEnv.const(piece)
+        n = pv.size if pv is not None else int(env.shape(piece)[0])
+        hit = {ax - start: v for ax, v in changes.items() if start <= ax < start + n}
+        if hit and pv is not None:
+            nv = pv.astype(np.int64).reshape(-1).copy()
+            for i, v in hit.items():
+                nv[i] = v
+            piece = _const_like(f"{shape_t.name}_{k}_pruned_{node.name}", nv.astype(pv.dtype))
+        pieces.append(piece)
+        start += n
+    out = gs.Variable(f"{shape_t.name}_pruned_{node.name}", dtype=shape_t.dtype, shape=shape_t.shape)
+    graph.nodes.append(gs.Node("Concat", name=f"{concat.name}_pruned_{node.name}", attrs=dict(concat.attrs),
+                               inputs=pieces, outputs=[out]))
+    node.inputs[1] = out
+
+
+def _rewrite_shape_inputs(graph: gs.Graph, kept: Kept, shapes: dict[str, list]) -> int:
+    """Rewrite Expand/Reshape/Split/Slice constants that state a pruned size; returns the count."""
+    env = RuleEnv(shapes)
     n_rewritten = 0
-    for node in graph.nodes:
+    for node in list(graph.nodes):
         if node.op == "Expand":
             axes = kept.get(node.outputs[0].name)
             target = RuleEnv.const(node.inputs[1])
@@ -94,16 +127,15 @@ def _rewrite_shape_inputs(graph: gs.Graph, kept: Kept, shapes: dict[str, list]) 
         elif node.op == "Reshape" and len(node.inputs) > 1:
             out = node.outputs[0]
             axes = kept.get(out.name)
-            target = RuleEnv.const(node.inputs[1])
-            if not axes or target is None:
+            vec = env.shape_vector(node.inputs[1])
+            if not axes or vec is None:
                 continue
-            new = target.astype(np.int64).copy()
             allowzero = int(node.attrs.get("allowzero", 0))
-            for ax, keep in axes.items():
-                if ax < new.size and new[ax] != -1 and not (new[ax] == 0 and not allowzero):
-                    new[ax] = keep.size
-            if not np.array_equal(new, target):
-                node.inputs[1] = _const_like(f"{node.inputs[1].name}_pruned_{node.name}", new.astype(target.dtype))
+            changes = {ax: keep.size for ax, keep in axes.items()
+                       if ax < len(vec) and vec[ax] is not None and vec[ax] != -1 and not (vec[ax] == 0 and not allowzero)
+                       and vec[ax] != keep.size}
+            if changes:
+                _rewrite_reshape_target(graph, node, changes, env)
                 n_rewritten += 1
         elif node.op == "Split":
             x = node.inputs[0]

@@ -85,6 +85,15 @@ class ChannelGroup:
         return not self.frozen and len(self.units) > 1
 
     @property
+    def label(self) -> str:
+        """A readable name: the root weight, or (for exporter-generated names such as
+        ``val_19``) the root node's bias/parameter name that carries a module path."""
+        if "." in self.root[0] or not self.params():
+            return self.root[0]
+        named = [m.tensor.name for m in self.params() if "." in m.tensor.name]
+        return named[0] if named else self.root[0]
+
+    @property
     def unit_size(self) -> int:
         """Root channels per unit (1 for plain channels, head_dim for heads)."""
         return max((len(u) for u in self.units), default=1)
@@ -298,8 +307,14 @@ def analyze(graph: gs.Graph, shapes: dict[str, list[Dim]], *, exclude: tuple[str
 
 
 def analyze_model(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -> tuple[gs.Graph, list[ChannelGroup]]:
-    """Import ``model`` and analyze it (what ``onnxcomp inspect`` uses)."""
+    """Import ``model``, fold its constants (as the pass does) and analyze it."""
     from onnxcomp.graph_io import to_graph
 
-    graph, _meta = to_graph(model)
-    return graph, analyze(graph, infer_shapes(model), exclude=exclude)
+    from onnxcomp.graph_io import to_model
+
+    graph, meta = to_graph(model)
+    try:  # the pass folds constants first too (exact); do the same here
+        graph.fold_constants().cleanup()
+    except Exception:
+        pass
+    return graph, analyze(graph, infer_shapes(to_model(graph.copy(), meta)), exclude=exclude)

@@ -18,6 +18,7 @@ by sheer size) and summed over members.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -63,6 +64,8 @@ def bn_scores(g: ChannelGroup, consumers: dict[str, list[tuple[gs.Node, int]]]) 
         if any(n.op == "BatchNormalization" and i == 1 for n, i in consumers.get(m.tensor.name, ())):
             total += _to_roots(g.size, m, np.abs(np.asarray(m.tensor.values, dtype=np.float64)).reshape(-1))
             found = True
+    if not found:
+        log.debug("group %s has no BatchNormalization scale: using l1", g.root[0])
     return total if found else magnitude_scores(g, 1)
 
 
@@ -91,7 +94,7 @@ def wanda_requests(groups: list[ChannelGroup], consumers: dict[str, list[tuple[g
     return req
 
 
-def activation_norms(model: onnx.ModelProto, requests: dict[str, int], calibration, shapes: dict[str, list]) -> dict[str, np.ndarray]:
+def activation_norms(model: onnx.ModelProto, requests: dict[str, int], calibration: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Streamed per-channel ‖X‖₂ of the requested activations over the calibration data.
 
     One session over a copy of ``model`` with the activations added as outputs; only
@@ -135,6 +138,8 @@ def wanda_scores(g: ChannelGroup, consumers: dict[str, list[tuple[gs.Node, int]]
                 continue
             total += _to_roots(g.size, m, w * xn)
             found = True
+    if not found:
+        log.debug("group %s has no weight reading it with activation norms: using l2", g.root[0])
     return total if found else magnitude_scores(g, 2)
 
 
@@ -145,10 +150,20 @@ def group_scores(
     *,
     rng: np.random.Generator,
     model: onnx.ModelProto | None = None,
-    calibration=None,
-    shapes: dict[str, list] | None = None,
+    calibration: Iterable[dict[str, np.ndarray]] | None = None,
 ) -> dict[int, np.ndarray]:
     """Score every root channel of every group.
+
+    Args:
+        criterion: One of `CRITERIA`.
+        groups: The groups to score.
+        consumers: Tensor name -> (node, input index) of its readers.
+        rng: Source of the ``random`` scores.
+        model: The current model (``wanda`` runs it to measure activations).
+        calibration: Feed dicts (``wanda``), e.g. ``ctx.calibration``.
+
+    Returns:
+        Group id -> score per root channel (higher = more important).
 
     Raises:
         UsageError: ``wanda`` without calibration data, or an unknown criterion.
@@ -164,5 +179,5 @@ def group_scores(
         return {g.id: bn_scores(g, consumers) for g in groups}
     if calibration is None or model is None:
         raise UsageError("criterion 'wanda' needs calibration data (--calibration-data PATH, or 'random')")
-    norms = activation_norms(model, wanda_requests(groups, consumers), calibration, shapes or {})
+    norms = activation_norms(model, wanda_requests(groups, consumers), calibration)
     return {g.id: wanda_scores(g, consumers, norms) for g in groups}

@@ -105,10 +105,36 @@ class RuleEnv:
         if isinstance(t, gs.Constant):
             return np.asarray(t.values)
         if len(t.inputs) == 1 and t.inputs[0].op == "Constant":
-            v = t.inputs[0].attrs.get("value")
+            attrs = t.inputs[0].attrs
+            v = attrs.get("value")
             if isinstance(v, gs.Constant):
                 return np.asarray(v.values)
+            for key, dtype in (("value_ints", np.int64), ("value_int", np.int64), ("value_floats", np.float32),
+                               ("value_float", np.float32)):
+                if key in attrs:
+                    return np.asarray(attrs[key], dtype=dtype)
         return None
+
+    def shape_vector(self, t: gs.Tensor) -> list[int | None] | None:
+        """Entries of a 1-D shape tensor: constants, or a Concat of 1-D pieces where
+        run-time pieces (e.g. ``Shape(x)[0:1]``) are None. None if not readable."""
+        v = self.const(t)
+        if v is not None:
+            return [int(x) for x in v.reshape(-1)]
+        if len(t.inputs) != 1 or t.inputs[0].op != "Concat":
+            return None
+        out: list[int | None] = []
+        for piece in t.inputs[0].inputs:
+            pv = self.const(piece)
+            if pv is not None:
+                out.extend(int(x) for x in pv.reshape(-1))
+                continue
+            ps = self.shape(piece)
+            n = ps[0] if ps is not None and len(ps) == 1 else None
+            if not isinstance(n, int):
+                return None
+            out.extend([None] * n)
+        return out
 
 
 RuleResult = Union[list[Link], Frozen]
@@ -249,10 +275,11 @@ def gemm_rule(node: gs.Node, port: Port, axis: int, env: RuleEnv) -> RuleResult:
     m_cls = [_ident(OUT0, 0), _ident(IN0, a_m)]
     if len(node.inputs) > 2:
         c_shape = env.shape(node.inputs[2])
+        # C broadcasts to [M, N]: a dim that is not 1 must equal N (last) or M (first).
         if c_shape:
-            if len(c_shape) >= 1 and c_shape[-1] == env.dim(node.outputs[0], 1) and c_shape[-1] != 1:
+            if c_shape[-1] != 1:
                 n_cls.append(_ident(IN2, len(c_shape) - 1))
-            if len(c_shape) == 2 and c_shape[0] == env.dim(node.outputs[0], 0) and c_shape[0] != 1:
+            if len(c_shape) == 2 and c_shape[0] != 1:
                 m_cls.append(_ident(IN2, 0))
     res = _couple(node, port, axis, [[_ident(IN0, a_k), _ident(IN1, b_k)], n_cls, m_cls])
     return res if res is not None else Frozen(f"Gemm: axis {axis} of {port} not coupled")
@@ -332,7 +359,8 @@ def layernorm_rule(node: gs.Node, port: Port, axis: int, env: RuleEnv) -> RuleRe
                 if p.index < len(node.inputs):
                     s = env.shape(node.inputs[p.index])
                     j = a - (r - len(s)) if s is not None else -1
-                    if s is not None and j >= 0 and s[j] == env.dim(node.inputs[0], a) and s[j] != 1:
+                    # Scale/bias broadcast to the normalized block: a dim other than 1 is that axis.
+                    if s is not None and j >= 0 and s[j] != 1:
                         c.append(_ident(p, j))
     res = _couple(node, port, axis, cls)
     return res if res is not None else Frozen("LayerNormalization: bad axis")
@@ -440,11 +468,11 @@ def qdq_rule(node: gs.Node, port: Port, axis: int, env: RuleEnv) -> RuleResult:
 # ----------------------------------------------------------------------------- pooling / reductions
 
 
-@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool")
+@rule("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 def pool_rule(node: gs.Node, port: Port, axis: int, env: RuleEnv) -> RuleResult:
     """Pooling keeps batch and channel axes; spatial axes freeze (they are not channels)."""
-    if port.out and port.index != 0:
-        return Frozen(f"{node.op}: indices output")
+    if (port.out and port.index != 0) or any(o.outputs for o in node.outputs[1:]):
+        return Frozen(f"{node.op}: its indices output encodes channel positions")
     if axis > 1:
         return Frozen(f"{node.op}: spatial axis {axis}")
     return [Link(node.outputs[0] if not port.out else node.inputs[0], axis)]
@@ -694,13 +722,19 @@ def reshape_rule(node: gs.Node, port: Port, axis: int, env: RuleEnv) -> RuleResu
     si, so = env.shape(node.inputs[0]), env.shape(node.outputs[0])
     if si is None or so is None:
         return Frozen("Reshape with unknown shapes")
-    if len(node.inputs) < 2 or env.const(node.inputs[1]) is None:
+    vec = env.shape_vector(node.inputs[1]) if len(node.inputs) > 1 else None
+    if vec is None:
         return Frozen("Reshape with a computed (non-constant) shape")
     src, dst, other = (so, si, node.inputs[0]) if port.out else (si, so, node.outputs[0])
     res = _reshape_map(src, dst, axis)
     if isinstance(res, str):
         return Frozen(f"Reshape: {res}")
     b, m = res
+    # The target entry of the pruned output axis must be a constant (rewritten on apply,
+    # or -1): a run-time entry could come from an unpruned tensor and go stale.
+    out_axis = axis if port.out else b
+    if out_axis >= len(vec) or vec[out_axis] is None:
+        return Frozen("Reshape: the pruned axis' target size is computed at run time")
     return [Link(other, b, () if m is IDENTITY else (m,))]
 
 

@@ -101,8 +101,11 @@ class TensorStats:
             q = self.bins // 4
             self.hist[q : q + merged.size] = merged
             self.radius *= 2.0
-        h, _ = np.histogram(flat, bins=self.bins, range=(-self.radius, self.radius))
-        self.hist += h
+        # Same bins as np.histogram(range=(-R, R)) (x == R goes to the last bin), but
+        # floor + bincount is several times faster than np.histogram on large tensors.
+        idx = ((flat.astype(np.float32) + np.float32(self.radius)) * np.float32(self.bins / (2.0 * self.radius))).astype(np.int64)
+        np.clip(idx, 0, self.bins - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=self.bins)
 
     @property
     def bin_width(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import onnx
 
 from onnxcomp.errors import CalibrationDataError
@@ -37,6 +38,8 @@ def collect_stats(
     channel_stats: Iterable[str] = (),
     max_batches: int | None = None,
     progress: Callable[[str], None] | None = None,
+    keep_outputs: int = 0,
+    kept: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, TensorStats]:
     """Run calibration batches through ``model`` and stream statistics of ``names``.
 
@@ -48,6 +51,10 @@ def collect_stats(
         channel_stats: Tensors that also need per-channel |max| over the last axis.
         max_batches: Stop after this many batches.
         progress: Called with a status line per batch.
+        keep_outputs: Also append the model's own outputs (and feeds) of the first
+            ``keep_outputs`` batches to ``kept`` as ``{"feeds": ..., "outputs": ...}``, so a
+            later fidelity check needs no second float session.
+        kept: The list receiving them.
 
     Raises:
         CalibrationDataError: No batch could be fed.
@@ -57,6 +64,9 @@ def collect_stats(
     stats = {n: TensorStats(histogram=histogram, channel_axis_last=n in chan) for n in names}
     input_names = {i.name for i in model.graph.input}
     run_names = [n for n in names if n not in input_names]
+    model_outputs = [o.name for o in model.graph.output]
+    if keep_outputs:
+        run_names += [o for o in model_outputs if o not in run_names]
     sess = make_session(expose_outputs(model, run_names))
     n_batches = 0
     for feeds in batches:
@@ -65,7 +75,11 @@ def collect_stats(
         wanted = {i.name for i in sess.get_inputs()}
         outs = sess.run(run_names, {k: v for k, v in feeds.items() if k in wanted}) if run_names else []
         for n, arr in zip(run_names, outs):
-            stats[n].update(arr)
+            if n in stats:
+                stats[n].update(arr)
+        if n_batches < keep_outputs and kept is not None:
+            got = dict(zip(run_names, outs))
+            kept.append({"feeds": feeds, "outputs": {o: got[o] for o in model_outputs}})
         for n in names:
             if n in input_names and n in feeds:
                 stats[n].update(feeds[n])

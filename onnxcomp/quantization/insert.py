@@ -133,6 +133,7 @@ def materialize(
         stats.biases += 1
 
     # Activations: one Q -> DQ pair per tensor; consumers that asked for it read the DQ.
+    out_index = {t.name: i for i, t in enumerate(graph.outputs)}
     for tname, ids in plan.activations.items():
         t = tensors[tname]
         qp = act_params[tname]
@@ -142,6 +143,13 @@ def materialize(
         dq = gs.Variable(name(f"{tname}_dequantized"), dtype=np.float32, shape=t.shape)
         only = None if tname in plan.rewire_all else ids
         _rewire(consumers.get(tname, []), t, dq, only)
+        if only is None and tname in out_index:
+            # A graph output that must be quantized (e.g. a final Conv or Add): the output
+            # becomes the dequantized value under the original name, so the Q is not dead
+            # and onnxruntime can fuse the producer into an integer kernel.
+            t.name = name(f"{tname}_float")
+            dq.name = tname
+            graph.outputs[out_index[tname]] = dq
         new_nodes.append(gs.Node("QuantizeLinear", name(f"{tname}_QuantizeLinear"), {}, [t, s, z], [qt]))
         new_nodes.append(gs.Node("DequantizeLinear", name(f"{tname}_DequantizeLinear"), {}, [qt, s, z], [dq]))
         stats.activations += 1
@@ -149,7 +157,7 @@ def materialize(
     # One DynamicQuantizeLinear per activation, shared by every layer reading it (Q/K/V).
     dql: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]] = {}
     for node in plan.dynamic:
-        new_nodes.extend(_dynamic_matmul(node, name, dql))
+        new_nodes.extend(_dynamic_matmul(node, name, dql, plan.per_channel))
         stats.dynamic += 1
 
     graph.nodes.extend(new_nodes)
@@ -157,7 +165,9 @@ def materialize(
     return stats
 
 
-def _dynamic_matmul(node: gs.Node, name: "_Namer", dql: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]]) -> list[gs.Node]:
+def _dynamic_matmul(
+    node: gs.Node, name: "_Namer", dql: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]], per_channel: bool
+) -> list[gs.Node]:
     """Replace ``node`` (MatMul X·W or Gemm X·W + C) by the dynamic integer pattern.
 
     Returns the new nodes; ``dql`` caches the quantized form of each activation.
@@ -168,10 +178,12 @@ def _dynamic_matmul(node: gs.Node, name: "_Namer", dql: dict[str, tuple[gs.Varia
     values = np.asarray(w.values, dtype=np.float32)
     if node.op == "Gemm" and node.attrs.get("transB", 0):
         values = np.ascontiguousarray(values.T)
-    qp = weight_qparams(values, 1)  # per output column
+    qp = weight_qparams(values, 1 if per_channel else None)  # per output column
     base = node.name or y.name
     wq = gs.Constant(name(f"{w.name}_quantized"), quantize_weight(values, qp))
-    wz = gs.Constant(name(f"{w.name}_zero_point"), np.zeros(qp.scale.shape, dtype=np.int8))
+    # Symmetric weights: one scalar zero point keeps MatMulInteger on onnxruntime's
+    # per-tensor-offset kernel; the per-column scales live only in the float Mul.
+    wz = gs.Constant(name(f"{w.name}_zero_point"), np.zeros((), dtype=np.int8))
     ws = gs.Constant(name(f"{w.name}_scale"), qp.scale)
     nodes: list[gs.Node] = []
     if x.name not in dql:

@@ -87,6 +87,7 @@ class QuantPlan:
     shared: UnionFind = field(default_factory=UnionFind)
     dynamic: list[gs.Node] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
+    per_channel: bool = True
 
     def mark_input(self, t: gs.Tensor, consumer: gs.Node) -> None:
         self.activations.setdefault(t.name, set()).add(id(consumer))
@@ -367,7 +368,7 @@ def build_plan(
 ) -> QuantPlan:
     """Run the rules over ``graph`` in topological order (the graph must be sorted)."""
     view = GraphView(graph, options)
-    plan = QuantPlan()
+    plan = QuantPlan(per_channel=options.per_channel)
     for node in graph.nodes:
         if skip(node):
             continue

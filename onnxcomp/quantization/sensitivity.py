@@ -40,9 +40,18 @@ class Score:
 class Evaluator:
     """Reference outputs of the float model on fixed feeds; scores candidate models."""
 
-    def __init__(self, reference: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        reference: onnx.ModelProto | None,
+        feeds: list[dict[str, np.ndarray]],
+        reference_outputs: list[dict[str, np.ndarray]] | None = None,
+    ) -> None:
+        """Args: the float model (or its outputs on ``feeds``, already computed) and the feeds."""
         self.feeds = feeds
-        self.reference = self._outputs(reference)
+        if reference_outputs is None:
+            assert reference is not None
+            reference_outputs = self._outputs(reference)
+        self.reference = reference_outputs
         self.sessions = 0
 
     def _outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:

@@ -12,7 +12,8 @@ is exact in real arithmetic. With ``a_j = max|X_j|`` (calibrated) and ``w_j = ma
 (alpha = 0.5 splits the difficulty evenly): the activation becomes easy to quantize per
 tensor, and the weight, quantized per output column, absorbs the outliers.
 
-Where ``X / s`` goes:
+Only activations with outlier channels (largest channel range >= ``OUTLIER_RATIO`` x the
+median) are smoothed. Where ``X / s`` goes:
 
 * ``X = LayerNormalization(x; gamma, beta)`` read only by the smoothed layers: fold into
   the norm, ``gamma' = gamma / s``, ``beta' = beta / s`` (free at run time);
@@ -67,8 +68,15 @@ def find_sites(layers: list[gs.Node]) -> list[SmoothSite]:
     return [SmoothSite(tensors[k], tuple(v)) for k, v in by_input.items()]
 
 
-def smooth(graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float) -> int:
-    """Migrate scales at every site with channel statistics; returns how many were smoothed."""
+#: Sites whose largest channel range is below this multiple of the median channel range
+#: have no outliers worth migrating; skipping them saves the run-time Mul.
+OUTLIER_RATIO = 6.0
+
+
+def smooth(
+    graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float, *, outlier_ratio: float = OUTLIER_RATIO
+) -> int:
+    """Migrate scales at every site with outlier channels; returns how many were smoothed."""
     consumers: dict[str, int] = {}
     for n in graph.nodes:
         for t in n.inputs:
@@ -81,6 +89,8 @@ def smooth(graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStat
         if st is None or st.channel_absmax is None:
             continue
         a = st.channel_absmax
+        if a.size == 0 or a.max() < outlier_ratio * max(float(np.median(a)), 1e-12):
+            continue
         ws = [_weight_in_rows(n) for n in site.layers]
         if any(w.shape[0] != a.size for w in ws):
             continue

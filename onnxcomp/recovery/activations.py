@@ -7,7 +7,8 @@ the whole run and one student session per refit *stage*, never one per node or b
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+import typing
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ import onnx
 import onnxruntime as ort
 
 from onnxcomp.runtime import make_session
+
+if typing.TYPE_CHECKING:
+    from onnxcomp.calibration import CalibrationData
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -84,3 +88,30 @@ class TensorTap:
             vals = self._session.run(wanted, {k: v for k, v in feeds.items() if k in self._inputs})
             out.update(zip(wanted, vals))
         return out
+
+
+def merged_batches(data: "CalibrationData", model: onnx.ModelProto, *, target: int = 256,
+                   max_samples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Stream ``data``'s batches, merging consecutive ones up to ``target`` samples.
+
+    Calibration batches follow the model's batch size (8 for a symbolic batch dim):
+    far too small to keep onnxruntime and the ``XᵀX`` matmuls busy. When every input's
+    batch dim is symbolic, consecutive batches are concatenated (memory stays bounded
+    by ``target`` samples); a model with a fixed batch size gets its batches as they are.
+    """
+    from onnxcomp.calibration import required_input_specs
+
+    symbolic = all(not isinstance(s.batch_dim, int) for s in required_input_specs(model))
+    pending: list[dict[str, np.ndarray]] = []
+    count = 0
+    for feeds, _ in data.iter_with_labels(max_samples):
+        if not symbolic:
+            yield feeds
+            continue
+        pending.append(feeds)
+        count += len(next(iter(feeds.values())))
+        if count >= target:
+            yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+            pending, count = [], 0
+    if pending:
+        yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}

@@ -36,15 +36,15 @@ from onnxcomp.recovery.torch_graph import OnnxModule
 class DistillConfig:
     """Hyper-parameters of `distill` (see the ``distill`` pass options for meanings)."""
 
-    epochs: int = 10
-    lr: float = 1e-3
+    epochs: int = 20
+    lr: float = 3e-3
     batch_size: int = 64
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0
     weight_decay: float = 0.0
     val_fraction: float = 0.1
-    patience: int = 3
+    patience: int = 5
     seed: int = 0
     threads: int | None = 1
 

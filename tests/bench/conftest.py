@@ -66,7 +66,7 @@ def model_a_copy(tmp_path: Path, model_a: Path) -> Path:
 @pytest.fixture
 def model_slow(tmp_path: Path) -> Path:
     """Same interface as `model_a`, much more work (many wide layers): clearly slower."""
-    return save(classifier(hidden=256, repeat=12), tmp_path / "slow.onnx")
+    return save(classifier(hidden=512, repeat=12), tmp_path / "slow.onnx")
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 from bench_suite_fakes import row
-from suite_findings import compare_pair, findings, like_for_like, losses_paragraph, undominated_peers
+from suite_findings import compare_pair, findings, like_for_like, losses_paragraph, ratio_interval, undominated_peers
 
 
 def _verdict(peer_ratio, peer_cos, oc_ratio, oc_cos, kind="cosine"):
@@ -87,3 +88,23 @@ def test_losses_paragraph_says_so_when_nothing_is_lost():
         row("a", "onnxsim", "peer", "cleanup", ratio=1.0),
     ]
     assert "no peer was faster" in losses_paragraph(findings(rows))
+
+
+def test_a_gap_inside_the_timing_noise_is_a_tie():
+    rng = np.random.default_rng(0)
+    noisy_a = list(10 + 3 * rng.standard_normal(30))
+    noisy_b = list(10 + 3 * rng.standard_normal(30))
+    peer = row("m", "onnxsim", "peer", "cleanup", ratio=0.90)
+    oc = row("m", "onnxcomp:lossless", "onnxcomp", "cleanup", ratio=1.0)
+    assert compare_pair(peer, oc, "cosine")[0] == "loses"  # no samples: point estimates decide
+    peer["timing"]["samples_ms"], oc["timing"]["samples_ms"] = noisy_a, noisy_b
+    assert compare_pair(peer, oc, "cosine")[0] == "tie"
+    peer["timing"]["samples_ms"] = [x * 0.5 for x in noisy_b]  # clearly faster in every round
+    assert compare_pair(peer, oc, "cosine")[0] == "loses"
+
+
+def test_ratio_interval_brackets_the_true_ratio():
+    b = list(np.linspace(9, 11, 41))
+    lo, hi = ratio_interval([0.8 * x for x in b], b)
+    assert lo <= 0.8 <= hi and hi < 1
+    assert ratio_interval([1.0, 2.0], [1.0, 2.0]) is None  # too few rounds to say anything

@@ -38,3 +38,22 @@ def test_graph_inputs_kept_even_if_unused() -> None:
     g (float[2] x, float[2] unused_in) => (float[2] y) { y = Relu(x) }""")
     out, res = run_pass(m, "dce")
     assert not res.modified and [i.name for i in out.graph.input] == ["x", "unused_in"]
+
+
+def test_dead_nodes_inside_if_branches_removed() -> None:
+    import numpy as np
+
+    m = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool c, float[2] x) => (float[2] y) {
+      y = If(c) <
+        then_branch = t () => (float[2] a) { dead = Sigmoid(x)
+                                             a = Relu(x) },
+        else_branch = e () => (float[2] b) { b = Neg(x) }
+      >
+    }""")
+    out, res = run_pass(m, "dce")
+    assert res.modified and res.stats["nodes_removed"] == 1
+    assert [n.op_type for n in out.graph.node[0].attribute[0].g.node] == ["Relu"]
+    for c in (True, False):
+        assert_same_outputs(m, out, feeds={"c": np.array(c), "x": np.array([-1.0, 2.0], np.float32)})

@@ -96,11 +96,10 @@ def test_noop_reshape_transpose_cast_expand_slice_pad_removed() -> None:
 
 def test_real_reshape_transpose_slice_expand_and_broadcasting_add_stay() -> None:
     m = parse(H17 + """
-    g (float[2,3] x) => (float[3,2] y, float[2,3] y2, float[1,3] y3, float[2,2,3] y4, float[2,3] y5) {
+    g (float[2,3] x) => (float[3,2] y, float[3,2] y2, float[1,3] y3, float[2,2,3] y4, float[2,3] y5) {
       s = Constant<value = int64[2] {3, 2}>()
       y = Reshape(x, s)
-      t0 = Transpose<perm = [1, 0]>(x)
-      y2 = Transpose<perm = [1, 0]>(t0)
+      y2 = Transpose<perm = [1, 0]>(x)
       st = Constant<value = int64[1] {1}>()
       en = Constant<value = int64[1] {2}>()
       y3 = Slice(x, st, en)
@@ -194,3 +193,18 @@ def test_reshape_chain_collapses_but_not_into_graph_output_or_zero_target() -> N
     out2, res2 = run_pass(zero, "eliminate-identity")
     assert res2.stats.get("nodes_removed") == 1 and ops(out2)["Reshape"] == 1  # the 2nd is a no-op on [6,4]
     assert_same_outputs(zero, out2)
+
+
+def test_transpose_chains_compose_and_cancel() -> None:
+    m = parse(H17 + """
+    g (float[2,3,4,5] x) => (float[2,4,5,3] y, float[2,3,4,5] z) {
+      a = Transpose<perm = [0, 2, 1, 3]>(x)
+      y = Transpose<perm = [0, 1, 3, 2]>(a)
+      b = Transpose<perm = [0, 3, 1, 2]>(x)
+      c = Transpose<perm = [0, 2, 3, 1]>(b)
+      z = Relu(c)
+    }""")
+    out, res = run_pass(m, "eliminate-identity")
+    assert ops(out) == {"Transpose": 1, "Relu": 1}
+    assert list(out.graph.node[0].attribute[0].ints) == [0, 2, 3, 1]  # [0,2,1,3] then [0,1,3,2]
+    assert_same_outputs(m, out)

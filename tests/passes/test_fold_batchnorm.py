@@ -171,3 +171,29 @@ def test_nd_matmul_bias_becomes_gemm_only_when_it_saves_nodes() -> None:
     single = _model([helper.make_node("MatMul", ["x", "w0"], ["m0"]), helper.make_node("Add", ["m0", "b0"], ["y"])],
                     inits[:2], [1, 4, 3], [1, 4, 6])
     assert not run_pass(single, "fold-batchnorm")[1].modified
+
+
+def test_bn_inside_if_branch_is_left_alone() -> None:
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    params = _bn_params(4)
+    then_g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), _bn("c", "a")], "t", [],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4, 2, 2])],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["b"])], "e", [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 2, 2])],
+    )
+    g = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [w, *params],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    out, res = run_pass(m, "fold-batchnorm")
+    assert not res.modified
+    then_out = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then_out.node] == ["Conv", "BatchNormalization"]

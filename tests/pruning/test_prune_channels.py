@@ -88,9 +88,26 @@ def test_artifacts_contract_and_exclude():
     assert np.array_equal(kept["c1"][1], kept["c2"][1])  # residual: same indices
     assert set(ctx.artifacts["prune-channels"]["kept_axes"]["c2.w"]) == {0, 1}
 
-    graph, meta = to_graph(m)
-    res = instantiate("prune-channels:ratio=0.5,exclude=[n_c2]").run(graph, PassContext(original_model=m, meta=meta))
-    assert not res.modified or res.stats["groups_pruned"] == 0
+    for pattern in ("n_c2", "c1.*"):  # a node name, or a weight name
+        graph, meta = to_graph(m)
+        res = instantiate(f"prune-channels:ratio=0.5,exclude=[{pattern}]").run(graph, PassContext(original_model=m, meta=meta))
+        assert res.stats["groups_pruned"] == 0, pattern
+
+
+def test_global_allocation_keeps_a_floor_and_uneven_ratios():
+    from onnxcomp.pruning.allocate import allocate
+    from onnxcomp.pruning.deps import ChannelGroup
+
+    groups = [ChannelGroup(i, (f"w{i}", 0), 20, units=[np.array([k]) for k in range(20)]) for i in range(2)]
+    # Scores are normalized per group (mean), as Torch-Pruning does: what counts is how
+    # unevenly a group's channels matter. Group 0 has 15 near-useless channels.
+    scores = {0: np.array([0.01] * 15 + [1.0] * 5), 1: np.linspace(5.0, 10.0, 20)}
+    removed = allocate(groups, scores, ratio=0.5, allocation="global")
+    assert removed[0].size == 15 and removed[1].size == 5
+    removed = allocate(groups, {0: np.array([0.01] * 19 + [1.0]), 1: np.linspace(5.0, 10.0, 20)}, ratio=0.5, allocation="global")
+    assert removed[0].size == 18  # the 10 % floor keeps 2 of 20
+    uni = allocate(groups, scores, ratio=0.5, allocation="uniform", round_to=8)
+    assert uni[0].size == 20 - 8 and uni[0].tolist() == list(range(12))  # lowest scores go first
 
 
 def test_round_to_and_global_allocation():
@@ -116,14 +133,19 @@ def test_inspect_lists_groups_and_frozen_reasons(tmp_path):
     assert any("graph output 'y'" in r for r in by_root["fc.w[axis 0]"]["frozen_by"])
     res = CliRunner().invoke(main, ["inspect", str(tmp_path / "missing.onnx")])
     assert res.exit_code == 2
+    res = CliRunner().invoke(main, ["inspect", str(p), "--ratio", "0.5", "--json", str(tmp_path / "d.json")])
+    assert res.exit_code == 0, res.output
+    plan = {g["root"]: g.get("channels_after") for g in json.loads((tmp_path / "d.json").read_text())["groups"]}
+    assert plan["c1.w[axis 0]"] == 8 and plan["fc.w[axis 0]"] == 4
 
 
 # ----------------------------------------------------------------------------- reference models
 
 
-@pytest.mark.parametrize("key", ["resnet18_bn", "bert"])
-def test_reference_models_prune_exactly_when_readers_are_zeroed(small_models, key):
-    m = onnx.load(small_models[key])
+# Each reference model is exported once per worker, so each gets a single test.
+
+
+def _assert_exact_when_readers_zeroed(m: onnx.ModelProto) -> None:
     ref, pruned, kept = zeroed_and_pruned(m, ratio=0.5)
     onnx.checker.check_model(pruned, full_check=True)
     feeds = generate_inputs(m)
@@ -133,8 +155,10 @@ def test_reference_models_prune_exactly_when_readers_are_zeroed(small_models, ke
     assert len(kept) > 10
 
 
-def test_resnet_with_batchnorm_end_to_end(small_models):
+def test_resnet_with_batchnorm(small_models):
+    """Exact slicing across skip connections with BatchNorm kept, then the pass end to end."""
     m = onnx.load(small_models["resnet18_bn"])
+    _assert_exact_when_readers_zeroed(m)
     out, report = onnxcomp.optimize(m, passes=["prune-channels:ratio=0.5,criterion=bn"])
     onnx.checker.check_model(out, full_check=True)
     stats = report.passes[0].stats
@@ -147,6 +171,7 @@ def test_resnet_with_batchnorm_end_to_end(small_models):
 
 def test_bert_prunes_heads_and_ffn(small_models):
     m = onnx.load(small_models["bert"])
+    _assert_exact_when_readers_zeroed(m)
     out, report = onnxcomp.optimize(m, passes=["prune-channels:ratio=0.3"])
     onnx.checker.check_model(out, full_check=True)
 
@@ -157,3 +182,18 @@ def test_bert_prunes_heads_and_ffn(small_models):
     feeds = generate_inputs(m)
     for a, b in zip(run(m, feeds), run(out, feeds)):
         assert a.shape == b.shape
+
+
+def test_a_group_never_loses_every_channel():
+    from onnxcomp.pruning.allocate import allocate
+    from onnxcomp.pruning.deps import ChannelGroup
+
+    four = ChannelGroup(0, ("w0", 0), 4, units=[np.array([k]) for k in range(4)])
+    heads = ChannelGroup(1, ("w1", 1), 8, units=[np.arange(4), np.arange(4, 8)])
+    single = ChannelGroup(2, ("w2", 0), 3, units=[np.arange(3)])  # one unit: refused outright
+    assert not single.prunable
+    scores = {0: np.ones(4), 1: np.ones(8), 2: np.ones(3)}
+    removed = allocate([four, heads, single], scores, ratio=0.95)
+    assert removed[0].size == 3 and removed[1].size == 4 and 2 not in removed
+    removed = allocate([four], scores, ratio=0.95, min_channels=3)
+    assert removed[0].size == 1

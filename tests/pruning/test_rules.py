@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import pytest
 from exactness import run, zeroed_and_pruned
 
 from onnxcomp.pruning.deps import analyze, infer_shapes
@@ -203,3 +202,61 @@ def test_heads_reshape_prunes_whole_heads(builder):
     np.testing.assert_allclose(run(ref, feeds)[0], run(pruned, feeds)[0], rtol=1e-4, atol=1e-5)
     shapes = [numpy_v for numpy_v in (onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer) if numpy_v.dtype == np.int64]
     assert any(s.tolist() == [1, seq, 2, hdim] for s in shapes)
+
+
+def test_concat_built_reshape_target_is_cloned_and_rewritten(builder):
+    """Dynamic batch: Reshape(h, Concat(Shape(h)[0:1], [C*H*W])) — the explicit piece is rewritten
+    on a private copy of the Concat, and a run-time piece on the pruned axis would freeze."""
+    b = builder
+    h = b.conv("x", "c1", 4, 6)
+    b.node("Shape", [h], ["shp_n"], start=0, end=1)
+    b.node("Concat", ["shp_n", b.w("flat_len", 1, values=np.array([6 * 36], dtype=np.int64))], ["target"], axis=0)
+    b.node("Reshape", [h, "target"], ["flat"])
+    b.node("MatMul", ["flat", b.w("fc.w", 6 * 36, 3)], ["y"])
+    m = b.model({"x": ["N", 4, 6, 6]}, {"y": ["N", 3]}, opset=17)
+    g = groups_of(m)["c1.w"]
+    assert g.prunable, g.frozen
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    ref, pruned, kept = zeroed_and_pruned(m)
+    onnx.checker.check_model(pruned, full_check=True)
+    np.testing.assert_allclose(run(ref, feeds)[0], run(pruned, feeds)[0], rtol=1e-4, atol=1e-5)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    assert [v.tolist() for k, v in consts.items() if k.startswith("target_")] == [[3 * 36]]
+
+    # The same with the feature count read from another (unpruned) tensor at run time: frozen.
+    b2 = type(builder)()
+    h = b2.conv("x", "c1", 4, 6)
+    b2.node("Shape", [h], ["shp_n"], start=0, end=1)
+    b2.node("Shape", ["z"], ["shp_f"], start=1, end=2)
+    b2.node("Concat", ["shp_n", "shp_f"], ["target"], axis=0)
+    b2.node("Reshape", [h, "target"], ["flat"])
+    b2.node("MatMul", ["flat", b2.w("fc.w", 6 * 36, 3)], ["y"])
+    m2 = b2.model({"x": ["N", 4, 6, 6], "z": [1, 6 * 36]}, {"y": ["N", 3]})
+    assert not groups_of(m2)["c1.w"].prunable
+
+
+def test_packed_qkv_split_prunes_whole_heads(builder):
+    """GPT-style packed projection: x @ W_qkv -> Split(q, k, v) -> heads; one unit per head."""
+    b = builder
+    hdim, heads, seq = 2, 3, 4
+    hd = heads * hdim
+    qkv = b.node("MatMul", ["x", b.w("wqkv", 6, 3 * hd)], ["qkv"])
+    b.node("Split", [qkv, b.w("sizes", 3, values=np.array([hd] * 3, dtype=np.int64))], ["q", "k", "v"], axis=-1)
+    shp = b.w("shp", 4, values=np.array([1, seq, heads, hdim], dtype=np.int64))
+    q4 = b.node("Transpose", [b.node("Reshape", ["q", shp], ["q4"])], ["qt"], perm=[0, 2, 1, 3])
+    k4 = b.node("Transpose", [b.node("Reshape", ["k", shp], ["k4"])], ["kt"], perm=[0, 2, 3, 1])
+    v4 = b.node("Transpose", [b.node("Reshape", ["v", shp], ["v4"])], ["vt"], perm=[0, 2, 1, 3])
+    sc = b.node("Softmax", [b.node("MatMul", [q4, k4], ["sc0"])], ["sc"], axis=-1)
+    ot = b.node("Transpose", [b.node("MatMul", [sc, v4], ["o"])], ["ot"], perm=[0, 2, 1, 3])
+    merged = b.node("Reshape", [ot, b.w("shp2", 3, values=np.array([1, seq, -1], dtype=np.int64))], ["merged"])
+    b.node("MatMul", [merged, b.w("wo", hd, 6)], ["y"])
+    m = b.model({"x": [1, seq, 6]}, {"y": [1, seq, 6]})
+    g = groups_of(m)["wqkv"]
+    assert g.prunable and len(g.units) == heads and g.unit_size == 3 * hdim
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, seq, 6)).astype(np.float32)}
+    ref, pruned, kept = zeroed_and_pruned(m, ratio=0.34)
+    onnx.checker.check_model(pruned, full_check=True)
+    assert kept["wqkv"][1].size == 3 * 2 * hdim and kept["wo"][0].size == 2 * hdim
+    np.testing.assert_allclose(run(ref, feeds)[0], run(pruned, feeds)[0], rtol=1e-4, atol=1e-5)
+    sizes = {t.name: onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer if t.name.startswith("sizes")}
+    assert list(sizes.values()) == [[2 * hdim] * 3]

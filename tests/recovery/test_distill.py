@@ -59,7 +59,7 @@ def test_distill_reduces_kl_and_keeps_structure(rng: np.random.Generator) -> Non
 
     graph, meta = to_graph(student)
     ctx = make_ctx(teacher, student, {"x": x[:16]}, train={"x": x})
-    result = Distill(DistillOptions(epochs=8, lr=1e-2, batch_size=32, temperature=2.0)).run(graph, ctx)
+    result = Distill(DistillOptions(epochs=8, lr=1e-2, batch_size=32, temperature=2.0, refit=False)).run(graph, ctx)
     assert result.modified
     assert result.stats["labels"] is False
     assert result.stats["val_kl_after"] < result.stats["val_kl_before"]
@@ -78,7 +78,7 @@ def test_distill_is_deterministic_and_uses_labels(rng: np.random.Generator) -> N
     for _ in range(2):
         graph, meta = to_graph(student)
         ctx = make_ctx(teacher, student, {"x": x[:8]}, train={"x": x, "label": labels})
-        res = Distill(DistillOptions(epochs=2, lr=5e-3, batch_size=32, seed=3)).run(graph, ctx)
+        res = Distill(DistillOptions(epochs=2, lr=5e-3, batch_size=32, seed=3, refit=False)).run(graph, ctx)
         assert res.stats["labels"] is True
         weights.append({t.name: numpy_helper.to_array(t) for t in to_model(graph, meta).graph.initializer})
     assert weights[0].keys() == weights[1].keys()
@@ -96,12 +96,25 @@ def test_feature_term_restricted_to_kept_channels(rng: np.random.Generator) -> N
     x = rng.standard_normal((64, 3, 6, 6)).astype(np.float32)
     graph, _ = to_graph(student)
     ctx = make_ctx(teacher, student, {"x": x}, kept=kept)
-    res = Distill(DistillOptions(epochs=2, lr=1e-2, beta=1.0, features=("h",))).run(graph, ctx)
+    res = Distill(DistillOptions(epochs=2, lr=1e-2, beta=1.0, features=("h",), refit=False)).run(graph, ctx)
     assert res.modified
     # Without the pruning record the channel counts differ (4 vs 6): a clear error.
     graph, _ = to_graph(student)
     with pytest.raises(UsageError, match="feature 'h'"):
-        Distill(DistillOptions(epochs=1, beta=1.0, features=("h",))).run(graph, make_ctx(teacher, student, {"x": x}))
+        Distill(DistillOptions(epochs=1, beta=1.0, features=("h",), refit=False)).run(graph, make_ctx(teacher, student, {"x": x}))
+
+
+def test_refit_first_starts_training_near_the_teacher(rng: np.random.Generator) -> None:
+    teacher, student = _pair(rng)
+    x = rng.standard_normal((128, 3, 6, 6)).astype(np.float32)
+    graph, meta = to_graph(student)
+    res = Distill(DistillOptions(epochs=1)).run(graph, make_ctx(teacher, student, {"x": x}, train={"x": x}))
+    assert res.modified and res.stats["layers_refit"] >= 1
+    plain = Distill(DistillOptions(epochs=1, refit=False)).run(to_graph(student)[0], make_ctx(teacher, student, {"x": x}, train={"x": x}))
+    # The least-squares start is far closer to the teacher than the noisy student.
+    assert res.stats["val_kl_before"] < 0.5 * plain.stats["val_kl_before"]
+    x_test = rng.standard_normal((64, 3, 6, 6)).astype(np.float32)
+    assert _kl(_logits(teacher, x_test), _logits(to_model(graph, meta), x_test)) < _kl(_logits(teacher, x_test), _logits(student, x_test))
 
 
 def test_falls_back_to_calibration_with_warning(rng: np.random.Generator, caplog: pytest.LogCaptureFixture) -> None:

@@ -100,7 +100,7 @@ def test_grouped_conv_refit(rng: np.random.Generator) -> None:
     x = rng.standard_normal((32, 2, 6, 6)).astype(np.float32)
     graph, meta = to_graph(student)
     result = Reconstruct(ReconstructOptions(ridge=0.0, scope="all")).run(graph, make_ctx(teacher, student, {"x": x}))
-    assert result.stats["layers_refit"] == 2 or result.stats["layers_unchanged"] >= 1
+    assert result.stats["layers_refit"] == 1  # conv2; conv1 is already exact
     np.testing.assert_allclose(_run(to_model(graph, meta), x[:4]), _run(teacher, x[:4]), atol=2e-3, rtol=1e-3)
 
 
