@@ -45,18 +45,33 @@ def session(path: str | Path, threads: int) -> ort.InferenceSession:
 
 
 def interleaved(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, rounds: int) -> dict[str, float]:
-    """Median latency (ms) of each model, measured A B C A B C ... in one process."""
+    """Median latency (ms) of each model, measured interleaved in one process.
+
+    Each round runs every model once, in a shuffled order (a fixed A B C order showed a
+    position bias of up to 20% on a shared machine). Ratios are best taken per round, see
+    `paired_ratio`.
+    """
     sess = {k: session(p, threads) for k, p in paths.items()}
     for s in sess.values():  # warm-up
         for _ in range(3):
             s.run(None, feeds)
     times: dict[str, list[float]] = {k: [] for k in sess}
+    order = list(sess)
+    rng = np.random.default_rng(0)
     for _ in range(rounds):
-        for k, s in sess.items():
+        rng.shuffle(order)
+        for k in order:
             t = time.perf_counter()
-            s.run(None, feeds)
+            sess[k].run(None, feeds)
             times[k].append((time.perf_counter() - t) * 1e3)
+    interleaved.last = times  # type: ignore[attr-defined]
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def paired_ratio(a: str, b: str) -> float:
+    """Median over rounds of time(a) / time(b) from the last `interleaved` run."""
+    t = interleaved.last  # type: ignore[attr-defined]
+    return float(np.median(np.asarray(t[a]) / np.asarray(t[b])))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,15 +129,18 @@ def bench_cnn(work: Path, threads: int, rounds: int) -> None:
         x = {"input": z["input"][:1]}
         lat = interleaved({"fp32": fp, "ort_static": peer, "onnxcomp": ours}, x, threads, rounds)
         ref = [session(fp, threads).run(None, {"input": z["input"][i : i + 1]})[0] for i in range(8)]
-        cos = {}
+        cos, agg = {}, {}
         for k, p in (("ort_static", peer), ("onnxcomp", ours)):
             s = session(p, threads)
-            cos[k] = min(cosine(r, s.run(None, {"input": z["input"][i : i + 1]})[0]) for i, r in enumerate(ref))
+            got = [s.run(None, {"input": z["input"][i : i + 1]})[0] for i in range(len(ref))]
+            cos[k] = min(cosine(r, g) for r, g in zip(ref, got))
+            agg[k] = cosine(np.concatenate(ref), np.concatenate(got))
         print(
             f"{name}: 224x224 b1 {threads} threads | median ms fp32 {lat['fp32']:.2f} ort_static {lat['ort_static']:.2f} "
-            f"onnxcomp {lat['onnxcomp']:.2f} | speedup vs fp32: ort {lat['fp32'] / lat['ort_static']:.2f}x, "
-            f"onnxcomp {lat['fp32'] / lat['onnxcomp']:.2f}x | onnxcomp/ort_static speed ratio "
-            f"{lat['ort_static'] / lat['onnxcomp']:.2f} | min cosine (8 imgs) ort {cos['ort_static']:.4f} onnxcomp {cos['onnxcomp']:.4f} "
+            f"onnxcomp {lat['onnxcomp']:.2f} | speedup vs fp32 (paired median): ort {paired_ratio('fp32', 'ort_static'):.2f}x, "
+            f"onnxcomp {paired_ratio('fp32', 'onnxcomp'):.2f}x | onnxcomp speed relative to ort_static "
+            f"{paired_ratio('ort_static', 'onnxcomp'):.2f} | cosine over 8 imgs ort {agg['ort_static']:.4f} onnxcomp {agg['onnxcomp']:.4f}, "
+            f"worst single img ort {cos['ort_static']:.4f} onnxcomp {cos['onnxcomp']:.4f} "
             f"| quantize time onnxcomp {t_ours:.1f}s ort {t_peer:.1f}s",
             flush=True,
         )
@@ -231,8 +249,8 @@ def bench_bert(work: Path, threads: int, rounds: int) -> None:
         cos[k] = float(np.mean(vals))
     print(
         f"bert (outliers injected): b8 s32 {threads} threads | median ms fp32 {lat['fp32']:.2f} ort_dynamic {lat['ort_dynamic']:.2f} "
-        f"onnxcomp {lat['onnxcomp']:.2f} | speedup vs fp32: ort_dynamic {lat['fp32'] / lat['ort_dynamic']:.2f}x onnxcomp "
-        f"{lat['fp32'] / lat['onnxcomp']:.2f}x | mean embedding cosine ort_dynamic {cos['ort_dynamic']:.4f} onnxcomp {cos['onnxcomp']:.4f} "
+        f"onnxcomp {lat['onnxcomp']:.2f} | speedup vs fp32 (paired median): ort_dynamic {paired_ratio('fp32', 'ort_dynamic'):.2f}x onnxcomp "
+        f"{paired_ratio('fp32', 'onnxcomp'):.2f}x | mean embedding cosine ort_dynamic {cos['ort_dynamic']:.4f} onnxcomp {cos['onnxcomp']:.4f} "
         f"| quantize time {t_ours:.1f}s",
         flush=True,
     )

@@ -163,14 +163,16 @@ def render_markdown(doc: Doc) -> str:
     for m in doc.get("models", []):
         mrows = [r for r in rows if r["model"] == m["name"]]
         out.append(f"### {m['name']}\n")
-        out.append(f"Inputs {m.get('shape', '?')}; fidelity on {_cell(m.get('eval_data', '?'))}.")
+        para = f"Inputs {m.get('shape', '?')}; fidelity on {_cell(m.get('eval_data', '?'))}."
         tc = m.get("timing") or {}
         if tc:
-            out.append(f" Timed {tc.get('rounds')} interleaved rounds on {', '.join(tc.get('providers') or [])}, "
-                       f"threads {tc.get('threads')}.")
+            para += (f" Timed {tc.get('rounds')} interleaved rounds on {', '.join(tc.get('providers') or [])}, "
+                     f"threads {tc.get('threads')}.")
+            if tc.get("note"):
+                para += f" Note: {tc['note']}."
+        out.append(para + "\n")
         if m.get("error"):
-            out.append(f"\n\n**Model-level failure:** {_cell(m['error'])}")
-        out.append("\n")
+            out.append(f"**Model-level failure:** {_cell(m['error'])}\n")
         out.append(model_table(mrows) if mrows else "_No rows._")
         out.append("")
     out.append("## Reproduce\n")
