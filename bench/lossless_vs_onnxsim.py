@@ -2,9 +2,11 @@
 
 For each reference export (ResNet-style, MobileNet-style, BERT-style; the default
 optimised export and the raw ``keep_batchnorm=True`` export) this prints: node counts of
-the input, of onnxsim's result and of ours; each tool's median wall time (runs interleaved
-A B A B in one process, so machine noise hits both alike) and the ratio; and the max abs
-output difference of each result against the input model in onnxruntime on generated inputs.
+the input, of onnxsim's result and of ours; median wall times (runs interleaved A B C A B C
+in one process, so machine noise hits all alike) of onnxsim, of ``onnxcomp.optimize``
+(with the manager's checks) and of the bare lossless passes (the same fixed-point loop
+without any checks: what the passes themselves cost); and the max abs output difference
+of each result against the input model in onnxruntime on generated inputs.
 
 Usage::
 
@@ -30,6 +32,27 @@ def _max_abs_diff(ref: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, 
     return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)))) for k in a)
 
 
+def _passes_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The lossless cleanup group to a fixed point, with no verification at all."""
+    from onnxcomp.graph_io import to_graph, to_model
+    from onnxcomp.pass_api import PassContext, instantiate
+    from onnxcomp.presets import CLEANUP
+
+    graph, meta = to_graph(model)
+    ctx = PassContext(original_model=model, meta=meta)
+    passes = [instantiate(name) for name in CLEANUP]
+    for _ in range(8):
+        changed = False
+        for p in passes:
+            if p.run(graph, ctx).modified:
+                graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                ctx.invalidate_analyses()
+                changed = True
+        if not changed:
+            break
+    return to_model(graph, meta)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -52,15 +75,19 @@ def main() -> None:
                 models.export(name, path, small=args.small, keep_batchnorm=keep_bn)
                 model = onnx.load(str(path))
                 feeds = generate_inputs(model, seed=0)
-                t_sim, t_ours = [], []
+                t_sim, t_ours, t_bare = [], [], []
                 sim_model = ours = None
-                for _ in range(args.rounds):  # interleaved: A B A B ...
+                _passes_only(model)  # warm-up: imports and first-use costs
+                for _ in range(args.rounds):  # interleaved: A B C A B C ...
                     t0 = time.perf_counter()
                     sim_model, ok = onnxsim.simplify(model)
                     t_sim.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     ours, _ = onnxcomp.optimize(model, preset="lossless", verify=args.verify, allow_unverified=args.verify == "none")
                     t_ours.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    _passes_only(model)
+                    t_bare.append(time.perf_counter() - t0)
                 assert sim_model is not None and ours is not None
                 ms, mo = statistics.median(t_sim), statistics.median(t_ours)
                 rows.append(
@@ -72,17 +99,18 @@ def main() -> None:
                         ms,
                         mo,
                         ms / mo,
+                        statistics.median(t_bare),
                         _max_abs_diff(model, sim_model, feeds),
                         _max_abs_diff(model, ours, feeds),
                     )
                 )
                 print(f"done {path.stem}", flush=True)
 
-    head = ("model", "nodes in", "onnxsim", "onnxcomp", "sim s", "ours s", "sim/ours", "sim maxdiff", "ours maxdiff")
+    head = ("model", "nodes in", "onnxsim", "onnxcomp", "sim s", "ours s", "sim/ours", "passes-only s", "sim maxdiff", "ours maxdiff")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.1e} | {r[8]:.1e} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.2f} | {r[8]:.1e} | {r[9]:.1e} |")
     print(f"(median of {args.rounds} interleaved rounds; small={args.small}; onnxcomp verify={args.verify}; "
           "onnxruntime CPU EP; batch 1; images 3x224x224 (32x32 small), BERT seq 32)")
 

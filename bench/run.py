@@ -177,9 +177,14 @@ def _time_rows(rows: list[dict[str, Any]], st: ModelSetting, prep: Prepared, cfg
     timed = [r for r in rows if r["status"] == "ok" and r["path"]]
     paths = [Path(r["path"]) for r in timed]
     try:
-        timings, cond = time_interleaved(paths, st, prep.eval_npz, cfg)
+        # FP32 is timed a second time, in its own session, as a control: two sessions of the
+        # *same* file differ only by noise and placement, so their ratio is the run's noise
+        # floor, which the findings use as the speed tie margin.
+        timings, cond = time_interleaved(paths + [paths[0]], st, prep.eval_npz, cfg)
         for r, t in zip(timed, timings):
             r["timing"] = t.to_dict()
+        timed[0]["timing"]["control_latency_ratio"] = timings[-1].latency_ratio
+        cond["control_latency_ratio"] = timings[-1].latency_ratio
         return cond
     except Exception as e:
         # One model that loads for fidelity but not for the timer must not cost every other

@@ -7,10 +7,12 @@ Each row is a dict as stored in ``results.json`` (see `bench/run.py`). For every
   Torch-Pruning). With latency ratio ``L`` (p50 ÷ FP32 p50, lower is faster) and fidelity
   ``F`` (test accuracy for the labelled model, else cosine to FP32; higher is better):
 
-  - the peer is *faster* when ``L_peer < L_onnxcomp · (1 − SPEED_TIE)`` **and**, when the
+  - the peer is *faster* when ``L_peer < L_onnxcomp · (1 − tie)`` **and**, when the
     per-round samples are stored, the 95 % bootstrap interval of p50(peer) ÷ p50(onnxcomp)
     (rounds resampled together, since every round timed both) lies below 1 — a gap inside
-    the run's own noise is a tie, not a win or a loss;
+    the run's own noise is a tie, not a win or a loss. ``tie`` is `SPEED_TIE` or twice the
+    gap between FP32 and a second session of the same FP32 file timed in the same rounds,
+    whichever is larger (`speed_tie`);
   - fidelities are *equal* within ``FID_TIE`` (cosine) or exactly (accuracy);
   - verdict ``loses`` = the peer is faster at ≥ equal fidelity, or equally fast with
     higher fidelity; ``wins`` mirrors it; ``trade-off`` = one is faster, the other more
@@ -104,10 +106,24 @@ def ratio_interval(a_ms: Sequence[float], b_ms: Sequence[float], *, seed: int = 
     return float(lo), float(hi)
 
 
-def faster(a: Row, b: Row) -> bool:
+def speed_tie(model_rows: Iterable[Row]) -> float:
+    """The relative latency gap below which two variants of one model count as equally fast.
+
+    `SPEED_TIE`, or twice the gap between FP32 and its control copy (the same file timed in a
+    second session in the same rounds) when that is larger: a difference that two identical
+    models show is not evidence.
+    """
+    for r in model_rows:
+        control = (r.get("timing") or {}).get("control_latency_ratio")
+        if r.get("tool") == "fp32" and control is not None:
+            return max(SPEED_TIE, 2 * abs(float(control) - 1.0))
+    return SPEED_TIE
+
+
+def faster(a: Row, b: Row, tie: float = SPEED_TIE) -> bool:
     """Row ``a`` is faster than row ``b`` beyond the tie margin and the timing noise."""
     la, lb = latency_ratio(a), latency_ratio(b)
-    if la is None or lb is None or not la < lb * (1 - SPEED_TIE):
+    if la is None or lb is None or not la < lb * (1 - tie):
         return False
     ci = ratio_interval((a.get("timing") or {}).get("samples_ms") or [], (b.get("timing") or {}).get("samples_ms") or [])
     return ci is None or ci[1] < 1.0
@@ -121,13 +137,14 @@ def _fmt_fid(v: float, kind: str) -> str:
     return f"accuracy {v:.2%}" if kind == "accuracy" else f"cosine {v:.4f}"
 
 
-def compare_pair(peer: Row, oc: Row, kind: str) -> tuple[str, str]:
+def compare_pair(peer: Row, oc: Row, kind: str, tie: float = SPEED_TIE) -> tuple[str, str]:
     """Verdict and sentence for one (peer, onnxcomp) pair of the same model.
 
     Args:
         peer: The peer's row.
         oc: The onnxcomp row.
         kind: ``accuracy`` or ``cosine`` (see `fidelity_name`).
+        tie: Relative speed tie margin (see `speed_tie`).
 
     Returns:
         ``(verdict, text)``; see the module docstring for the verdicts.
@@ -143,8 +160,8 @@ def compare_pair(peer: Row, oc: Row, kind: str) -> tuple[str, str]:
     fp, fo = fidelity_value(peer), fidelity_value(oc)
     assert lp is not None and lo is not None and fp is not None and fo is not None
     tol = _fid_tol(kind)
-    peer_faster = faster(peer, oc)
-    oc_faster = faster(oc, peer)
+    peer_faster = faster(peer, oc, tie)
+    oc_faster = faster(oc, peer, tie)
     peer_fid_ge = fp >= fo - tol
     oc_fid_ge = fo >= fp - tol
     desc = (f"{peer['label']} ×{lp:.3f} of FP32 latency at {_fmt_fid(fp, kind)} vs "
@@ -168,10 +185,10 @@ def like_for_like(rows: list[Row]) -> list[Finding]:
     models = list(dict.fromkeys(r["model"] for r in rows))
     for model in models:
         mrows = [r for r in rows if r["model"] == model]
-        kind = fidelity_name(mrows)
+        kind, tie = fidelity_name(mrows), speed_tie(mrows)
         for peer in (r for r in mrows if r["family"] == "peer"):
             for oc in (r for r in mrows if r["family"] == "onnxcomp" and r["category"] == peer["category"]):
-                verdict, text = compare_pair(peer, oc, kind)
+                verdict, text = compare_pair(peer, oc, kind, tie)
                 out.append(Finding(model, peer["category"], peer["label"], oc["label"], verdict, text))
     return out
 
@@ -181,13 +198,13 @@ def undominated_peers(rows: list[Row]) -> list[Finding]:
     out: list[Finding] = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mrows = [r for r in rows if r["model"] == model]
-        kind = fidelity_name(mrows)
+        kind, tie = fidelity_name(mrows), speed_tie(mrows)
         tol = _fid_tol(kind)
         ocs = [r for r in mrows if r["family"] == "onnxcomp" and measured(r)]
         for peer in (r for r in mrows if r["family"] == "peer" and measured(r)):
             lp, fp = latency_ratio(peer), fidelity_value(peer)
             assert lp is not None and fp is not None
-            dominated = any(not faster(peer, o) and fidelity_value(o) >= fp - tol for o in ocs)  # type: ignore[operator]
+            dominated = any(not faster(peer, o, tie) and fidelity_value(o) >= fp - tol for o in ocs)  # type: ignore[operator]
             if not dominated:
                 out.append(Finding(model, peer["category"], peer["label"], "any onnxcomp preset", "pareto",
                                    f"{peer['label']} (×{lp:.3f} latency, {_fmt_fid(fp, kind)}) is not matched by any "

@@ -10,7 +10,16 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from suite_findings import CONFIDENCE, FID_TIE, SPEED_TIE, Finding, fidelity_name, findings, losses_paragraph
+from suite_findings import (
+    CONFIDENCE,
+    FID_TIE,
+    SPEED_TIE,
+    Finding,
+    fidelity_name,
+    findings,
+    losses_paragraph,
+    speed_tie,
+)
 
 Doc = Mapping[str, Any]
 
@@ -150,7 +159,7 @@ def render_markdown(doc: Doc) -> str:
     out.append("")
     out.append("## Where onnxcomp loses\n")
     out.append("Generated from the numbers below: a peer that is faster (p50 lower by more than "
-               f"{SPEED_TIE:.0%} and the {CONFIDENCE:.0%} bootstrap interval of the p50 ratio over the interleaved "
+               f"{SPEED_TIE:.0%} — or twice the gap between two sessions of the same FP32 file, if larger — and the {CONFIDENCE:.0%} bootstrap interval of the p50 ratio over the interleaved "
                "rounds below 1) at equal or better fidelity than the onnxcomp preset of the same category, an "
                "onnxcomp preset that failed where a peer worked, and peer points no onnxcomp preset matches in "
                "both speed and fidelity. Fidelity ties: cosine within "
@@ -168,6 +177,9 @@ def render_markdown(doc: Doc) -> str:
         if tc:
             para += (f" Timed {tc.get('rounds')} interleaved rounds on {', '.join(tc.get('providers') or [])}, "
                      f"threads {tc.get('threads')}.")
+            if tc.get("control_latency_ratio") is not None:
+                para += (f" Control: a second session of the FP32 file ran at ×{tc['control_latency_ratio']:.3f} of the "
+                         f"first, so speed gaps below {speed_tie(mrows):.1%} count as ties on this model.")
             if tc.get("note"):
                 para += f" Note: {tc['note']}."
         out.append(para + "\n")

@@ -71,10 +71,10 @@ from onnxcomp.benchmark import (
     fidelity_on,
     parse_shape_specs,
     prepare_models,
+    providers_for,
 )
 from onnxcomp.errors import UsageError
 from onnxcomp.metrics import summarize
-from onnxcomp.runtime import resolve_providers
 
 log = logging.getLogger("onnxcomp")
 
@@ -471,7 +471,7 @@ def gate(
                                     progress=progress, seed=seed)
     t0 = time.perf_counter()
     ep_name, device_id = _parse_ep(ep)
-    providers = resolve_providers(ep_name)
+    providers = providers_for(ep_name)
     shape_map = parse_shape_specs(shapes)
     fid, reasons = _fidelity_check(str(baseline), str(candidate), min_cosine, providers, device_id, threads, data, batch,
                                    shape_map, seed)
@@ -504,7 +504,7 @@ def _reference_bytes() -> bytes:
 def _measure_normalized(model: str, *, ep: str, threads: int | None, batch: int | None, shapes: dict, data: Any,
                         warmup: int, seed: int) -> tuple[InterleavedTimer, list[Any]]:
     ep_name, device_id = _parse_ep(ep)
-    providers = resolve_providers(ep_name)
+    providers = providers_for(ep_name)
     prepared = prepare_models([model], providers=providers, device_id=device_id, threads=threads, batch=batch,
                               shapes=shapes, data=data, warmup=warmup, seed=seed,
                               extra_models=[(f"reference workload {REFERENCE_WORKLOAD}", _reference_bytes())])

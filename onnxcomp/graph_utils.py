@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxcomp.pass_api import PassContext
 
@@ -272,20 +272,30 @@ def _skeleton_model(graph: gs.Graph, ctx: PassContext) -> onnx.ModelProto:
     """Export ``graph`` for shape inference without its large weights.
 
     Serialising and inferring a model with 100 MB of weights costs seconds; the weights'
-    dtype and shape are all inference needs, so they become graph inputs of that type.
+    dtype and shape are all inference needs, so they become typed graph inputs. Nodes are
+    exported straight from the graph (no ``graph.copy()``, which is slow on wide graphs).
     """
-    from onnxcomp.graph_io import to_model
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-    skeleton = graph.copy()
-    extra = []
-    for t in skeleton.tensors().values():
-        if isinstance(t, gs.Constant) and constant_nbytes(t) > _SKELETON_MAX_CONSTANT_BYTES:
-            dtype, shape = t._values.dtype if isinstance(t._values, LazyValues) else t.values.dtype, list(t.shape)
-            t.to_variable(dtype=dtype, shape=shape)
-            t.type = "tensor_type"  # graphsurgeon's to_variable leaves this unset; export needs it
-            extra.append(t)
-    skeleton.inputs = list(skeleton.inputs) + extra
-    return to_model(skeleton, ctx.meta)
+    nodes = [OnnxExporter.export_node(n) for n in graph.nodes]
+    inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
+    outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
+    inits = []
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant):
+            continue
+        raw = t._values
+        if isinstance(raw, SparseValues) or constant_nbytes(t) > _SKELETON_MAX_CONSTANT_BYTES:
+            elem = raw.tensor.data_type if isinstance(raw, LazyValues) else onnx_elem_type(np.asarray(raw.values if isinstance(raw, SparseValues) else raw).dtype)
+            inputs.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
+        else:
+            inits.append(OnnxExporter.export_tensor_proto(t))
+    g = onnx.helper.make_graph(nodes, graph.name or "skeleton", inputs, outputs, inits)
+    opsets = list(graph.import_domains) if graph.import_domains else [onnx.helper.make_opsetid("", default_opset(graph))]
+    model = onnx.helper.make_model(g, opset_imports=opsets)
+    model.ir_version = max(ctx.original_model.ir_version, 4)  # initializers need not be inputs
+    model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+    return model
 
 
 def count_nodes(graph: gs.Graph) -> int:

@@ -80,7 +80,10 @@ def make_session(
         from onnxcomp.model_io import serialize_for_runtime
 
         if workdir is None:
-            workdir = Path(tempfile.mkdtemp(prefix="onnxcomp-ort-"))
+            # The spilled copy is only needed while the session loads it: remove it after.
+            with tempfile.TemporaryDirectory(prefix="onnxcomp-ort-") as tmp:
+                spilled = serialize_for_runtime(model, Path(tmp))
+                return ort.InferenceSession(spilled, sess_options=so, providers=list(providers))
         model = serialize_for_runtime(model, workdir)
     elif isinstance(model, Path):
         model = str(model)

@@ -133,7 +133,10 @@ class Verifier:
     def __init__(self, reference: onnx.ModelProto, feeds: Outputs, *, tolerance: Tolerance | None = None) -> None:
         self.feeds = feeds
         self.tolerance = tolerance or Tolerance()
-        self.workdir = Path(tempfile.mkdtemp(prefix="onnxcomp-verify-"))
+        # Removed when the Verifier is collected (or at exit): models spilled to disk for
+        # onnxruntime can be gigabytes and must not pile up in the temp folder.
+        self._tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-verify-")
+        self.workdir = Path(self._tmp.name)
         self.unverifiable: str | None = None
         self.reference_outputs: Outputs = []
         try:

@@ -19,6 +19,7 @@ until the target is met (`sensitivity`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -125,13 +126,13 @@ class QuantizeInt8(Pass):
         ops_excluded = set(o.exclude)
         batches = o.calibration_batches
 
-        def data():
+        def data() -> Iterator[dict[str, np.ndarray]]:
             for i, feeds in enumerate(ctx.calibration):
                 if batches is not None and i >= batches:
                     return
                 yield feeds
 
-        def skip(excluded_layers: set[str]) -> "callable":
+        def skip(excluded_layers: set[str]) -> Callable[[gs.Node], bool]:
             def f(n: gs.Node) -> bool:
                 return n.name in ops_excluded or n.op in ops_excluded or n.name in excluded_layers
 
@@ -144,7 +145,7 @@ class QuantizeInt8(Pass):
         if not o.quantize_embeddings:
             ops_excluded.add("Gather")
         probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
-        if not (probe.layers or probe.activations or probe.weights or probe.dynamic):
+        if not (probe.layers or probe.activations or probe.weights or probe.dynamic or probe.gathers):
             return PassResult(modified=False, stats={"mode": mode, "layers_quantized": 0})
 
         # SmoothQuant (dynamic scheme): a lossless rescaling, applied once before any
@@ -164,12 +165,17 @@ class QuantizeInt8(Pass):
         ranges: dict[str, tuple[float, float]] = {}
         checking = o.target_cosine is not None or o.target_max_abs is not None
         kept: list[dict] = []
-        if probe.activations:
+        # Tensors sharing a weight's scale (8-bit embedding Gather) need no statistics.
+        groups = probe.shared.groups()
+        need = [
+            a for a in probe.activations if not any(m in probe.weights for m in groups.get(probe.shared.find(a), [a]))
+        ]
+        if need:
             hist = o.calibrator != "minmax"
             # The calibration session also yields the float outputs of the first batches:
             # the fidelity check below reuses them instead of a second float session.
             stats = collect_stats(
-                float_model, data(), list(probe.activations), histogram=hist, progress=ctx.progress,
+                float_model, data(), need, histogram=hist, progress=ctx.progress,
                 keep_outputs=o.eval_batches if checking else 0, kept=kept,
             )
             ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
@@ -224,12 +230,12 @@ class QuantizeInt8(Pass):
             "layers_quantized": len(plan.layers),
             "layers_float": len(excluded_layers),
             "activations_quantized": len(plan.activations),
-            "weights_quantized": len(plan.weights),
+            "weights_quantized": len(plan.weights) + len(plan.gathers),
             "dynamic_matmuls": len(plan.dynamic),
             "smoothed_norms": smoothed,
             **extra,
         }
-        changed = bool(plan.activations or plan.weights or plan.dynamic) or smoothed > 0
+        changed = bool(plan.activations or plan.weights or plan.dynamic or plan.gathers) or smoothed > 0
         return PassResult(modified=changed, stats=stats_out)
 
     @staticmethod

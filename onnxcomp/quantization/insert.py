@@ -154,6 +154,26 @@ def materialize(
         new_nodes.append(gs.Node("DequantizeLinear", name(f"{tname}_DequantizeLinear"), {}, [qt, s, z], [dq]))
         stats.activations += 1
 
+    # Embedding tables: Gather int8 rows, then dequantize only the gathered rows.
+    tables: dict[str, tuple[gs.Constant, gs.Constant, gs.Constant]] = {}
+    for node in plan.gathers:
+        table = node.inputs[0]
+        if table.name not in tables:
+            values = np.asarray(table.values, dtype=np.float32)
+            qp = weight_qparams(values, None)
+            tables[table.name] = (
+                gs.Constant(name(f"{table.name}_quantized"), quantize_weight(values, qp)),
+                gs.Constant(name(f"{table.name}_scale"), qp.scale),
+                gs.Constant(name(f"{table.name}_zero_point"), qp.zero_point),
+            )
+        tq, ts, tz = tables[table.name]
+        y = node.outputs[0]
+        yq = gs.Variable(name(f"{y.name}_quantized"), dtype=np.int8, shape=y.shape)
+        node.inputs[0] = tq
+        node.outputs[0] = yq
+        new_nodes.append(gs.Node("DequantizeLinear", name(f"{y.name}_DequantizeLinear"), {}, [yq, ts, tz], [y]))
+        stats.weights += 1
+
     # One DynamicQuantizeLinear per activation, shared by every layer reading it (Q/K/V).
     dql: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]] = {}
     for node in plan.dynamic:

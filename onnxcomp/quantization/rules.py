@@ -18,7 +18,8 @@ Placement follows onnxruntime's CPU QDQ fusions:
   the op on 8-bit data.
 * Average pooling: own output scale (QLinearAveragePool/QLinearGlobalAveragePool).
 * Gather from a constant table (embeddings): the table becomes int8 per-tensor and the
-  output shares its scale (an 8-bit Gather).
+  Gather reads it directly, ``Gather(int8 table) -> DequantizeLinear`` (what onnxruntime
+  would make of ``DQ -> Gather -> Q``, written out so the table is never dequantized whole).
 * In the dynamic scheme, MatMul (or Gemm) with a constant 2-D weight becomes
   ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul`` (fused by onnxruntime into
   DynamicQuantizeMatMul); nothing else around it is touched, so LayerNorm/Softmax/GELU stay
@@ -77,6 +78,7 @@ class QuantPlan:
         biases: (node id, input index) -> (bias name, activation name, weight name).
         shared: Shared-scale groups (may include weight names: then the weight's scale wins).
         dynamic: MatMul nodes for the dynamic-activation scheme.
+        gathers: Gather nodes reading a constant table that becomes int8.
         layers: Names of the nodes that became integer layers.
     """
 
@@ -88,6 +90,7 @@ class QuantPlan:
     dynamic: list[gs.Node] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     per_channel: bool = True
+    gathers: list[gs.Node] = field(default_factory=list)
 
     def mark_input(self, t: gs.Tensor, consumer: gs.Node) -> None:
         self.activations.setdefault(t.name, set()).add(id(consumer))
@@ -307,14 +310,12 @@ STATIC_RULES.register("GlobalAveragePool")(_own_scale)
 
 
 def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
-    """Gather from a constant 2-D float table (embeddings): int8 table, shared-scale output."""
+    """Gather from a constant 2-D float table (embeddings): int8 table, Gather on int8 rows,
+    one DequantizeLinear after it (never a DequantizeLinear of the whole table per run)."""
     table = node.inputs[0]
     if not view.is_float_weight(table) or np.asarray(table.values).ndim != 2 or node.attrs.get("axis", 0) != 0:
         return False
-    plan.mark_weight(table, None, node)
-    out = node.outputs[0]
-    plan.mark_output(out)
-    plan.shared.union(table.name, out.name)
+    plan.gathers.append(node)
     return False
 
 

@@ -302,3 +302,17 @@ def test_compare_renamed_outputs_match_by_position(tmp_path: Path, model_a: Path
     p = save_model(m, tmp_path / "renamed.onnx")
     r = onnxcomp.compare(model_a, p, speed=False)
     assert r.outputs["logits"].cosine == pytest.approx(1.0)
+
+
+def test_provider_lists_for_gpu_eps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend onnxruntime-gpu with TensorRT is installed: selection logic only, nothing runs.
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert benchmark.providers_for("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert benchmark.providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert benchmark.providers_for("cpu") == ["CPUExecutionProvider"]
+    assert benchmark._provider_args(["CUDAExecutionProvider", "CPUExecutionProvider"], 1) == [
+        ("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(UsageError, match="tensorrt"):
+        benchmark.providers_for("tensorrt")

@@ -203,3 +203,14 @@ def test_budget_validation() -> None:
         Budget(min_rounds=50, max_rounds=10)
     with pytest.raises(UsageError):
         Budget(max_time_s=0)
+
+
+def test_reference_workload_is_fixed_and_valid() -> None:
+    import onnx
+
+    from onnxcomp.gate import REFERENCE_WORKLOAD, reference_workload
+
+    m1, m2 = reference_workload(), reference_workload()
+    assert m1.SerializeToString() == m2.SerializeToString()  # same computation in every run
+    onnx.checker.check_model(m1, full_check=True)
+    assert REFERENCE_WORKLOAD == "cnn-v2"  # bump the tag whenever the workload changes

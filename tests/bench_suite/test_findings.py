@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from bench_suite_fakes import row
-from suite_findings import compare_pair, findings, like_for_like, losses_paragraph, ratio_interval, undominated_peers
+from suite_findings import (
+    compare_pair,
+    findings,
+    like_for_like,
+    losses_paragraph,
+    ratio_interval,
+    speed_tie,
+    undominated_peers,
+)
 
 
 def _verdict(peer_ratio, peer_cos, oc_ratio, oc_cos, kind="cosine"):
@@ -108,3 +117,14 @@ def test_ratio_interval_brackets_the_true_ratio():
     lo, hi = ratio_interval([0.8 * x for x in b], b)
     assert lo <= 0.8 <= hi and hi < 1
     assert ratio_interval([1.0, 2.0], [1.0, 2.0]) is None  # too few rounds to say anything
+
+
+def test_fp32_control_widens_the_speed_tie():
+    fp32 = row("m", "fp32", "reference", "reference")
+    peer = row("m", "onnxsim", "peer", "cleanup", ratio=0.92)
+    oc = row("m", "onnxcomp:lossless", "onnxcomp", "cleanup", ratio=1.0)
+    assert [f.verdict for f in like_for_like([fp32, peer, oc])] == ["loses"]
+    fp32["timing"]["control_latency_ratio"] = 1.06  # two sessions of one file differ by 6 %
+    assert speed_tie([fp32, peer, oc]) == pytest.approx(0.12)
+    assert [f.verdict for f in like_for_like([fp32, peer, oc])] == ["tie"]
+    assert undominated_peers([fp32, peer, oc]) == []

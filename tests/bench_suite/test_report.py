@@ -37,6 +37,15 @@ def test_markdown_reports_the_loss_and_the_failure():
     assert "RuntimeError: a\\|b second line" in md
 
 
+def test_control_session_is_stated():
+    rows = _rows()
+    rows[0]["timing"]["control_latency_ratio"] = 1.05
+    d = doc(rows, ["resnet18", "digits"])
+    d["models"][0]["timing"]["control_latency_ratio"] = 1.05
+    md = render_markdown(d)
+    assert "second session of the FP32 file ran at ×1.050" in md and "below 10.0% count as ties" in md
+
+
 def test_accuracy_column_only_for_labelled_models():
     rows = _rows()
     cnn = model_table([r for r in rows if r["model"] == "resnet18"])

@@ -138,3 +138,41 @@ def test_options_validated() -> None:
     with pytest.raises(UsageError):
         instantiate("reconstruct:ridge=-1")
     assert instantiate("reconstruct:scope=all,max_rows=10").options.max_rows == 10
+
+
+def _mlp(w1: np.ndarray, w2: np.ndarray, fc: np.ndarray) -> onnx.ModelProto:
+    """x[N, S, 4] -> MatMul -> Relu -> MatMul -> Flatten -> Gemm (transB, no C) -> y."""
+    from onnx import numpy_helper
+
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 2, 4] x) => (float[N, 3] y) {
+        h = MatMul (x, w1)
+        r = Relu (h)
+        m = MatMul (r, w2)
+        f = Flatten <axis = 1> (m)
+        y = Gemm <transB = 1, alpha = 2.0> (f, fc)
+    }
+    """)
+    model.graph.initializer.extend([numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                                    numpy_helper.from_array(fc, "fc")])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_matmul_and_gemm_without_bias(rng: np.random.Generator) -> None:
+    w1 = rng.standard_normal((4, 6)).astype(np.float32)
+    w2 = rng.standard_normal((6, 5)).astype(np.float32)
+    fc = rng.standard_normal((3, 10)).astype(np.float32)
+    teacher = _mlp(w1, w2, fc)
+    student = _mlp(w1, w2 * 0.5, fc + 0.3)
+    x = rng.standard_normal((64, 2, 4)).astype(np.float32)
+    graph, meta = to_graph(student)
+    result = Reconstruct(ReconstructOptions(ridge=0.0, scope="all")).run(graph, make_ctx(teacher, student, {"x": x}))
+    assert result.stats["layers_refit"] == 2 and result.stats["stages"] == 3
+    out = to_model(graph, meta)
+    onnx.checker.check_model(out, full_check=True)
+    gemm = next(n for n in out.graph.node if n.op_type == "Gemm")
+    assert len(gemm.input) == 3  # the fitted intercept became Gemm's C
+    xt = rng.standard_normal((8, 2, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, xt), _run(teacher, xt), atol=2e-3, rtol=1e-3)

@@ -98,7 +98,7 @@ class _Builder:
             t = self.node("Transpose", [a], perm=[0, 2, 3, 1])
             out = self.node("Transpose", [t], perm=[0, 3, 1, 2])
         elif op == "reshape_same":
-            out = self.node("Reshape", [a, self.const(np.array(SHAPE, np.int64))])
+            out = self.node("Reshape", [a, self.const(np.array([0, *SHAPE[1:]], np.int64))])
         elif op == "cast_same":
             out = self.node("Cast", [a], to=TensorProto.FLOAT)
         elif op == "duplicate":
@@ -146,8 +146,9 @@ class _Builder:
 
 @st.composite
 def graphs(draw) -> onnx.ModelProto:
-    """A random valid model: 1-12 ops over a tensor pool, 1-2 outputs."""
+    """A random valid model: 1-12 ops over a tensor pool, 1-2 outputs, batch fixed or ``N``."""
     seed = draw(st.integers(0, 2**16))
+    shape = (["N"] if draw(st.booleans()) else SHAPE[:1]) + SHAPE[1:]
     b = _Builder(np.random.default_rng(seed))
     for _ in range(draw(st.integers(1, 12))):
         op = draw(st.sampled_from(OPS))
@@ -165,8 +166,8 @@ def graphs(draw) -> onnx.ModelProto:
     final = []
     for i, name in enumerate(outs):
         b.nodes.append(helper.make_node("Identity", [name], [f"y{i}"], name=f"out{i}"))
-        final.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, SHAPE))
-    g = helper.make_graph(b.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)], final, b.inits)
+        final.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, shape))
+    g = helper.make_graph(b.nodes, "fuzz", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], final, b.inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -185,11 +186,14 @@ def check_lossless(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx.checker.check_model(result, full_check=True)
     assert [o.name for o in result.graph.output] == [o.name for o in model.graph.output]
     assert [i.name for i in result.graph.input] == [i.name for i in model.graph.input]
-    feeds = {"x": np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)}
-    ref = run(make_session(model, optimize=False), feeds)
-    got = run(make_session(result, optimize=False), feeds)
-    for name, r in ref.items():
-        np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=1e-4, err_msg=name)
+    assert [o.type for o in result.graph.output] == [o.type for o in model.graph.output]
+    symbolic = model.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_param")
+    ref_sess, got_sess = make_session(model, optimize=False), make_session(result, optimize=False)
+    for batch in (2, 3) if symbolic else (SHAPE[0],):
+        feeds = {"x": np.random.default_rng(batch).standard_normal([batch, *SHAPE[1:]]).astype(np.float32)}
+        ref, got = run(ref_sess, feeds), run(got_sess, feeds)
+        for name, r in ref.items():
+            np.testing.assert_allclose(got[name], r, rtol=1e-4, atol=1e-4, err_msg=f"{name} at batch {batch}")
     assert not [w for w in report.warnings if w.startswith("rolled back")]
     return result
 

@@ -251,3 +251,21 @@ def test_lazy_input_optimizes_to_a_valid_equal_model(tmp_path: Path, lazy_everyt
     ref = run(make_session(src, optimize=False), {"x": x})["y"]
     got = run(make_session(out, optimize=False), {"x": x})["y"]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_no_spilled_copies_left_in_temp(tmp_path: Path, monkeypatch, lazy_everything) -> None:
+    """Verification spills models to disk for onnxruntime; those copies must go away."""
+    import tempfile
+
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    src = _external_bn_model(src_dir)
+    res = run_cli("optimize", src, "-o", src_dir / "out.onnx", *lossless_args())
+    assert res.exit_code == 0, res.stderr
+    import gc
+
+    gc.collect()
+    assert list(spill.iterdir()) == []
