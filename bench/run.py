@@ -23,6 +23,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -262,7 +263,8 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     doc["findings"] = [f.to_dict() for f in findings(doc.get("rows", []))]
-    _atomic_text(out_dir / "results.json", json.dumps(json_safe(doc), indent=1, allow_nan=False) + "\n")
+    _atomic_text(out_dir / "results.json", _compact_number_lists(json.dumps(json_safe(doc), indent=1,
+                                                                            allow_nan=False)) + "\n")
     try:
         png = plot(doc, out_dir / "results.png.tmp.png")
         if png:
@@ -270,6 +272,14 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> None:
     except Exception as e:  # a broken plot must not lose the table
         _say(f"plot failed: {first_line(e)}")
     _atomic_text(out_dir / "RESULTS.md", render_markdown(doc))
+
+
+_NUMBER_LIST = re.compile(r"\[\s*(-?[0-9][0-9.eE+-]*(?:,\s*-?[0-9][0-9.eE+-]*)*)\s*\]")
+
+
+def _compact_number_lists(text: str) -> str:
+    """Put lists of numbers (per-round latency samples) on one line: readable, diffable JSON."""
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
 
 
 def _atomic_text(path: Path, text: str) -> None:

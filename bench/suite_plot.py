@@ -46,7 +46,7 @@ def plot(doc: Mapping[str, Any], path: Path) -> Path | None:
     styles = _styles(rows)
     labels = {r["tool"]: r["label"] for r in rows}
     families = {r["tool"]: r["family"] for r in rows}
-    ncols = min(3, len(models))
+    ncols = 2 if len(models) == 4 else min(3, len(models))  # 2×2 reads better than 3+1
     nrows = math.ceil(len(models) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False)
     for ax, model in zip(axes.flat, models):

@@ -314,7 +314,8 @@ def _torch_pruning(inp: ToolInputs) -> ToolOutput:
     prune_s = time.perf_counter() - t0
     after = sum(p.numel() for p in module.parameters())
     _export_like_models(inp.model, module, inp.out_path, st, cfg.small, cfg.seed)
-    notes = ["FFN layers only" if st.is_transformer else "classifier kept"]
+    notes = ["FFN layers only" if st.is_transformer else "classifier kept",
+             f"tool time = pruning {prune_s:.1f} s + ONNX export"]
     return ToolOutput(inp.out_path, notes, {"prune_seconds": round(prune_s, 3), "torch_params_before": before,
                                             "torch_params_after": after, "importance": "L2 magnitude"})
 

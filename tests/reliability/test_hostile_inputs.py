@@ -45,19 +45,7 @@ def _assert_same_outputs(src: Path, out: Path) -> None:
             np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(r, np.float64), rtol=1e-5, atol=1e-5)
 
 
-#: Rows that currently fail because of a bug outside this test's scope (owner's file named).
-KNOWN_BUGS = {
-    "bf16": "passes/eliminate_identity.py (~line 295) calls np.dtype() on graphsurgeon's dtype for a "
-            "bfloat16 tensor, which is the onnx enum 16, not a numpy dtype -> TypeError, exit 1",
-}
-
-
-def _params() -> list:
-    return [pytest.param(c, id=c.name, marks=pytest.mark.xfail(reason=KNOWN_BUGS[c.name], strict=False))
-            if c.name in KNOWN_BUGS else pytest.param(c, id=c.name) for c in CASES]
-
-
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_hostile_input(case: Case, tmp_path: Path) -> None:
     work = tmp_path / "case"
     work.mkdir()

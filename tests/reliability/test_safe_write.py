@@ -126,17 +126,13 @@ def test_failed_write_leaves_destination_untouched(failure: str, external: bool,
 
 
 def test_disk_full_via_cli_is_one_line_exit_2(tmp_path: Path, monkeypatch) -> None:
-    src = save(parse_identity_relu(), tmp_path)
+    src = save(relu_model(), tmp_path)
     before = snapshot(tmp_path)
     monkeypatch.setattr(model_io.os, "fsync", _fail_fsync)
     res = run_cli("optimize", src, "-o", tmp_path / "out.onnx", *lossless_args())
     assert res.exit_code == 2
     assert "No space left" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before
-
-
-def parse_identity_relu() -> onnx.ModelProto:
-    return relu_model()
 
 
 # ---------------------------------------------------------- what gets written
