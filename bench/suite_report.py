@@ -16,6 +16,7 @@ from suite_findings import (
     SPEED_TIE,
     Finding,
     fidelity_name,
+    fidelity_value,
     findings,
     losses_paragraph,
     speed_tie,
@@ -81,6 +82,42 @@ def model_table(rows: Sequence[Mapping[str, Any]]) -> str:
         if labelled:
             cells.append(_num(f.get("accuracy"), ".2%"))
         cells += [_num(r.get("tool_seconds"), ".1f"), _cell("; ".join(notes))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(models: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> str:
+    """One row per model, one column per tool: ``latency ÷ FP32 · fidelity`` in each cell.
+
+    Fidelity is test accuracy for the labelled model and cosine to FP32 otherwise; a tool
+    that does not apply to a model is ``n/a``, one that failed says so.
+    """
+    from suite_tools import TOOLS
+
+    order = {t.key: i for i, t in enumerate(TOOLS)}  # registry order, whatever model came first
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r["tool"] != "fp32":
+            seen.setdefault(r["tool"], r["label"])
+    tools = dict(sorted(seen.items(), key=lambda kv: order.get(kv[0], len(order))))
+    head = ["model", "FP32 p50 ms", *tools.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for m in models:
+        mrows = {r["tool"]: r for r in rows if r["model"] == m["name"]}
+        kind = fidelity_name(mrows.values())
+        fp32_t = (mrows.get("fp32") or {}).get("timing") or {}
+        cells = [m["name"], _num(fp32_t.get("p50_ms"), ".2f")]
+        for key in tools:
+            r = mrows.get(key)
+            if r is None:
+                cells.append("n/a")
+            elif r.get("status") != "ok":
+                cells.append(f"**{r.get('status', '?').upper()}**")
+            else:
+                lat = _num((r.get("timing") or {}).get("latency_ratio"), ".3f")
+                fid = fidelity_value(r)
+                fid_text = "–" if fid is None else (f"{fid:.2%}" if kind == "accuracy" else f"{fid:.4f}")
+                cells.append(f"×{lat} · {fid_text}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -157,6 +194,10 @@ def render_markdown(doc: Doc) -> str:
     for m in doc.get("models", []):
         out.append(f"| {m['name']} | {m.get('shape', '?')} | {m.get('calib_samples', '?')} | {_cell(m.get('eval_data', '?'))} |")
     out.append("")
+    out.append("## Summary\n")
+    out.append("Each cell: latency ÷ FP32 (p50, lower is faster) · fidelity (test accuracy for `digits`, cosine to "
+               "FP32 otherwise). Details per model below.\n")
+    out.append(summary_table(doc.get("models", []), rows) + "\n")
     out.append("## Where onnxcomp loses\n")
     out.append("Generated from the numbers below: a peer that is faster (p50 lower by more than "
                f"{SPEED_TIE:.0%} — or twice the gap between two sessions of the same FP32 file, if larger — and the {CONFIDENCE:.0%} bootstrap interval of the p50 ratio over the interleaved "

@@ -152,11 +152,6 @@ class Distill(Pass):
         else:
             teacher = ctx.original_model
         module = OnnxModule(ctx.to_model(graph))  # fails early, naming unsupported ops
-        refit_stats: dict = {}
-        if opts.refit:
-            refit_stats = self._refit(graph, ctx, opts)
-            if refit_stats.get("layers_refit"):
-                module = OnnxModule(ctx.to_model(graph))
         if not module.trainable_names:
             return PassResult(modified=False, stats={"params_trained": 0})
         output = opts.output or module.output_names[0]
@@ -166,6 +161,11 @@ class Distill(Pass):
         missing = [f for f in (output, *opts.features) if f not in teacher_names]
         if missing:
             raise UsageError(f"distill: tensor(s) not in the teacher model: {', '.join(missing)}")
+        refit_stats: dict = {}
+        if opts.refit:
+            refit_stats = self._refit(graph, ctx, opts)
+            if refit_stats.get("layers_refit"):
+                module = OnnxModule(ctx.to_model(graph))
 
         inputs, labels = _load_data(ctx, opts.max_samples)
         if len(next(iter(inputs.values()))) < 2:

@@ -73,3 +73,14 @@ def test_plot_without_measured_rows_writes_nothing(tmp_path):
     rows = [row("resnet18", "fp32", "reference", "reference", status="failed", error="x")]
     assert plot(doc(rows, ["resnet18"]), tmp_path / "r.png") is None
     assert not (tmp_path / "r.png").exists()
+
+
+def test_summary_has_a_row_per_model_and_a_column_per_tool():
+    md = render_markdown(doc(_rows(), ["resnet18", "digits"]))
+    summary = md.split("## Summary")[1].split("## Where onnxcomp loses")[0]
+    table = [line for line in summary.splitlines() if line.startswith("|")]
+    # Columns follow the tool registry's order, not the order rows happened to arrive in.
+    assert table[0] == ("| model | FP32 p50 ms | onnxcomp int8 | ORT quantize_static | onnxcomp prune | "
+                        "Torch-Pruning |")
+    assert table[2] == "| resnet18 | 10.00 | ×0.600 · 0.9950 | ×0.500 · 0.9960 | n/a | **FAILED** |"
+    assert table[3] == "| digits | 10.00 | n/a | n/a | ×0.500 · 90.00% | n/a |"

@@ -176,3 +176,15 @@ def test_matmul_and_gemm_without_bias(rng: np.random.Generator) -> None:
     assert len(gemm.input) == 3  # the fitted intercept became Gemm's C
     xt = rng.standard_normal((8, 2, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(out, xt), _run(teacher, xt), atol=2e-3, rtol=1e-3)
+
+
+def test_exclude_and_pruned_scope(rng: np.random.Generator) -> None:
+    teacher, student, kept = _duplicate_channel_pair(rng, fc=True)
+    x = rng.standard_normal((32, 3, 6, 6)).astype(np.float32)
+    graph, _ = to_graph(student)
+    res = Reconstruct(ReconstructOptions(exclude=("conv2", "fc"))).run(graph, make_ctx(teacher, student, {"x": x}, kept=kept))
+    assert not res.modified and res.stats["layers_refit"] == 0
+    # scope=pruned: only conv2 (whose input channels were pruned), not the Gemm after it.
+    graph, _ = to_graph(student)
+    res = Reconstruct(ReconstructOptions(scope="pruned", ridge=0.0)).run(graph, make_ctx(teacher, student, {"x": x}, kept=kept))
+    assert res.stats["stages"] == 1 and res.stats["layers_refit"] == 1
