@@ -155,3 +155,13 @@ def test_bias_int32_uses_input_times_weight_scale():
     assert q.dtype == np.int32
     np.testing.assert_allclose(scale, sx * sw, rtol=1e-7)
     np.testing.assert_array_equal(q, np.rint(b / (sx * sw)).astype(np.int32))
+
+
+def test_entropy_keeps_a_saturation_spike():
+    # ReLU6-like: most values small, 5% piled up at exactly 6. Clipping them is not
+    # "removing outliers"; the calibrator must keep the full range.
+    rng = np.random.default_rng(5)
+    x = np.clip(np.abs(rng.standard_normal(20000)) * 0.8, 0, 6).astype(np.float32)
+    x[:1000] = 6.0
+    lo, hi = calibrate_range(_stats([x]), "entropy")
+    assert lo == float(x.min()) and hi == pytest.approx(6.0)

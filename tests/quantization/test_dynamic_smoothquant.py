@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from onnxcomp.calibration import CalibrationData
 from onnxcomp.graph_io import to_graph, to_model
