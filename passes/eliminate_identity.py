@@ -202,7 +202,8 @@ def _pad(node: gs.Node, opset: int) -> gs.Tensor | None:
 
 def _reduce_over_unit_axes(node: gs.Node, opset: int) -> gs.Tensor | None:
     """A keepdims reduction over axes that all have static size 1 returns its input."""
-    shape_in = static_shape(node.inputs[0])
+    # Only the reduced dims must be static (a symbolic batch dim is fine).
+    shape_in = node.inputs[0].shape
     if shape_in is None or not node.attrs.get("keepdims", 1):
         return None
     axes = list(node.attrs["axes"]) if "axes" in node.attrs else _const_ints(node, 1)
@@ -210,6 +211,8 @@ def _reduce_over_unit_axes(node: gs.Node, opset: int) -> gs.Tensor | None:
         axes = [] if node.attrs.get("noop_with_empty_axes", 0) else list(range(len(shape_in)))
     if node.op in ("ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp"):
         return None  # not the identity on single elements (abs, square, log…)
+    if any(not -len(shape_in) <= a < len(shape_in) for a in axes):
+        return None
     return node.inputs[0] if all(shape_in[a] == 1 for a in axes) else None
 
 

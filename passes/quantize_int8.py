@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
@@ -190,7 +191,7 @@ class QuantizeInt8(Pass):
 
         built: dict[frozenset[str], tuple[gs.Graph, QuantPlan]] = {}
 
-        def candidate(excluded_layers: set[str]):
+        def candidate(excluded_layers: set[str]) -> onnx.ModelProto:
             g = graph.copy()
             plan = quantize_into(g, excluded_layers)
             built.clear()  # keep only the latest candidate: it may become the result

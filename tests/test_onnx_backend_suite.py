@@ -69,6 +69,10 @@ def _matches(got: list[np.ndarray], want: list[np.ndarray]) -> str | None:
         g = np.asarray(g)
         if g.shape != w.shape:
             return f"output {i}: shape {g.shape} != {w.shape}"
+        if not np.issubdtype(w.dtype, np.number) and w.dtype != np.bool_:
+            if not np.array_equal(g.astype(w.dtype), w):  # strings: exact
+                return f"output {i}: values differ"
+            continue
         if not np.allclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True):
             return f"output {i}: max abs diff {np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))}"
     return None

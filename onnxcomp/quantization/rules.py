@@ -273,8 +273,12 @@ def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
 
 @STATIC_RULES.register("Concat", since=4)
 def concat_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
-    """Concat: all inputs and the output share one scale (no requantization)."""
-    if not all(view.is_float_var(t) for t in node.inputs):
+    """Concat: all inputs and the output share one scale (no requantization).
+
+    Declines when no input comes from a quantized op: an 8-bit Concat between float
+    layers only adds rounding error.
+    """
+    if not all(view.is_float_var(t) for t in node.inputs) or not any(plan.is_marked(t) for t in node.inputs):
         return False
     out = node.outputs[0]
     for t in node.inputs:

@@ -208,3 +208,14 @@ def test_transpose_chains_compose_and_cancel() -> None:
     assert ops(out) == {"Transpose": 1, "Relu": 1}
     assert list(out.graph.node[0].attribute[0].ints) == [0, 2, 3, 1]  # [0,2,1,3] then [0,1,3,2]
     assert_same_outputs(m, out)
+
+
+def test_reduce_over_unit_axes_with_symbolic_batch() -> None:
+    m = parse(H17 + """
+    g (float[N,3,1,1] x) => (float[N,3,1,1] y) {
+      a = ReduceMean<axes = [-2, -1], keepdims = 1>(x)
+      y = Relu(a)
+    }""")
+    out, res = run_pass(m, "eliminate-identity")
+    assert res.stats["nodes_removed"] == 1 and ops(out) == {"Relu": 1}
+    assert_same_outputs(m, out, feeds={"x": np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1)})
