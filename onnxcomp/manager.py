@@ -111,13 +111,14 @@ def _fingerprint(graph: gs.Graph) -> int:
     """Cheap structural identity of a graph (linear): ops, attributes' identity, wiring.
 
     Used to catch a pass that reports ``modified=False`` yet changed the graph, which
-    would otherwise skip verification. Constant payloads are compared by object identity
-    (passes must replace arrays, never mutate them in place).
+    would otherwise skip verification. Constants count by identity and shape, not by
+    payload: merely *reading* a lazily loaded weight must not look like a change, and
+    hashing gigabytes of weights per pass would not be cheap.
     """
     # Order-insensitive (a sum of node hashes): re-sorting nodes is not a change.
     h = hash((len(graph.nodes), tuple(id(t) for t in graph.inputs), tuple(id(t) for t in graph.outputs)))
     for n in graph.nodes:
-        ins = tuple((id(t), id(getattr(t, "_values", None))) for t in n.inputs)
+        ins = tuple((id(t), tuple(t.shape) if isinstance(t, gs.Constant) else None) for t in n.inputs)
         h += hash((n.op, n.domain, ins, tuple(id(t) for t in n.outputs), tuple((k, id(v)) for k, v in n.attrs.items())))
     return h & 0xFFFFFFFFFFFFFFFF
 
@@ -196,14 +197,13 @@ class PassManager:
         self.ran: list[str] = []
         self._flops = 0
         self._last_model: onnx.ModelProto | None = None
+        self._baseline_model: onnx.ModelProto | None = None
+        self.check_seconds = 0.0
 
         for step in self.steps:
             if isinstance(step, PassGroup):
                 for _ in range(step.max_iterations):
-                    changed = False
-                    for p in step.passes:
-                        graph, modified = self._run_one(p, graph, ctx, report)
-                        changed |= modified
+                    graph, changed = self._run_sweep(step.passes, graph, ctx, report)
                     if not changed:
                         break
             else:
@@ -212,18 +212,18 @@ class PassManager:
         result = self._last_model if self._last_model is not None else to_model(graph.copy(), meta)
         report.verification = self._final_verification(result, report)
         report.seconds = time.perf_counter() - t_start
+        report.check_seconds = self.check_seconds
         return result, report
 
     # ----------------------------------------------------------------- helpers
     def _context_msg(self) -> str:
         return f"passes before it: {', '.join(self.ran) if self.ran else '(none)'}"
 
-    def _run_one(self, p: Pass, graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
-        opts = self.options
+    def _execute(self, p: Pass, graph: gs.Graph, ctx: PassContext) -> PassRecord:
+        """Run one pass with error wrapping and the ``modified`` truthfulness check."""
         if self.progress:
             self.progress(f"running {p.name}")
         before = graph_cost(graph, flops=False)
-        snapshot = graph.copy()
         fingerprint = _fingerprint(graph)
         t0 = time.perf_counter()
         try:
@@ -237,68 +237,110 @@ class PassManager:
             raise PassError(f"pass '{p.name}' failed: {type(e).__name__}: {_one_line(e)} ({self._context_msg()})") from e
         if not isinstance(result, PassResult):
             raise PassError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult ({self._context_msg()})")
-        seconds = time.perf_counter() - t0
+        if not result.modified and _fingerprint(graph) != fingerprint:
+            raise PassError(f"pass '{p.name}' reported modified=False but changed the graph ({self._context_msg()})")
+        self.ran.append(p.name)
         record = PassRecord(
             name=p.name, seconds=0.0, modified=bool(result.modified), nodes_before=before.nodes, nodes_after=before.nodes,
             params_before=before.params, params_after=before.params, bytes_before=before.bytes, bytes_after=before.bytes,
             lossless=p.lossless, stats=dict(result.stats),
         )
-        self.ran.append(p.name)
-        if not result.modified and _fingerprint(graph) != fingerprint:
-            raise PassError(f"pass '{p.name}' reported modified=False but changed the graph ({self._context_msg()})")
-        if not result.modified:
-            record.seconds = seconds
-            report.passes.append(record)
-            return graph, False
-
-        t1 = time.perf_counter()
-        problem: str | None = None
-        candidate: onnx.ModelProto | None = None
-        try:
+        if result.modified:
             graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            after = graph_cost(graph, flops=False)
+            record.nodes_after, record.params_after, record.bytes_after = after.nodes, after.params, after.bytes
+        record.seconds = time.perf_counter() - t0
+        return record
+
+    def _check(self, graph: gs.Graph, lossless: bool) -> tuple[onnx.ModelProto | None, str | None, dict | None]:
+        """Export and check the graph: ``(candidate, problem or None, fidelity summary)``.
+
+        Lossless changes are compared with the last accepted outputs (tolerance);
+        lossy ones are accepted and their fidelity against the input is returned.
+        """
+        opts = self.options
+        t0 = time.perf_counter()
+        try:
             candidate = to_model(graph, self.meta)
             _check_structure(candidate, full=self._full_check)
         except Exception as e:
-            problem = f"result is not valid ONNX: {_one_line(e)}"
-
+            self.check_seconds += time.perf_counter() - t0
+            return None, f"result is not valid ONNX: {_one_line(e)}", None
         fidelity = None
-        if problem is None and self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
+        problem = None
+        if self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
             outs, err = self.verifier.evaluate(candidate)
             if err:
                 problem = err
             else:
-                bad = drift(self.baseline, outs, opts.tolerance) if p.lossless else None
+                bad = drift(self.baseline, outs, opts.tolerance) if lossless else None
                 if bad:
                     problem = bad[1]
                 else:
                     fidelity = summarize(verify_fidelity(self.verifier.reference_outputs, outs))
                     self.baseline = outs
+                    self._baseline_model = candidate
+        self.check_seconds += time.perf_counter() - t0
+        return candidate, problem, fidelity
 
+    def _run_sweep(self, passes: list[Pass], graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
+        """One sweep of a fixed-point group, checked once at the end.
+
+        Checking after the whole sweep instead of after every pass keeps the cleanup
+        preset about as cheap as one check. If the sweep's result fails, the sweep is
+        replayed pass by pass with a check after each, so the culprit is rolled back
+        and named exactly as if it had been checked on its own (passes are
+        deterministic, so the replay reproduces the failure).
+        """
+        snapshot = graph.copy()
+        first_record, ran_before = len(report.passes), list(self.ran)
+        changed = False
+        for p in passes:
+            record = self._execute(p, graph, ctx)
+            report.passes.append(record)
+            if record.modified:
+                changed = True
+                ctx.invalidate_analyses()
+        if not changed:
+            return graph, False
+        candidate, problem, _ = self._check(graph, lossless=True)
+        if problem is None:
+            self._last_model = candidate
+            return graph, True
+        del report.passes[first_record:]
+        self.ran = ran_before
+        ctx.invalidate_analyses()
+        graph = snapshot
+        for p in passes:
+            graph, modified = self._run_one(p, graph, ctx, report)
+            changed |= modified
+        return graph, changed
+
+    def _run_one(self, p: Pass, graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
+        """Run one pass and check it on its own (rolling back a failing lossless pass)."""
+        opts = self.options
+        snapshot = graph.copy()
+        record = self._execute(p, graph, ctx)
+        report.passes.append(record)
+        if not record.modified:
+            return graph, False
+        ctx.invalidate_analyses()
+        candidate, problem, fidelity = self._check(graph, lossless=p.lossless)
         if problem is not None:
             where = f"pass '{p.name}' {problem} ({self._context_msg()})"
             if not p.lossless or opts.strict:
                 raise PassError(where)
             log.warning("rolled back %s", where)
             report.warnings.append(f"rolled back {where}")
-            record.rolled_back = True
-            record.modified = False
-            record.note = problem[:80]
-            record.seconds = seconds + (time.perf_counter() - t1)
-            report.passes.append(record)
-            ctx.invalidate_analyses()
+            record.rolled_back, record.modified, record.note = True, False, problem[:80]
+            record.nodes_after, record.params_after, record.bytes_after = record.nodes_before, record.params_before, record.bytes_before
             return snapshot, False
-
-        after = graph_cost(graph, flops=False)
-        record.nodes_after, record.params_after, record.bytes_after = after.nodes, after.params, after.bytes
         if not p.lossless:
             record.fidelity = fidelity
             if candidate is not None:
                 record.flops_before = self._flops or model_cost(self._last_model or ctx.original_model).flops
                 record.flops_after = self._flops = model_cost(candidate).flops
         self._last_model = candidate
-        record.seconds = seconds + (time.perf_counter() - t1)
-        report.passes.append(record)
-        ctx.invalidate_analyses()
         return graph, True
 
     def _final_verification(self, result: onnx.ModelProto, report: Report) -> dict:
@@ -312,7 +354,10 @@ class PassManager:
                 raise UnverifiedError(f"could not verify the result: {self.verifier.unverifiable}; pass --allow-unverified to write it anyway")
             report.warnings.append(f"not verified: {self.verifier.unverifiable}")
             return {"verified": False, "reason": self.verifier.unverifiable}
-        outs, err = self.verifier.evaluate(result)
+        if result is self._baseline_model:
+            outs, err = self.baseline, None  # already evaluated when it was accepted
+        else:
+            outs, err = self.verifier.evaluate(result)
         if err:
             raise VerificationError(f"final model: {err} ({self._context_msg()})")
         per = verify_fidelity(self.verifier.reference_outputs, outs)

@@ -41,6 +41,8 @@ class Report:
     verification: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: Time spent checking (export, onnx.checker, onnxruntime), included in ``seconds``.
+    check_seconds: float = 0.0
     onnxcomp_version: str = ""
     seed: int = 0
 
@@ -52,6 +54,7 @@ class Report:
             "output": self.output,
             "seed": self.seed,
             "seconds": round(self.seconds, 4),
+            "check_seconds": round(self.check_seconds, 4),
             "passes": [asdict(p) for p in self.passes],
             "verification": self.verification,
             "warnings": self.warnings,

@@ -232,3 +232,42 @@ def test_manager_options_verify_none_requires_allow(conv_model) -> None:
     _, report = onnxcomp.optimize(conv_model, verify="none", allow_unverified=True)
     assert report.verification == {"verified": False, "reason": "verification disabled"}
     assert ManagerOptions().verify == "each"
+
+
+def test_failing_sweep_is_replayed_and_only_the_culprit_rolled_back(relu_model, registry) -> None:
+    # dce (good) and break-relu (bad) in one fixed-point group: the sweep-level check
+    # fails, the replay checks each pass alone, keeps dce and rolls back break-relu.
+    group = PassGroup([instantiate("dce"), instantiate("break-relu")], max_iterations=4)
+    out, report = PassManager([group]).run(relu_model)
+    assert [n.op_type for n in out.graph.node] == ["Relu", "Identity"]
+    rows = [(r.name, r.modified, r.rolled_back) for r in report.passes]
+    assert rows[:2] == [("dce", True, False), ("break-relu", False, True)]
+    assert any("rolled back pass 'break-relu'" in w for w in report.warnings)
+    assert report.verification["within_tolerance"] is True
+
+
+def test_good_sweep_is_checked_once(relu_model, registry) -> None:
+    group = PassGroup([instantiate("dce")], max_iterations=4)
+    manager = PassManager([group])
+    calls = []
+    original = manager._check
+    manager._check = lambda graph, lossless: calls.append(lossless) or original(graph, lossless)  # type: ignore[method-assign]
+    _, report = manager.run(relu_model)
+    assert calls == [True]  # one check for the sweep that changed; none for the quiet one
+    assert [r.modified for r in report.passes] == [True, False]
+
+
+def test_reading_weights_is_not_a_change(conv_model, registry) -> None:
+    @register_pass("read-weights")
+    class ReadWeights(Pass):
+        """Reads every constant (loading lazy values) and changes nothing."""
+
+        lossless = True
+
+        def run(self, graph, ctx):
+            total = sum(float(np.asarray(t.values).sum()) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+            assert np.isfinite(total)
+            return PassResult(modified=False)
+
+    _, report = onnxcomp.optimize(conv_model, ["read-weights"])
+    assert report.passes[0].modified is False
