@@ -5,8 +5,8 @@ Usage::
     python bench/int8_speed.py [cnn] [digits] [bert] [densenet] [--threads 2] [--rounds 30]
 
 * ``cnn``: ResNet-18 and MobileNetV2 (224x224, batch 1): FP32, onnxruntime
-  ``quantize_static`` (QDQ, per-channel, MinMax) and onnxcomp, timed interleaved in one
-  process; cosine of the logits against FP32.
+  ``quantize_static`` (QDQ, per-channel, MinMax) and onnxcomp (``--cnn-spec``), timed
+  interleaved in one process; cosine of the logits against FP32.
 * ``digits``: the trained digits classifier, top-1 accuracy FP32 vs INT8 on its test split.
 * ``bert``: BERT-style encoder with synthetic activation-outlier channels injected into
   LayerNorm gains (compensated in the next weights, so FP32 outputs are unchanged),
@@ -15,8 +15,9 @@ Usage::
 * ``densenet``: time to calibrate+quantize a synthetic 120-conv DenseNet-like graph, minus
   the time of running the calibration data through it.
 
-Timing is interleaved (A B C A B C ...) after warm-up; we quote the median ratio. Speed
-lives here, never in unit tests.
+Timing is interleaved in one process (every round runs each model once, in a shuffled order)
+after warm-up; we quote the median over rounds of the paired per-round ratio. Speed lives here,
+never in unit tests.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from onnxcomp.calibration import CalibrationData
 from onnxcomp.cost import graph_cost, model_cost
 from onnxcomp.errors import OnnxcompError, PassError, UnverifiedError, VerificationError
 from onnxcomp.graph_io import ModelMeta, to_graph, to_model
+from onnxcomp.model_io import serialize_for_runtime
 from onnxcomp.metrics import summarize
 from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate, split_spec
 from onnxcomp.presets import FixedPoint, preset_steps
@@ -123,10 +124,13 @@ def _fingerprint(graph: gs.Graph) -> int:
     return h & 0xFFFFFFFFFFFFFFFF
 
 
-def _check_structure(model: onnx.ModelProto, full: bool) -> None:
+def _check_structure(model: "onnx.ModelProto | bytes | str", full: bool) -> None:
+    """``onnx.checker`` on a model, its serialized bytes, or a path (models over 2 GB)."""
     from onnxcomp.model_io import needs_external_data, save_model
 
-    if needs_external_data(model):
+    if isinstance(model, (bytes, str)):
+        onnx.checker.check_model(model, full_check=full)
+    elif needs_external_data(model):
         with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as d:
             path = Path(d) / "model.onnx"
             save_model(model, path, external_data=True)
@@ -156,6 +160,14 @@ class PassManager:
     # ------------------------------------------------------------------ public
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
         """Run the pipeline on ``model`` (not mutated); return the result and a report."""
+        self._workdir_handle = tempfile.TemporaryDirectory(prefix="onnxcomp-check-")
+        self.workdir = Path(self._workdir_handle.name)
+        try:
+            return self._run(model)
+        finally:
+            self._workdir_handle.cleanup()
+
+    def _run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
         t_start = time.perf_counter()
         opts = self.options
         report = Report(onnxcomp_version=__version__, seed=opts.seed)
@@ -164,20 +176,17 @@ class PassManager:
 
         model, hygiene = normalize(model)
         report.warnings.extend(hygiene.warnings)
-        self._full_check = True
+        # A cheap structural check now; the (costly) full check of the input runs only
+        # if a result fails the full check, to tell a pass's bug from a pre-existing one.
         try:
-            _check_structure(model, full=True)
+            _check_structure(model, full=False)
         except Exception as e:
-            try:
-                _check_structure(model, full=False)
-            except Exception as e2:
-                from onnxcomp.errors import InvalidModelError
+            from onnxcomp.errors import InvalidModelError
 
-                raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e2)}") from e2
-            self._full_check = False
-            msg = f"input model fails onnx's full check ({_one_line(e)}); checking structure only"
-            log.warning(msg)
-            report.warnings.append(msg)
+            raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e)}") from e
+        self._input = model
+        self._full_check = True
+        self._report = report
 
         graph, meta = to_graph(model)
         self.meta: ModelMeta = meta
@@ -262,14 +271,21 @@ class PassManager:
         t0 = time.perf_counter()
         try:
             candidate = to_model(graph, self.meta)
-            _check_structure(candidate, full=self._full_check)
+            # Serialize once for both the checker and onnxruntime (a path when > 2 GB).
+            blob = serialize_for_runtime(candidate, self.workdir)
+            try:
+                _check_structure(blob, full=self._full_check)
+            except Exception:
+                if not self._full_check or self._input_passes_full_check():
+                    raise
+                _check_structure(blob, full=False)
         except Exception as e:
             self.check_seconds += time.perf_counter() - t0
             return None, f"result is not valid ONNX: {_one_line(e)}", None
         fidelity = None
         problem = None
         if self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
-            outs, err = self.verifier.evaluate(candidate)
+            outs, err = self.verifier.evaluate(blob)
             if err:
                 problem = err
             else:
@@ -282,6 +298,18 @@ class PassManager:
                     self._baseline_model = candidate
         self.check_seconds += time.perf_counter() - t0
         return candidate, problem, fidelity
+
+    def _input_passes_full_check(self) -> bool:
+        """Full-check the input once; if it fails, fall back to structural checks for good."""
+        try:
+            _check_structure(self._input, full=True)
+            return True
+        except Exception as e:
+            self._full_check = False
+            msg = f"input model fails onnx's full check ({_one_line(e)}); checking structure only"
+            log.warning(msg)
+            self._report.warnings.append(msg)
+            return False
 
     def _run_sweep(self, passes: list[Pass], graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
         """One sweep of a fixed-point group, checked once at the end.

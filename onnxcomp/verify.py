@@ -75,7 +75,7 @@ def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | No
     return feeds
 
 
-def evaluate(model: onnx.ModelProto, feeds: Outputs, workdir: Path | None = None) -> Outputs:
+def evaluate(model: "onnx.ModelProto | bytes | str", feeds: Outputs, workdir: Path | None = None) -> Outputs:
     """Run ``model`` (graph optimizations off: we check *our* graph) on every feed."""
     sess = make_session(model, optimize=False, workdir=workdir)
     return [{k: _as_array(v) for k, v in run(sess, f).items()} for f in feeds]
