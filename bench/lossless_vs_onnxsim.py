@@ -10,7 +10,7 @@ of each result against the input model in onnxruntime on generated inputs.
 
 Usage::
 
-    python bench/lossless_vs_onnxsim.py [--rounds 3] [--small] [--models resnet18,mobilenetv2,bert]
+    PYTHONPATH=. python bench/lossless_vs_onnxsim.py [--rounds 3] [--small] [--models resnet18,mobilenetv2,bert]
 """
 
 from __future__ import annotations
@@ -75,13 +75,16 @@ def main() -> None:
                 models.export(name, path, small=args.small, keep_batchnorm=keep_bn)
                 model = onnx.load(str(path))
                 feeds = generate_inputs(model, seed=0)
-                t_sim, t_ours, t_bare = [], [], []
+                t_sim, t_simck, t_ours, t_bare = [], [], [], []
                 sim_model = ours = None
                 _passes_only(model)  # warm-up: imports and first-use costs
                 for _ in range(args.rounds):  # interleaved: A B C A B C ...
                     t0 = time.perf_counter()
                     sim_model, ok = onnxsim.simplify(model)
                     t_sim.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    onnxsim.simplify(model, check_n=1)  # onnxsim with a numeric check, like ours
+                    t_simck.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     ours, _ = onnxcomp.optimize(model, preset="lossless", verify=args.verify, allow_unverified=args.verify == "none")
                     t_ours.append(time.perf_counter() - t0)
@@ -99,6 +102,8 @@ def main() -> None:
                         ms,
                         mo,
                         ms / mo,
+                        statistics.median(t_simck),
+                        statistics.median(t_simck) / mo,
                         statistics.median(t_bare),
                         _max_abs_diff(model, sim_model, feeds),
                         _max_abs_diff(model, ours, feeds),
@@ -106,11 +111,13 @@ def main() -> None:
                 )
                 print(f"done {path.stem}", flush=True)
 
-    head = ("model", "nodes in", "onnxsim", "onnxcomp", "sim s", "ours s", "sim/ours", "passes-only s", "sim maxdiff", "ours maxdiff")
+    head = ("model", "nodes in", "onnxsim", "onnxcomp", "sim s", "ours s", "sim/ours", "sim check_n=1 s", "sim-checked/ours",
+            "passes-only s", "sim maxdiff", "ours maxdiff")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.2f} | {r[8]:.1e} | {r[9]:.1e} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} "
+              f"| {r[10]:.1e} | {r[11]:.1e} |")
     print(f"(median of {args.rounds} interleaved rounds; small={args.small}; onnxcomp verify={args.verify}; "
           "onnxruntime CPU EP; batch 1; images 3x224x224 (32x32 small), BERT seq 32)")
 

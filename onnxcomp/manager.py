@@ -202,7 +202,7 @@ class PassManager:
         if opts.verify != "none":
             feeds = verification_feeds(model, self.calibration, seed=opts.seed)
             self.verifier = Verifier(model, feeds, tolerance=opts.tolerance)
-            self.baseline = self.verifier.reference_outputs
+        self.baseline: list | None = None  # last accepted outputs; None = the input's
         self.ran: list[str] = []
         self._flops = 0
         self._last_model: onnx.ModelProto | None = None
@@ -211,14 +211,12 @@ class PassManager:
 
         for step in self.steps:
             if isinstance(step, PassGroup):
-                for _ in range(step.max_iterations):
-                    graph, changed = self._run_sweep(step.passes, graph, ctx, report)
-                    if not changed:
-                        break
+                graph = self._run_group(step, graph, ctx, report)
             else:
                 graph, _ = self._run_one(step, graph, ctx, report)
 
-        result = self._last_model if self._last_model is not None else to_model(graph.copy(), meta)
+        # No accepted change: the result is the input itself (no re-export, nothing to run).
+        result = self._last_model if self._last_model is not None else model
         report.verification = self._final_verification(result, report)
         report.seconds = time.perf_counter() - t_start
         report.check_seconds = self.check_seconds
@@ -289,7 +287,8 @@ class PassManager:
             if err:
                 problem = err
             else:
-                bad = drift(self.baseline, outs, opts.tolerance) if lossless else None
+                baseline = self.baseline if self.baseline is not None else self.verifier.reference_outputs
+                bad = drift(baseline, outs, opts.tolerance) if lossless else None
                 if bad:
                     problem = bad[1]
                 else:
@@ -311,38 +310,55 @@ class PassManager:
             self._report.warnings.append(msg)
             return False
 
-    def _run_sweep(self, passes: list[Pass], graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
-        """One sweep of a fixed-point group, checked once at the end.
+    def _run_group(self, group: PassGroup, graph: gs.Graph, ctx: PassContext, report: Report) -> gs.Graph:
+        """A fixed-point group, checked once when it has converged.
 
-        Checking after the whole sweep instead of after every pass keeps the cleanup
-        preset about as cheap as one check. If the sweep's result fails, the sweep is
-        replayed pass by pass with a check after each, so the culprit is rolled back
-        and named exactly as if it had been checked on its own (passes are
-        deterministic, so the replay reproduces the failure).
+        Checking the group's result instead of every pass keeps the cleanup preset about
+        as cheap as one check. If that check fails, the group is replayed from its start
+        with a check after every pass, so the culprit is rolled back and named exactly as
+        if it had been checked on its own (passes are deterministic, so the replay
+        reproduces the failure). Lossy passes in a group are checked individually.
         """
+        if not all(p.lossless for p in group.passes):
+            for _ in range(group.max_iterations):
+                changed = False
+                for p in group.passes:
+                    graph, modified = self._run_one(p, graph, ctx, report)
+                    changed |= modified
+                if not changed:
+                    break
+            return graph
         snapshot = graph.copy()
         first_record, ran_before = len(report.passes), list(self.ran)
-        changed = False
-        for p in passes:
-            record = self._execute(p, graph, ctx)
-            report.passes.append(record)
-            if record.modified:
-                changed = True
-                ctx.invalidate_analyses()
-        if not changed:
-            return graph, False
+        any_change = False
+        for _ in range(group.max_iterations):
+            changed = False
+            for p in group.passes:
+                record = self._execute(p, graph, ctx)
+                report.passes.append(record)
+                if record.modified:
+                    changed = any_change = True
+                    ctx.invalidate_analyses()
+            if not changed:
+                break
+        if not any_change:
+            return graph
         candidate, problem, _ = self._check(graph, lossless=True)
         if problem is None:
             self._last_model = candidate
-            return graph, True
+            return graph
         del report.passes[first_record:]
         self.ran = ran_before
         ctx.invalidate_analyses()
         graph = snapshot
-        for p in passes:
-            graph, modified = self._run_one(p, graph, ctx, report)
-            changed |= modified
-        return graph, changed
+        for _ in range(group.max_iterations):
+            changed = False
+            for p in group.passes:
+                graph, modified = self._run_one(p, graph, ctx, report)
+                changed |= modified
+            if not changed:
+                break
+        return graph
 
     def _run_one(self, p: Pass, graph: gs.Graph, ctx: PassContext, report: Report) -> tuple[gs.Graph, bool]:
         """Run one pass and check it on its own (rolling back a failing lossless pass)."""
@@ -377,6 +393,10 @@ class PassManager:
             if not opts.allow_unverified:
                 raise UnverifiedError("verification was disabled (--verify none); pass --allow-unverified to write an unverified model")
             return {"verified": False, "reason": "verification disabled"}
+        if result is self._input:
+            names = [o.name for o in result.graph.output]
+            exact = {"cosine": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0}
+            return {"verified": True, "identical_to_input": True, **exact, "outputs": {n: dict(exact) for n in names}, "within_tolerance": True}
         if not self.verifier.can_verify:
             if not opts.allow_unverified:
                 raise UnverifiedError(f"could not verify the result: {self.verifier.unverifiable}; pass --allow-unverified to write it anyway")

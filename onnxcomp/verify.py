@@ -137,19 +137,37 @@ class Verifier:
         # onnxruntime can be gigabytes and must not pile up in the temp folder.
         self._tmp = tempfile.TemporaryDirectory(prefix="onnxcomp-verify-")
         self.workdir = Path(self._tmp.name)
-        self.unverifiable: str | None = None
-        self.reference_outputs: Outputs = []
+        self._reference = reference
+        self._outputs: Outputs | None = None
+        self._unverifiable: str | None = None
+
+    def _ensure(self) -> None:
+        """Run the reference model once, on first need (a run that changes nothing needs none)."""
+        if self._outputs is not None or self._unverifiable is not None:
+            return
         try:
-            self.reference_outputs = evaluate(reference, feeds, self.workdir)
+            self._outputs = evaluate(self._reference, self.feeds, self.workdir)
         except Exception as e:
-            self.unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
-            log.warning("cannot verify numerics: %s", self.unverifiable)
+            self._unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
+            log.warning("cannot verify numerics: %s", self._unverifiable)
+
+    @property
+    def reference_outputs(self) -> Outputs:
+        """The input model's outputs on the feeds (empty if it cannot run)."""
+        self._ensure()
+        return self._outputs or []
+
+    @property
+    def unverifiable(self) -> str | None:
+        """Why numerics cannot be checked, or None."""
+        self._ensure()
+        return self._unverifiable
 
     @property
     def can_verify(self) -> bool:
         return self.unverifiable is None
 
-    def evaluate(self, model: onnx.ModelProto) -> tuple[Outputs, str | None]:
+    def evaluate(self, model: "onnx.ModelProto | bytes | str") -> tuple[Outputs, str | None]:
         """Outputs of ``model`` on the verification feeds, or an error description."""
         try:
             return evaluate(model, self.feeds, self.workdir), None
