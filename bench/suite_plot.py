@@ -74,14 +74,14 @@ def plot(doc: Mapping[str, Any], path: Path) -> Path | None:
         handles.append(plt.Line2D([], [], marker=marker, ls="", markersize=8, markeredgewidth=1.6,
                                   markerfacecolor=color if filled else "none", markeredgecolor=color,
                                   label=labels.get(key, key)))
-    fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
-               bbox_to_anchor=(0.5, 0.0))
+    legend_cols = min(2 * ncols, len(handles))  # about two entries fit under each panel
+    fig.legend(handles=handles, loc="lower center", ncol=legend_cols, frameon=False, bbox_to_anchor=(0.5, 0.0))
     env = doc.get("environment", {})
     cfg = doc.get("config", {})
     fig.suptitle(f"onnxcomp (filled) vs peers (hollow) — {env.get('cpu', '?')}, {cfg.get('ep', 'cpu')} EP, "
                  f"{cfg.get('threads')} threads", fontsize=10)
-    rows_of_legend = math.ceil(len(handles) / 6)
-    fig.tight_layout(rect=(0, 0.04 * rows_of_legend + 0.02, 1, 0.96))
+    legend_inches = 0.28 * math.ceil(len(handles) / legend_cols) + 0.15
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 0.96))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -31,6 +31,7 @@ from onnxcomp.calibration import CalibrationData
 from onnxcomp.cost import graph_cost, model_cost
 from onnxcomp.errors import OnnxcompError, PassError, UnverifiedError, VerificationError
 from onnxcomp.graph_io import ModelMeta, to_graph, to_model
+from onnxcomp.graph_utils import toposort
 from onnxcomp.model_io import serialize_for_runtime
 from onnxcomp.metrics import summarize
 from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate, split_spec
@@ -38,6 +39,7 @@ from onnxcomp.presets import FixedPoint, preset_steps
 from onnxcomp.report import PassRecord, Report
 from onnxcomp.verify import Tolerance, Verifier, drift, verification_feeds
 from onnxcomp.verify import fidelity as verify_fidelity
+from onnxcomp.verify import one_line as _one_line
 
 log = logging.getLogger("onnxcomp")
 
@@ -105,7 +107,6 @@ class ManagerOptions:
     seed: int = 0
 
 
-from onnxcomp.verify import one_line as _one_line  # noqa: E402
 
 
 def _fingerprint(graph: gs.Graph) -> int:
@@ -253,7 +254,8 @@ class PassManager:
             lossless=p.lossless, stats=dict(result.stats),
         )
         if result.modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            graph.cleanup(remove_unused_graph_inputs=False)
+            toposort(graph)
             after = graph_cost(graph, flops=False)
             record.nodes_after, record.params_after, record.bytes_after = after.nodes, after.params, after.bytes
         record.seconds = time.perf_counter() - t0

@@ -33,7 +33,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
-from onnxcomp.graph_utils import RANDOM_OPS, constant_nbytes, has_subgraph, peek_values, is_graph_output, is_standard, replace_uses
+from onnxcomp.graph_utils import RANDOM_OPS, constant_nbytes, has_subgraph, peek_values, is_graph_output, is_standard, replace_uses, toposort
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
@@ -83,7 +83,8 @@ class EliminateCommonSubexpressions(Pass):
         nodes_merged = self._merge_nodes(graph)
         modified = bool(constants_merged or nodes_merged)
         if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort(recurse_subgraphs=False)
+            graph.cleanup(remove_unused_graph_inputs=False)
+            toposort(graph, recurse_subgraphs=False)
         return PassResult(modified=modified, stats={"nodes_merged": nodes_merged, "constants_merged": constants_merged})
 
     @staticmethod
@@ -114,7 +115,7 @@ class EliminateCommonSubexpressions(Pass):
 
     @staticmethod
     def _merge_nodes(graph: gs.Graph) -> int:
-        graph.toposort(recurse_subgraphs=False)
+        toposort(graph, recurse_subgraphs=False)
         seen: dict[tuple, gs.Node] = {}
         merged = 0
         for node in list(graph.nodes):

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_utils import annotate_shapes, bypass, can_add_initializers, constant_value, is_graph_output, is_standard, np_dtype, static_shape, unique_namer
+from onnxcomp.graph_utils import annotate_shapes, bypass, can_add_initializers, constant_value, is_graph_output, is_standard, np_dtype, static_shape, unique_namer, toposort
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
@@ -350,7 +350,8 @@ class FoldBatchNorm(Pass):
                 decomposed += 1
         modified = bool(folded or decomposed or bias_folded)
         if modified:
-            graph.cleanup(remove_unused_graph_inputs=False).toposort()
+            graph.cleanup(remove_unused_graph_inputs=False)
+            toposort(graph)
         return PassResult(modified=modified, stats={"folded": folded, "decomposed": decomposed, "bias_folded": bias_folded})
 
     @staticmethod

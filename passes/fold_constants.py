@@ -50,6 +50,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxcomp.errors import UsageError
 from onnxcomp.graph_utils import (
+    toposort,
     RANDOM_OPS,
     annotate_shapes,
     can_add_initializers,
@@ -395,7 +396,7 @@ class FoldConstants(Pass):
         if opts.shapes:
             annotate_shapes(graph, ctx)
         stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "onnxruntime_runs": 0, "_declined": set()}
-        graph.toposort(recurse_subgraphs=False)
+        toposort(graph, recurse_subgraphs=False)
         for _ in range(_MAX_SWEEPS):
             if not self._sweep(graph, ctx, opts, stats):
                 break

@@ -41,6 +41,7 @@ from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, regist
 from onnxcomp.recovery.activations import TensorTap, merged_batches
 from onnxcomp.recovery.layers import LinearLayer, match_layer
 from onnxcomp.recovery.lstsq import NormalEquations
+from onnxcomp.graph_utils import toposort
 
 PRUNE_ARTIFACT = "prune-channels"
 
@@ -145,7 +146,7 @@ class Reconstruct(Pass):
             teacher = ctx.original_model
         kept_map: dict[str, tuple[int, np.ndarray]] = dict(ctx.artifacts.get(PRUNE_ARTIFACT, {}).get("kept", {}))
 
-        graph.toposort()
+        toposort(graph)
         teacher_tensors = _tensor_names(teacher)
         teacher_shapes = _teacher_channels(teacher)
         opset = _opset(graph)

@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import QParams, quantize_bias, quantize_weight, weight_qparams
 from onnxcomp.quantization.rules import QuantPlan
+from onnxcomp.graph_utils import toposort
 
 
 @dataclass
@@ -181,7 +182,8 @@ def materialize(
         stats.dynamic += 1
 
     graph.nodes.extend(new_nodes)
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    graph.cleanup(remove_unused_graph_inputs=False)
+    toposort(graph)
     return stats
 
 

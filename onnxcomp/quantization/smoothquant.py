@@ -30,6 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import TensorStats
+from onnxcomp.graph_utils import toposort
 
 
 @dataclass(frozen=True)
@@ -122,5 +123,5 @@ def smooth(
             _set_weight_rows(n, w * s[:, None], f"{n.name}")
         done += 1
     if done:
-        graph.toposort()
+        toposort(graph)
     return done
