@@ -7,7 +7,6 @@ usage, 1 for a failed pass or verification); no traceback unless ``-v``.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import sys
@@ -155,16 +154,12 @@ def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
         console.print(f"preset [bold]{name}[/]: {info['summary']}")
 
 
-# Commands that live in their own modules (bench/compare/gate, inspect, ...).
-for _mod in ("onnxcomp.cli_bench", "onnxcomp.cli_inspect"):
-    try:
-        _m = importlib.import_module(_mod)
-    except ModuleNotFoundError as _e:
-        if _e.name != _mod:
-            raise
-        continue
-    for _cmd in getattr(_m, "COMMANDS", ()):
-        main.add_command(_cmd)
+# Commands that live in their own modules.
+from onnxcomp.cli_bench import COMMANDS as _BENCH_COMMANDS  # noqa: E402
+from onnxcomp.cli_inspect import COMMANDS as _INSPECT_COMMANDS  # noqa: E402
+
+for _cmd in (*_BENCH_COMMANDS, *_INSPECT_COMMANDS):
+    main.add_command(_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover
