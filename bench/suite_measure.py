@@ -81,6 +81,9 @@ def fidelity_of(reference: Path, candidate: Path, setting: ModelSetting, eval_np
 
     outs, n, _ = fidelity_on(reference, candidate, providers=resolve_providers(config.ep), threads=config.threads,
                              data=eval_npz, batch=setting.batch, max_samples=setting.eval_samples, seed=config.seed)
+    if not outs:
+        # fidelity_on skips outputs whose shapes differ: nothing comparable is a broken model.
+        raise ValueError("no output of the candidate has the reference's shape (the tool changed the outputs)")
     s = summarize(outs)
     return Fidelity(
         cosine=float(s["cosine"]),

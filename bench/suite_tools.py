@@ -277,15 +277,16 @@ def _ignored_layers(module: Any, transformer: bool) -> list[Any]:
     """Layers Torch-Pruning must not shrink (their output width is fixed by the task).
 
     CNNs: the final classifier. Transformers: everything except FFN expansion layers
-    (Linear with out_features > in_features), so hidden size, heads and the output keep
-    their width.
+    (Linear with out_features > in_features, other than the last Linear, which is the
+    classifier of ViT), so hidden size, heads and the output keep their width.
     """
     from torch import nn
 
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not transformer:
         return linears[-1:]
-    keep = [m for m in linears if m.out_features <= m.in_features]
+    # The classifier head (ViT: 192 -> 1000) also widens, so it is named explicitly.
+    keep = [m for m in linears if m.out_features <= m.in_features or m is linears[-1]]
     keep += [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Embedding))]
     return keep
 

@@ -322,14 +322,7 @@ class PassManager:
         reproduces the failure). Lossy passes in a group are checked individually.
         """
         if not all(p.lossless for p in group.passes):
-            for _ in range(group.max_iterations):
-                changed = False
-                for p in group.passes:
-                    graph, modified = self._run_one(p, graph, ctx, report)
-                    changed |= modified
-                if not changed:
-                    break
-            return graph
+            return self._run_group_checking_each(group, graph, ctx, report)
         snapshot = graph.copy()
         first_record, ran_before = len(report.passes), list(self.ran)
         any_change = False
@@ -352,7 +345,10 @@ class PassManager:
         del report.passes[first_record:]
         self.ran = ran_before
         ctx.invalidate_analyses()
-        graph = snapshot
+        return self._run_group_checking_each(group, snapshot, ctx, report)
+
+    def _run_group_checking_each(self, group: PassGroup, graph: gs.Graph, ctx: PassContext, report: Report) -> gs.Graph:
+        """A fixed-point group with a check (and possible rollback) after every pass."""
         for _ in range(group.max_iterations):
             changed = False
             for p in group.passes:

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from suite_config import ModelSetting, make_config
@@ -17,7 +18,7 @@ def _matmul_model(path, w: np.ndarray) -> None:
         [helper.make_node("MatMul", ["x", "w"], ["logits"])],
         "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, w.shape[1]])],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -51,3 +52,15 @@ def test_cost_fidelity_and_timing(tmp_path):
     assert len(timings) == 2 and timings[0].latency_ratio == 1.0
     assert timings[1].latency_ratio > 0 and timings[1].rounds >= 3
     assert cond["threads"] == 2 and cond["input_shapes"] == {"x": [2, 4]}
+
+
+def test_a_candidate_with_different_output_shapes_is_an_error(tmp_path):
+    rng = np.random.default_rng(1)
+    ref, cand = tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    _matmul_model(ref, rng.standard_normal((4, 3)).astype(np.float32))
+    _matmul_model(cand, rng.standard_normal((4, 2)).astype(np.float32))  # e.g. a pruned classifier
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=rng.standard_normal((4, 4)).astype(np.float32))
+    cfg = make_config(quick=True)
+    with pytest.raises(ValueError, match="shape"):
+        fidelity_of(ref, cand, ModelSetting("tiny", batch=2, eval_samples=4), data, cfg)
