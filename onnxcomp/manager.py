@@ -29,12 +29,13 @@ import onnx_graphsurgeon as gs
 from onnxcomp._version import __version__
 from onnxcomp.calibration import CalibrationData
 from onnxcomp.cost import graph_cost, model_cost
-from onnxcomp.errors import OnnxcompError, PassError, UnverifiedError, VerificationError
+from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError
 from onnxcomp.graph_io import ModelMeta, to_graph, to_model
 from onnxcomp.graph_utils import toposort
+from onnxcomp.hygiene import normalize
 from onnxcomp.model_io import serialize_for_runtime
 from onnxcomp.metrics import summarize
-from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate, split_spec
+from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate
 from onnxcomp.presets import FixedPoint, preset_steps
 from onnxcomp.report import PassRecord, Report
 from onnxcomp.verify import Tolerance, Verifier, drift, verification_feeds
@@ -172,9 +173,7 @@ class PassManager:
         t_start = time.perf_counter()
         opts = self.options
         report = Report(onnxcomp_version=__version__, seed=opts.seed)
-        # Hygiene (onnxcomp/hygiene.py): unique names, nodes sorted (a sorted copy if needed).
-        from onnxcomp.hygiene import normalize
-
+        # Hygiene: unique names, nodes sorted (a sorted copy if needed).
         model, hygiene = normalize(model)
         report.warnings.extend(hygiene.warnings)
         # A cheap structural check now; the (costly) full check of the input runs only
@@ -182,8 +181,6 @@ class PassManager:
         try:
             _check_structure(model, full=False)
         except Exception as e:
-            from onnxcomp.errors import InvalidModelError
-
             raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e)}") from e
         self._input = model
         self._full_check = True
