@@ -229,6 +229,7 @@ def render_markdown(doc: Doc) -> str:
         out.append(model_table(mrows) if mrows else "_No rows._")
         out.append("")
     out.append("## Reproduce\n")
-    out.append("```\npip install -e '.[bench,torch]'\npython bench/run.py --quick      # ~minutes: resnet18, "
-               "mobilenetv2, bert, digits\npython bench/run.py              # every model, longer timing\n```\n")
+    out.append("```\npip install -e '.[bench,torch]'\npython bench/run.py --quick      # resnet18, mobilenetv2, "
+               "bert, digits: ~5-7 min on a quiet 2-core CPU\npython bench/run.py              # + resnet50, vit; "
+               "more samples, longer timing (well over 30 min on 2 cores)\n```\n")
     return "\n".join(out)
