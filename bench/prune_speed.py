@@ -63,8 +63,6 @@ def torch_pruning_model(name: str, ratio: float, path: Path) -> onnx.ModelProto:
     import torch
     import torch_pruning as tp
 
-    from models._onnx_export import export_module
-
     net = models.build(name).eval()
     inputs = models.example_inputs(name)
     example = tuple(torch.from_numpy(v) for v in inputs.values())
@@ -72,7 +70,7 @@ def torch_pruning_model(name: str, ratio: float, path: Path) -> onnx.ModelProto:
     pruner = tp.pruner.MagnitudePruner(net, example, importance=tp.importance.MagnitudeImportance(p=1),
                                        pruning_ratio=ratio, ignored_layers=[last])
     pruner.step()
-    export_module(net, inputs, path, output_names=["logits"])
+    models.export(name, path, module=net)
     return onnx.load(str(path))
 
 

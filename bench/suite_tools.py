@@ -258,19 +258,9 @@ def _onnxsim(inp: ToolInputs) -> ToolOutput:
 def _export_like_models(name: str, module: Any, path: Path, setting: ModelSetting, small: bool, seed: int) -> None:
     """Export a (pruned) module exactly as `models.export` exports the original."""
     import models
-    from models._onnx_export import export_module
 
-    spec = models.spec(name, small=small)
-    trace_batch = max(setting.batch, 2) if setting.dynamic_batch else setting.batch
-    inputs = models.example_inputs(name, small=small, batch=trace_batch, seq_len=setting.seq_len, seed=seed)
-    dynamic_axes = None
-    dynamic_max = None
-    if setting.dynamic_batch:
-        axes = {0: "batch", 1: "seq"} if spec.kind == "text" else {0: "batch"}
-        dynamic_axes = {n: axes for n in spec.input_names}
-        dynamic_max = {"seq": spec.max_seq_len} if spec.kind == "text" else None
-    export_module(module, inputs, path, output_names=spec.output_names, dynamic_axes=dynamic_axes,
-                  dynamic_max=dynamic_max)
+    models.export(name, path, small=small, batch=setting.batch, seq_len=setting.seq_len,
+                  dynamic_batch=setting.dynamic_batch, seed=seed, module=module)
 
 
 def _ignored_layers(module: Any, transformer: bool) -> list[Any]:

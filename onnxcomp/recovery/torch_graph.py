@@ -19,6 +19,8 @@ An op without a rule raises `UsageError` naming it, before any training starts.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -100,28 +102,18 @@ def _div(i: list, a: dict, o: int) -> Tensor:
     return x / y
 
 
-@op("Max")
-def _max(i: list, a: dict, o: int) -> Tensor:
-    out = i[0]
-    for t in i[1:]:
-        out = torch.maximum(out, t)
-    return out
+def _fold(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[list, dict, int], Tensor]:
+    """A variadic ONNX op (Max/Min/Sum) as a left fold of a binary torch function."""
+
+    def run(i: list, a: dict, o: int) -> Tensor:
+        return functools.reduce(fn, i[1:], i[0])
+
+    return run
 
 
-@op("Min")
-def _min(i: list, a: dict, o: int) -> Tensor:
-    out = i[0]
-    for t in i[1:]:
-        out = torch.minimum(out, t)
-    return out
-
-
-@op("Sum")
-def _sum(i: list, a: dict, o: int) -> Tensor:
-    out = i[0]
-    for t in i[1:]:
-        out = out + t
-    return out
+op("Max")(_fold(torch.maximum))
+op("Min")(_fold(torch.minimum))
+op("Sum")(_fold(torch.add))
 
 
 @op("Where")
