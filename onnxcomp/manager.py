@@ -33,11 +33,11 @@ from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, Unverif
 from onnxcomp.graph_io import ModelMeta, to_graph, to_model
 from onnxcomp.graph_utils import toposort
 from onnxcomp.hygiene import normalize
-from onnxcomp.model_io import serialize_for_runtime
 from onnxcomp.metrics import summarize
 from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate
 from onnxcomp.presets import FixedPoint, preset_steps
 from onnxcomp.report import PassRecord, Report
+from onnxcomp.skeleton import structure_skeleton
 from onnxcomp.verify import Tolerance, Verifier, drift, verification_feeds
 from onnxcomp.verify import fidelity as verify_fidelity
 from onnxcomp.verify import one_line as _one_line
@@ -127,18 +127,25 @@ def _fingerprint(graph: gs.Graph) -> int:
 
 
 def _check_structure(model: "onnx.ModelProto | bytes | str", full: bool) -> None:
-    """``onnx.checker`` on a model, its serialized bytes, or a path (models over 2 GB)."""
-    from onnxcomp.model_io import needs_external_data, save_model
+    """``onnx.checker`` on a model (its weightless skeleton), serialized bytes, or a path.
+
+    A ModelProto is checked as `structure_skeleton` of it: large weights become typed
+    inputs, so the checker neither serializes nor parses gigabytes it does not look at
+    (and models over 2 GB need no spill to disk).
+    """
+    from onnxcomp.model_io import PROTO_LIMIT, save_model
 
     if isinstance(model, (bytes, str)):
         onnx.checker.check_model(model, full_check=full)
-    elif needs_external_data(model):
-        with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as d:
-            path = Path(d) / "model.onnx"
-            save_model(model, path, external_data=True)
-            onnx.checker.check_model(str(path), full_check=full)
-    else:
-        onnx.checker.check_model(model, full_check=full)
+        return
+    skeleton = structure_skeleton(model)
+    if skeleton.ByteSize() < PROTO_LIMIT:
+        onnx.checker.check_model(skeleton.SerializeToString(), full_check=full)
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as d:
+        path = Path(d) / "model.onnx"
+        save_model(skeleton, path, external_data=True)
+        onnx.checker.check_model(str(path), full_check=full)
 
 
 class PassManager:
@@ -162,12 +169,12 @@ class PassManager:
     # ------------------------------------------------------------------ public
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
         """Run the pipeline on ``model`` (not mutated); return the result and a report."""
-        self._workdir_handle = tempfile.TemporaryDirectory(prefix="onnxcomp-check-")
-        self.workdir = Path(self._workdir_handle.name)
+        self.verifier: Verifier | None = None
         try:
             return self._run(model)
         finally:
-            self._workdir_handle.cleanup()
+            if self.verifier is not None:
+                self.verifier.close()
 
     def _run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
         t_start = time.perf_counter()
@@ -196,7 +203,6 @@ class PassManager:
             seed=opts.seed,
             progress=self.progress,
         )
-        self.verifier: Verifier | None = None
         if opts.verify != "none":
             feeds = verification_feeds(model, self.calibration, seed=opts.seed)
             self.verifier = Verifier(model, feeds, tolerance=opts.tolerance)
@@ -251,6 +257,8 @@ class PassManager:
             lossless=p.lossless, stats=dict(result.stats),
         )
         if result.modified:
+            if self.verifier is not None:
+                self.verifier.prefetch()  # a check is coming: start the reference run now
             graph.cleanup(remove_unused_graph_inputs=False)
             toposort(graph)
             after = graph_cost(graph, flops=False)
@@ -268,21 +276,19 @@ class PassManager:
         t0 = time.perf_counter()
         try:
             candidate = to_model(graph, self.meta)
-            # Serialize once for both the checker and onnxruntime (a path when > 2 GB).
-            blob = serialize_for_runtime(candidate, self.workdir)
             try:
-                _check_structure(blob, full=self._full_check)
+                _check_structure(candidate, full=self._full_check)
             except Exception:
                 if not self._full_check or self._input_passes_full_check():
                     raise
-                _check_structure(blob, full=False)
+                _check_structure(candidate, full=False)
         except Exception as e:
             self.check_seconds += time.perf_counter() - t0
             return None, f"result is not valid ONNX: {_one_line(e)}", None
         fidelity = None
         problem = None
         if self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
-            outs, err = self.verifier.evaluate(blob)
+            outs, err = self.verifier.evaluate(candidate)
             if err:
                 problem = err
             else:
@@ -320,7 +326,6 @@ class PassManager:
         """
         if not all(p.lossless for p in group.passes):
             return self._run_group_checking_each(group, graph, ctx, report)
-        snapshot = graph.copy()
         first_record, ran_before = len(report.passes), list(self.ran)
         any_change = False
         for _ in range(group.max_iterations):
@@ -342,7 +347,10 @@ class PassManager:
         del report.passes[first_record:]
         self.ran = ran_before
         ctx.invalidate_analyses()
-        return self._run_group_checking_each(group, snapshot, ctx, report)
+        # Replay from the last accepted model: the graph as it was when the group started
+        # (re-importing it only on this rare path is cheaper than copying every time).
+        start, _ = to_graph(self._last_model if self._last_model is not None else self._input)
+        return self._run_group_checking_each(group, start, ctx, report)
 
     def _run_group_checking_each(self, group: PassGroup, graph: gs.Graph, ctx: PassContext, report: Report) -> gs.Graph:
         """A fixed-point group with a check (and possible rollback) after every pass."""

@@ -77,7 +77,17 @@ def make_session(
         so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto):
-        from onnxcomp.model_io import serialize_for_runtime
+        from onnxcomp.model_io import PROTO_LIMIT, serialize_for_runtime
+        from onnxcomp.skeleton import runtime_parts
+
+        # The weights are lent as arrays, not serialized and parsed again (see skeleton).
+        parts = runtime_parts(model)
+        if len(parts.model_bytes) < PROTO_LIMIT:
+            if parts.names:
+                so.add_external_initializers(parts.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays])
+            session = ort.InferenceSession(parts.model_bytes, sess_options=so, providers=list(providers))
+            session._onnxcomp_borrowed = parts  # the session reads these arrays: keep them alive
+            return session
 
         if workdir is None:
             # The spilled copy is only needed while the session loads it: remove it after.

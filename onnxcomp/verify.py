@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,32 @@ class Verifier:
         self._reference = reference
         self._outputs: Outputs | None = None
         self._unverifiable: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def prefetch(self) -> None:
+        """Start running the reference model in the background: its outputs are needed soon.
+
+        onnxruntime releases the GIL while it builds and runs a session, so on a machine
+        with a spare core this overlaps with the passes. A pipeline that changes nothing
+        never calls this, and never pays for the reference run.
+        """
+        if self._thread is None and self._outputs is None and self._unverifiable is None:
+            self._thread = threading.Thread(target=self._compute, name="onnxcomp-reference", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Wait for a background reference run (never leave one running past the caller)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def _ensure(self) -> None:
         """Run the reference model once, on first need (a run that changes nothing needs none)."""
-        if self._outputs is not None or self._unverifiable is not None:
-            return
+        self.close()
+        if self._outputs is None and self._unverifiable is None:
+            self._compute()
+
+    def _compute(self) -> None:
         try:
             self._outputs = evaluate(self._reference, self.feeds, self.workdir)
         except Exception as e:
