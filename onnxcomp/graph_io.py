@@ -23,9 +23,10 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 
 @dataclass
@@ -154,7 +155,13 @@ def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
     kwargs = {}
     if graph.import_domains is not None:
         kwargs["opset_imports"] = list(graph.import_domains)
-    model = gs.export_onnx(graph, do_type_check=False, **kwargs)
+    payloads = _swap_in_stand_ins(graph)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False, **kwargs)
+    finally:
+        for c, values in payloads.values():
+            c._values = values
+    _fill_payloads(model.graph, payloads)
     model.doc_string = meta.doc_string
     model.domain = meta.domain
     model.model_version = meta.model_version
@@ -168,6 +175,48 @@ def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
             if t.name in input_names and t.name not in existing:
                 model.graph.initializer.append(t)
     return model
+
+
+def _swap_in_stand_ins(graph: gs.Graph) -> dict[str, tuple[gs.Constant, object]]:
+    """Give main-graph constants payload-free stand-ins for the duration of an export.
+
+    graphsurgeon's export copies every weight three or four times (to bytes, into a
+    TensorProto, into the graph, into the model); exporting header-only stand-ins and
+    then writing each payload once into the final model (`_fill_payloads`) copies it
+    once. It also keeps graphsurgeon from renaming the *input* model's tensors in place
+    (it sets ``name`` on the TensorProto behind a lazily loaded constant).
+    """
+    swapped: dict[str, tuple[gs.Constant, object]] = {}
+    for t in graph.tensors().values():
+        if not isinstance(t, gs.Constant) or isinstance(t._values, SparseValues):
+            continue
+        values = t._values
+        plain = isinstance(values, LazyValues) or (
+            isinstance(values, np.ndarray) and values.dtype.kind not in "OSU" and t.export_dtype == t.dtype
+        )
+        if not plain:
+            continue  # unusual payloads take graphsurgeon's own path
+        header = onnx.TensorProto(name=t.name, dims=list(t.shape))
+        header.data_type = values.tensor.data_type if isinstance(values, LazyValues) else onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+        swapped[t.name] = (t, values)
+        t._values = LazyValues(header)
+    return swapped
+
+
+def _fill_payloads(graph: onnx.GraphProto, payloads: dict[str, tuple[gs.Constant, object]]) -> None:
+    """Write the real payloads into the exported stand-ins, one copy each."""
+    for init in graph.initializer:
+        entry = payloads.get(init.name)
+        if entry is None:
+            continue
+        const, values = entry
+        if isinstance(values, LazyValues):
+            init.CopyFrom(values.tensor)  # the original tensor (or its external reference)
+            init.name = const.name
+        else:
+            init.raw_data = np.ascontiguousarray(values).tobytes()
+            if const.data_location is not None:
+                init.data_location = const.data_location
 
 
 def _type_kind(t: onnx.TypeProto) -> tuple:

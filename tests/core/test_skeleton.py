@@ -1,0 +1,116 @@
+"""Weightless checks: skeletons for the checker, borrowed weights for onnxruntime, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+from testutil import conv_model
+
+from onnxcomp.graph_io import to_graph, to_model
+from onnxcomp.manager import _check_structure
+from onnxcomp.runtime import make_session, run
+from onnxcomp.skeleton import MIN_STRIPPED_BYTES, runtime_parts, structure_skeleton
+from onnxcomp.verify import Verifier
+
+
+def _big_conv_model() -> onnx.ModelProto:
+    """conv_model with a weight large enough to be stripped (and a small bias that is not)."""
+    model = conv_model()
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 3, 3, 3)).astype(np.float32)  # 6912 bytes
+    assert w.nbytes >= MIN_STRIPPED_BYTES
+    b = rng.standard_normal(64).astype(np.float32)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 64
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_runtime_parts_strip_large_weights_and_match_a_plain_session() -> None:
+    model = _big_conv_model()
+    parts = runtime_parts(model)
+    assert parts.names == ["w"]  # the 256-byte bias stays inline
+    assert len(parts.model_bytes) < model.ByteSize() - 6000
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    expected = plain.run(None, {"x": x})[0]
+    got = run(make_session(model, optimize=False), {"x": x})["y"]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_runtime_parts_reject_a_payload_that_does_not_match_its_shape() -> None:
+    model = _big_conv_model()
+    w = model.graph.initializer[0]
+    w.raw_data = w.raw_data[:-4]
+    with pytest.raises(onnx.checker.ValidationError, match="holds 6908 bytes"):
+        runtime_parts(model)
+
+
+def test_structure_skeleton_keeps_the_checker_strict() -> None:
+    model = _big_conv_model()
+    skeleton = structure_skeleton(model)
+    assert [t.name for t in skeleton.graph.initializer] == ["b"]
+    assert "w" in [i.name for i in skeleton.graph.input]
+    _check_structure(model, full=True)  # a valid model passes
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    broken.graph.node[0].input[1] = "missing"
+    with pytest.raises(Exception, match="missing"):
+        _check_structure(broken, full=True)
+    # A shape error involving a stripped weight is still found by full-check shape inference.
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(model)
+    wrong.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
+    with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
+        _check_structure(wrong, full=True)
+
+
+def test_structure_skeleton_of_an_old_ir_model_does_not_duplicate_inputs() -> None:
+    model = _big_conv_model()
+    model.graph.input.append(onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [64, 3, 3, 3]))
+    skeleton = structure_skeleton(model)
+    assert [i.name for i in skeleton.graph.input].count("w") == 1
+    _check_structure(model, full=True)
+
+
+def test_export_matches_graphsurgeon_and_never_renames_the_input_tensors() -> None:
+    model = _big_conv_model()
+    graph, meta = to_graph(model)
+    reference = gs.export_onnx(graph.copy(), do_type_check=False)
+    out = to_model(graph, meta)
+    key = sorted((t.name, t.SerializeToString()) for t in out.graph.initializer)
+    assert key == sorted((t.name, t.SerializeToString()) for t in reference.graph.initializer)
+    # Renaming a lazily loaded constant must rename the export only, not the input model.
+    next(t for t in graph.tensors().values() if t.name == "w").name = "w_renamed"
+    out = to_model(graph, meta)
+    assert "w_renamed" in [t.name for t in out.graph.initializer]
+    assert [t.name for t in model.graph.initializer] == ["w", "b"]
+    # A constant computed by a pass (numpy values) exports with its values.
+    graph.nodes[0].inputs[2] = gs.Constant("b_new", np.arange(64, dtype=np.float32))
+    out = to_model(graph, meta)
+    exported = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
+    np.testing.assert_array_equal(exported["b_new"], np.arange(64, dtype=np.float32))
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_background_reference_run_gives_the_same_outputs() -> None:
+    model = _big_conv_model()
+    feeds = [{"x": np.ones((1, 3, 8, 8), np.float32)}]
+    eager = Verifier(model, feeds).reference_outputs
+    background = Verifier(model, feeds)
+    background.prefetch()
+    background.prefetch()  # idempotent
+    np.testing.assert_array_equal(background.reference_outputs[0]["y"], eager[0]["y"])
+    background.close()
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    broken.graph.node[0].op_type = "NoSuchOp"
+    v = Verifier(broken, feeds)
+    v.prefetch()
+    assert v.unverifiable is not None and "cannot run the input model" in v.unverifiable
