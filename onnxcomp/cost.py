@@ -7,6 +7,8 @@ as 1, so FLOPs are per sample for a dynamic batch.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +95,7 @@ def graph_cost(graph: gs.Graph, *, flops: bool = True) -> GraphCost:
         shape = c.shape
         if shape is None:
             continue
-        n = int(np.prod(shape)) if len(shape) else 1
+        n = math.prod(int(d) for d in shape)  # math.prod: np.prod costs ~10 µs per call
         params += n
         try:
             nbytes += n * np.dtype(c.dtype).itemsize

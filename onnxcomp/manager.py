@@ -28,7 +28,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp._version import __version__
 from onnxcomp.calibration import CalibrationData
-from onnxcomp.cost import graph_cost, model_cost
+from onnxcomp.cost import GraphCost, graph_cost, model_cost
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError
 from onnxcomp.graph_io import ModelMeta, to_graph, to_model
 from onnxcomp.graph_utils import toposort
@@ -212,6 +212,7 @@ class PassManager:
         self._last_model: onnx.ModelProto | None = None
         self._baseline_model: onnx.ModelProto | None = None
         self.check_seconds = 0.0
+        self._costs: dict[int, GraphCost] = {}  # graph fingerprint -> its graph_cost
 
         for step in self.steps:
             if isinstance(step, PassGroup):
@@ -234,8 +235,12 @@ class PassManager:
         """Run one pass with error wrapping and the ``modified`` truthfulness check."""
         if self.progress:
             self.progress(f"running {p.name}")
-        before = graph_cost(graph, flops=False)
         fingerprint = _fingerprint(graph)
+        # Most passes of a fixed-point sweep change nothing: reuse the last count.
+        before = self._costs.get(fingerprint)
+        if before is None:
+            before = graph_cost(graph, flops=False)
+            self._costs = {fingerprint: before}
         t0 = time.perf_counter()
         try:
             result = p.run(graph, ctx)
@@ -262,6 +267,7 @@ class PassManager:
             graph.cleanup(remove_unused_graph_inputs=False)
             toposort(graph)
             after = graph_cost(graph, flops=False)
+            self._costs = {_fingerprint(graph): after}
             record.nodes_after, record.params_after, record.bytes_after = after.nodes, after.params, after.bytes
         record.seconds = time.perf_counter() - t0
         return record
