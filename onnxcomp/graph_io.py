@@ -21,12 +21,15 @@ actually asks for the values.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+
+from onnxcomp.skeleton import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
 
 @dataclass
@@ -149,19 +152,41 @@ def _dedupe_tensor_names(graph: gs.Graph) -> None:
                 owner[candidate] = id(t)
 
 
+#: Weights not yet written into an exported model: name -> (constant, its values).
+Pending = dict[str, tuple[gs.Constant, object]]
+
+
 def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
     """Export ``graph`` to a ModelProto, restoring what `to_graph` set aside."""
+    model, pending = export_parts(graph, meta)
+    fill_payloads(model, pending)
+    return model
+
+
+def export_parts(graph: gs.Graph, meta: ModelMeta) -> tuple[onnx.ModelProto, Pending]:
+    """Export ``graph`` with its large weights as payload-free headers, to fill in later.
+
+    graphsurgeon's own export copies every weight three or four times (to bytes, into a
+    TensorProto, into the graph, into the model). Here it exports header-only stand-ins;
+    small payloads are written at once, large ones are returned so a check can lend them
+    to onnxruntime as arrays (`pending_arrays`) and `fill_payloads` writes each one once,
+    only if the model is kept. This also keeps graphsurgeon from renaming the *input*
+    model's tensors in place (it sets ``name`` on the TensorProto behind a lazy constant).
+    """
     _dedupe_tensor_names(graph)
     kwargs = {}
     if graph.import_domains is not None:
         kwargs["opset_imports"] = list(graph.import_domains)
-    payloads = _swap_in_stand_ins(graph)
+    pending = _swap_in_headers(graph)
     try:
         model = gs.export_onnx(graph, do_type_check=False, **kwargs)
     finally:
-        for c, values in payloads.values():
+        for c, values in pending.values():
             c._values = values
-    _fill_payloads(model.graph, payloads)
+    # Small payloads (what shape inference reads) and types numpy lacks are written now.
+    now = {k: v for k, v in pending.items() if _payload_nbytes(v[0]) < MIN_STRIPPED_BYTES or not _lendable(v[1])}
+    fill_payloads(model, now)
+    pending = {k: v for k, v in pending.items() if k not in now}
     model.doc_string = meta.doc_string
     model.domain = meta.domain
     model.model_version = meta.model_version
@@ -174,19 +199,25 @@ def to_model(graph: gs.Graph, meta: ModelMeta) -> onnx.ModelProto:
         for t in meta.overridable_initializers:
             if t.name in input_names and t.name not in existing:
                 model.graph.initializer.append(t)
-    return model
+    return model, pending
 
 
-def _swap_in_stand_ins(graph: gs.Graph) -> dict[str, tuple[gs.Constant, object]]:
-    """Give main-graph constants payload-free stand-ins for the duration of an export.
+def _lendable(values: object) -> bool:
+    if isinstance(values, LazyValues):
+        return lendable(values.tensor.data_type)
+    return lendable(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype))
 
-    graphsurgeon's export copies every weight three or four times (to bytes, into a
-    TensorProto, into the graph, into the model); exporting header-only stand-ins and
-    then writing each payload once into the final model (`_fill_payloads`) copies it
-    once. It also keeps graphsurgeon from renaming the *input* model's tensors in place
-    (it sets ``name`` on the TensorProto behind a lazily loaded constant).
-    """
-    swapped: dict[str, tuple[gs.Constant, object]] = {}
+
+def _payload_nbytes(c: gs.Constant) -> int:
+    try:
+        return math.prod(int(d) for d in c.shape) * np.dtype(c.dtype).itemsize
+    except TypeError:
+        return 0
+
+
+def _swap_in_headers(graph: gs.Graph) -> Pending:
+    """Give main-graph constants payload-free stand-ins for the duration of an export."""
+    swapped: Pending = {}
     for t in graph.tensors().values():
         if not isinstance(t, gs.Constant) or isinstance(t._values, SparseValues):
             continue
@@ -203,10 +234,27 @@ def _swap_in_stand_ins(graph: gs.Graph) -> dict[str, tuple[gs.Constant, object]]
     return swapped
 
 
-def _fill_payloads(graph: onnx.GraphProto, payloads: dict[str, tuple[gs.Constant, object]]) -> None:
-    """Write the real payloads into the exported stand-ins, one copy each."""
-    for init in graph.initializer:
-        entry = payloads.get(init.name)
+def pending_arrays(pending: Pending, cache: ArrayCache | None = None) -> dict[str, np.ndarray]:
+    """The values of pending weights as arrays, without copying where possible.
+
+    Weights computed by passes are already arrays; unchanged input weights are decoded
+    once (``cache``) or memory-mapped if still on disk.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, (_, values) in pending.items():
+        if isinstance(values, LazyValues):
+            out[name] = cache.array(values.tensor) if cache is not None else ArrayCache().array(values.tensor)
+        else:
+            out[name] = np.ascontiguousarray(values)
+    return out
+
+
+def fill_payloads(model: onnx.ModelProto, pending: Pending) -> None:
+    """Write the pending payloads into the exported headers, one copy each."""
+    if not pending:
+        return
+    for init in model.graph.initializer:
+        entry = pending.get(init.name)
         if entry is None:
             continue
         const, values = entry

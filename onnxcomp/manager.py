@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +30,7 @@ from onnxcomp._version import __version__
 from onnxcomp.calibration import CalibrationData
 from onnxcomp.cost import GraphCost, graph_cost, model_cost
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError
-from onnxcomp.graph_io import ModelMeta, to_graph, to_model
+from onnxcomp.graph_io import ModelMeta, export_parts, fill_payloads, pending_arrays, to_graph
 from onnxcomp.graph_utils import toposort
 from onnxcomp.hygiene import normalize
 from onnxcomp.metrics import summarize
@@ -126,19 +126,20 @@ def _fingerprint(graph: gs.Graph) -> int:
     return h & 0xFFFFFFFFFFFFFFFF
 
 
-def _check_structure(model: "onnx.ModelProto | bytes | str", full: bool) -> None:
+def _check_structure(model: "onnx.ModelProto | bytes | str", full: bool, lent: Collection[str] = ()) -> None:
     """``onnx.checker`` on a model (its weightless skeleton), serialized bytes, or a path.
 
     A ModelProto is checked as `structure_skeleton` of it: large weights become typed
     inputs, so the checker neither serializes nor parses gigabytes it does not look at
-    (and models over 2 GB need no spill to disk).
+    (and models over 2 GB need no spill to disk). ``lent`` names initializers that are
+    payload-free headers of an export in progress.
     """
     from onnxcomp.model_io import PROTO_LIMIT, save_model
 
     if isinstance(model, (bytes, str)):
         onnx.checker.check_model(model, full_check=full)
         return
-    skeleton = structure_skeleton(model)
+    skeleton = structure_skeleton(model, lent)
     if skeleton.ByteSize() < PROTO_LIMIT:
         onnx.checker.check_model(skeleton.SerializeToString(), full_check=full)
         return
@@ -281,20 +282,22 @@ class PassManager:
         opts = self.options
         t0 = time.perf_counter()
         try:
-            candidate = to_model(graph, self.meta)
+            # Large weights stay out of the checked model until it is accepted: the checker
+            # sees their types and shapes, onnxruntime borrows their arrays (see skeleton).
+            candidate, pending = export_parts(graph, self.meta)
             try:
-                _check_structure(candidate, full=self._full_check)
+                _check_structure(candidate, full=self._full_check, lent=pending)
             except Exception:
                 if not self._full_check or self._input_passes_full_check():
                     raise
-                _check_structure(candidate, full=False)
+                _check_structure(candidate, full=False, lent=pending)
         except Exception as e:
             self.check_seconds += time.perf_counter() - t0
             return None, f"result is not valid ONNX: {_one_line(e)}", None
         fidelity = None
         problem = None
         if self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
-            outs, err = self.verifier.evaluate(candidate)
+            outs, err = self.verifier.evaluate(candidate, lent=pending_arrays(pending, self.verifier.cache))
             if err:
                 problem = err
             else:
@@ -306,8 +309,12 @@ class PassManager:
                     fidelity = summarize(verify_fidelity(self.verifier.reference_outputs, outs))
                     self.baseline = outs
                     self._baseline_model = candidate
+        if problem is None:
+            fill_payloads(candidate, pending)
         self.check_seconds += time.perf_counter() - t0
-        return candidate, problem, fidelity
+        if problem is not None:
+            return None, problem, None  # never hand on a half-written model
+        return candidate, None, fidelity
 
     def _input_passes_full_check(self) -> bool:
         """Full-check the input once; if it fails, fall back to structural checks for good."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from onnxcomp.errors import UsageError
+
+if TYPE_CHECKING:
+    from onnxcomp.skeleton import ArrayCache
 
 EP_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -59,6 +63,9 @@ def make_session(
     threads: int | None = None,
     optimize: bool = True,
     workdir: Path | None = None,
+    lent: "Mapping[str, np.ndarray] | None" = None,
+    cache: "ArrayCache | None" = None,
+    spin: bool = True,
 ) -> ort.InferenceSession:
     """Create one InferenceSession.
 
@@ -69,20 +76,27 @@ def make_session(
         optimize: Enable onnxruntime graph optimizations (disable to run the graph as
             written, e.g. for verification).
         workdir: Where to spill models too large to pass as bytes.
+        lent: Values of payload-free initializer headers in ``model`` (see
+            `onnxcomp.skeleton.runtime_parts`).
+        cache: Decoded weights to reuse (and fill).
+        spin: Let idle worker threads spin between ops (fastest for benchmarks; off for
+            one-shot runs, where spinning only steals the CPU from other work).
     """
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto):
         from onnxcomp.model_io import PROTO_LIMIT, serialize_for_runtime
         from onnxcomp.skeleton import runtime_parts
 
         # The weights are lent as arrays, not serialized and parsed again (see skeleton).
-        parts = runtime_parts(model)
-        if len(parts.model_bytes) < PROTO_LIMIT:
+        parts = runtime_parts(model, lent, cache)
+        if len(parts.model_bytes) < PROTO_LIMIT or lent:
             if parts.names:
                 so.add_external_initializers(parts.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays])
             session = ort.InferenceSession(parts.model_bytes, sess_options=so, providers=list(providers))

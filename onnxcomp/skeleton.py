@@ -19,11 +19,12 @@ shape inference reads) stay inline.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from onnxcomp import safety
 
@@ -48,11 +49,17 @@ def _itemsize(data_type: int) -> int:
         return 0
 
 
-def _strippable(t: TensorProto) -> bool:
-    if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or _itemsize(t.data_type) == 0:
+def lendable(data_type: int) -> bool:
+    """Whether tensors of this ONNX type can be lent to onnxruntime as numpy arrays."""
+    if data_type in (TensorProto.STRING, TensorProto.UNDEFINED) or _itemsize(data_type) == 0:
         return False
-    if t.data_type in (TensorProto.BFLOAT16,) or t.data_type >= TensorProto.FLOAT8E4M3FN:
-        return False  # numpy has no native dtype: keep them inline
+    # numpy has no native bfloat16/float8/int4: such tensors stay inline.
+    return data_type != TensorProto.BFLOAT16 and data_type < TensorProto.FLOAT8E4M3FN
+
+
+def _strippable(t: TensorProto) -> bool:
+    if not lendable(t.data_type):
+        return False
     if t.data_location == TensorProto.EXTERNAL:
         return safety.is_referenced(t)
     return t.HasField("raw_data") and _payload_bytes(t) >= MIN_STRIPPED_BYTES
@@ -84,22 +91,51 @@ def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def structure_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def structure_skeleton(model: onnx.ModelProto, lent: Collection[str] = ()) -> onnx.ModelProto:
     """``model`` with large main-graph initializers replaced by typed graph inputs.
 
     Everything the checker and shape inference look at (nodes, types, shapes, small
     constants, subgraphs, functions) is kept. What is lost is the checker's look at the
     stripped tensors' payload encoding; `runtime_parts` checks each payload's size.
+
+    Args:
+        model: The model.
+        lent: Names of initializers that are payload-free headers whose values live
+            elsewhere (an export in progress, see ``graph_io.export_parts``).
     """
     out = _copy_without_initializers(model)
     listed = {i.name for i in model.graph.input}
     for t in model.graph.initializer:
-        if _strippable(t):
+        if t.name in lent or _strippable(t):
             if t.name not in listed:
                 out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             out.graph.initializer.append(t)
     return out
+
+
+class ArrayCache:
+    """Decoded weights by TensorProto identity, so a weight is copied out of protobuf once.
+
+    The input model's weights are decoded for the reference run; a candidate that still
+    uses an unchanged input weight (graphsurgeon keeps the original TensorProto behind
+    it) then borrows the same array. Entries hold the proto, so an ``id`` stays unique.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[TensorProto, np.ndarray]] = {}
+
+    def array(self, t: TensorProto) -> np.ndarray:
+        """The array of ``t`` (decoded, or memory-mapped when it is still on disk)."""
+        hit = self._by_id.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        arr = _array(t)
+        self._by_id[id(t)] = (t, arr)
+        return arr
+
+    def clear(self) -> None:
+        self._by_id.clear()
 
 
 @dataclass
@@ -122,6 +158,8 @@ def _array(t: TensorProto) -> np.ndarray:
         if length != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
             raise onnx.checker.ValidationError(f"tensor {t.name!r}: external data length {length} does not match its shape {list(shape)}")
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    if not t.HasField("raw_data"):
+        return numpy_helper.to_array(t).reshape(shape)  # typed fields (float_data, ...)
     raw = t.raw_data
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if len(raw) != expected:
@@ -130,17 +168,34 @@ def _array(t: TensorProto) -> np.ndarray:
     return arr if np.little_endian else arr.astype(np.dtype(dtype))
 
 
-def runtime_parts(model: onnx.ModelProto) -> RuntimeParts:
-    """Split ``model`` into skeleton bytes and borrowed weight arrays for onnxruntime."""
+def runtime_parts(
+    model: onnx.ModelProto, lent: Mapping[str, np.ndarray] | None = None, cache: ArrayCache | None = None
+) -> RuntimeParts:
+    """Split ``model`` into skeleton bytes and borrowed weight arrays for onnxruntime.
+
+    Args:
+        model: The model.
+        lent: Values of initializers that are payload-free headers in ``model`` (see
+            `structure_skeleton`); each must match its header's type and shape.
+        cache: Where decoded weights are looked up and kept.
+    """
+    lent = lent or {}
     out = _copy_without_initializers(model)
     names: list[str] = []
     arrays: list[np.ndarray] = []
     for t in model.graph.initializer:
-        if not _strippable(t):
+        if t.name in lent:
+            arr = lent[t.name]
+            want = (onnx.helper.tensor_dtype_to_np_dtype(t.data_type), tuple(int(d) for d in t.dims))
+            if (arr.dtype, arr.shape) != want:
+                raise onnx.checker.ValidationError(f"tensor {t.name!r}: values {arr.dtype}{list(arr.shape)} do not match its header {want}")
+        elif _strippable(t):
+            arr = cache.array(t) if cache is not None else _array(t)
+        else:
             out.graph.initializer.append(t)
             continue
         names.append(t.name)
-        arrays.append(_array(t))
+        arrays.append(np.ascontiguousarray(arr))
         stub = out.graph.initializer.add()
         stub.name, stub.data_type = t.name, t.data_type
         stub.dims.extend(t.dims)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import onnx
 from onnxcomp.calibration import CalibrationData, generate_inputs, required_input_specs
 from onnxcomp.metrics import FidelityAccumulator, OutputFidelity
 from onnxcomp.runtime import make_session, run
+from onnxcomp.skeleton import ArrayCache
 
 log = logging.getLogger("onnxcomp")
 
@@ -76,9 +78,19 @@ def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | No
     return feeds
 
 
-def evaluate(model: "onnx.ModelProto | bytes | str", feeds: Outputs, workdir: Path | None = None) -> Outputs:
-    """Run ``model`` (graph optimizations off: we check *our* graph) on every feed."""
-    sess = make_session(model, optimize=False, workdir=workdir)
+def evaluate(
+    model: "onnx.ModelProto | bytes | str",
+    feeds: Outputs,
+    workdir: Path | None = None,
+    *,
+    lent: Mapping[str, np.ndarray] | None = None,
+    cache: ArrayCache | None = None,
+) -> Outputs:
+    """Run ``model`` (graph optimizations off: we check *our* graph) on every feed.
+
+    ``lent`` and ``cache`` pass weights without copying them (see `onnxcomp.skeleton`).
+    """
+    sess = make_session(model, optimize=False, workdir=workdir, lent=lent, cache=cache, spin=False)
     return [{k: _as_array(v) for k, v in run(sess, f).items()} for f in feeds]
 
 
@@ -142,6 +154,8 @@ class Verifier:
         self._outputs: Outputs | None = None
         self._unverifiable: str | None = None
         self._thread: threading.Thread | None = None
+        #: Weights decoded for the reference run, reused by candidates that keep them.
+        self.cache = ArrayCache()
 
     def prefetch(self) -> None:
         """Start running the reference model in the background: its outputs are needed soon.
@@ -154,21 +168,25 @@ class Verifier:
             self._thread = threading.Thread(target=self._compute, name="onnxcomp-reference", daemon=True)
             self._thread.start()
 
-    def close(self) -> None:
-        """Wait for a background reference run (never leave one running past the caller)."""
+    def _join(self) -> None:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
+    def close(self) -> None:
+        """Wait for a background reference run and drop cached weights (call when done)."""
+        self._join()
+        self.cache.clear()
+
     def _ensure(self) -> None:
         """Run the reference model once, on first need (a run that changes nothing needs none)."""
-        self.close()
+        self._join()
         if self._outputs is None and self._unverifiable is None:
             self._compute()
 
     def _compute(self) -> None:
         try:
-            self._outputs = evaluate(self._reference, self.feeds, self.workdir)
+            self._outputs = evaluate(self._reference, self.feeds, self.workdir, cache=self.cache)
         except Exception as e:
             self._unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
             log.warning("cannot verify numerics: %s", self._unverifiable)
@@ -189,9 +207,13 @@ class Verifier:
     def can_verify(self) -> bool:
         return self.unverifiable is None
 
-    def evaluate(self, model: "onnx.ModelProto | bytes | str") -> tuple[Outputs, str | None]:
-        """Outputs of ``model`` on the verification feeds, or an error description."""
+    def evaluate(self, model: "onnx.ModelProto | bytes | str", lent: Mapping[str, np.ndarray] | None = None) -> tuple[Outputs, str | None]:
+        """Outputs of ``model`` on the verification feeds, or an error description.
+
+        ``lent``: values of payload-free initializer headers in ``model``.
+        """
+        self._join()  # the cache is filled by the reference run
         try:
-            return evaluate(model, self.feeds, self.workdir), None
+            return evaluate(model, self.feeds, self.workdir, lent=lent, cache=self.cache), None
         except Exception as e:
             return [], f"result cannot run in onnxruntime: {one_line(e)}"
