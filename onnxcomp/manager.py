@@ -297,7 +297,9 @@ class PassManager:
         fidelity = None
         problem = None
         if self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
-            outs, err = self.verifier.evaluate(candidate, lent=pending_arrays(pending, self.verifier.cache))
+            wait = self.verifier.start_evaluate(candidate, lent=pending_arrays(pending, self.verifier.cache))
+            fill_payloads(candidate, pending)  # while onnxruntime works; wasted only if rejected
+            outs, err = wait()
             if err:
                 problem = err
             else:
@@ -309,11 +311,11 @@ class PassManager:
                     fidelity = summarize(verify_fidelity(self.verifier.reference_outputs, outs))
                     self.baseline = outs
                     self._baseline_model = candidate
-        if problem is None:
+        else:
             fill_payloads(candidate, pending)
         self.check_seconds += time.perf_counter() - t0
         if problem is not None:
-            return None, problem, None  # never hand on a half-written model
+            return None, problem, None
         return candidate, None, fidelity
 
     def _input_passes_full_check(self) -> bool:

@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnxcomp.errors import UsageError
 
 if TYPE_CHECKING:
-    from onnxcomp.skeleton import ArrayCache
+    from onnxcomp.skeleton import ArrayCache, RuntimeParts
 
 EP_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -57,7 +57,7 @@ def resolve_providers(ep: str | Sequence[str] | None) -> list[str]:
 
 
 def make_session(
-    model: onnx.ModelProto | str | Path | bytes,
+    model: "onnx.ModelProto | RuntimeParts | str | Path | bytes",
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
@@ -70,7 +70,7 @@ def make_session(
     """Create one InferenceSession.
 
     Args:
-        model: A ModelProto, serialized bytes, or a path.
+        model: A ModelProto, its `onnxcomp.skeleton.RuntimeParts`, serialized bytes, or a path.
         providers: Resolved provider names (see `resolve_providers`).
         threads: Intra-op threads (None: onnxruntime's default).
         optimize: Enable onnxruntime graph optimizations (disable to run the graph as
@@ -90,26 +90,29 @@ def make_session(
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from onnxcomp.skeleton import RuntimeParts, runtime_parts
+
     if isinstance(model, onnx.ModelProto):
         from onnxcomp.model_io import PROTO_LIMIT, serialize_for_runtime
-        from onnxcomp.skeleton import runtime_parts
 
         # The weights are lent as arrays, not serialized and parsed again (see skeleton).
         parts = runtime_parts(model, lent, cache)
         if len(parts.model_bytes) < PROTO_LIMIT or lent:
-            if parts.names:
-                so.add_external_initializers(parts.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays])
-            session = ort.InferenceSession(parts.model_bytes, sess_options=so, providers=list(providers))
-            session._onnxcomp_borrowed = parts  # the session reads these arrays: keep them alive
-            return session
-
-        if workdir is None:
+            model = parts
+        elif workdir is None:
             # The spilled copy is only needed while the session loads it: remove it after.
             with tempfile.TemporaryDirectory(prefix="onnxcomp-ort-") as tmp:
                 spilled = serialize_for_runtime(model, Path(tmp))
                 return ort.InferenceSession(spilled, sess_options=so, providers=list(providers))
-        model = serialize_for_runtime(model, workdir)
-    elif isinstance(model, Path):
+        else:
+            model = serialize_for_runtime(model, workdir)
+    if isinstance(model, RuntimeParts):
+        if model.names:
+            so.add_external_initializers(model.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays])
+        session = ort.InferenceSession(model.model_bytes, sess_options=so, providers=list(providers))
+        session._onnxcomp_borrowed = model  # the session reads these arrays: keep them alive
+        return session
+    if isinstance(model, Path):
         model = str(model)
     return ort.InferenceSession(model, sess_options=so, providers=list(providers))
 

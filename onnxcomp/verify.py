@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import onnx
 from onnxcomp.calibration import CalibrationData, generate_inputs, required_input_specs
 from onnxcomp.metrics import FidelityAccumulator, OutputFidelity
 from onnxcomp.runtime import make_session, run
-from onnxcomp.skeleton import ArrayCache
+from onnxcomp.skeleton import ArrayCache, RuntimeParts, runtime_parts
 
 log = logging.getLogger("onnxcomp")
 
@@ -79,7 +79,7 @@ def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | No
 
 
 def evaluate(
-    model: "onnx.ModelProto | bytes | str",
+    model: "onnx.ModelProto | RuntimeParts | bytes | str",
     feeds: Outputs,
     workdir: Path | None = None,
     *,
@@ -207,7 +207,34 @@ class Verifier:
     def can_verify(self) -> bool:
         return self.unverifiable is None
 
-    def evaluate(self, model: "onnx.ModelProto | bytes | str", lent: Mapping[str, np.ndarray] | None = None) -> tuple[Outputs, str | None]:
+    def start_evaluate(self, model: onnx.ModelProto, lent: Mapping[str, np.ndarray] | None = None) -> Callable[[], tuple[Outputs, str | None]]:
+        """Begin `evaluate` on ``model``; return a function that waits for its result.
+
+        What onnxruntime needs is taken from ``model`` before this returns, so the caller
+        may go on modifying ``model`` (e.g. writing its payloads) while the session is
+        built and run in the background.
+        """
+        self._join()
+        try:
+            parts = runtime_parts(model, lent, self.cache)
+        except Exception as e:
+            failed: tuple[Outputs, str | None] = ([], f"result cannot run in onnxruntime: {one_line(e)}")
+            return lambda: failed
+        box: dict[str, tuple[Outputs, str | None]] = {}
+
+        def work() -> None:
+            box["result"] = self.evaluate(parts)  # type: ignore[arg-type]
+
+        thread = threading.Thread(target=work, name="onnxcomp-candidate", daemon=True)
+        thread.start()
+
+        def wait() -> tuple[Outputs, str | None]:
+            thread.join()
+            return box["result"]
+
+        return wait
+
+    def evaluate(self, model: "onnx.ModelProto | RuntimeParts | bytes | str", lent: Mapping[str, np.ndarray] | None = None) -> tuple[Outputs, str | None]:
         """Outputs of ``model`` on the verification feeds, or an error description.
 
         ``lent``: values of payload-free initializer headers in ``model``.
