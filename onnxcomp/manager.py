@@ -37,7 +37,7 @@ from onnxcomp.metrics import summarize
 from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate
 from onnxcomp.presets import FixedPoint, preset_steps
 from onnxcomp.report import PassRecord, Report
-from onnxcomp.skeleton import structure_skeleton
+from onnxcomp.skeleton import references_files, structure_skeleton
 from onnxcomp.verify import Tolerance, Verifier, drift, verification_feeds
 from onnxcomp.verify import fidelity as verify_fidelity
 from onnxcomp.verify import one_line as _one_line
@@ -192,6 +192,7 @@ class PassManager:
             raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e)}") from e
         self._input = model
         self._full_check = True
+        self._lend_weights = not references_files(model)
         self._report = report
 
         graph, meta = to_graph(model)
@@ -297,9 +298,13 @@ class PassManager:
         fidelity = None
         problem = None
         if self.verifier is not None and opts.verify == "each" and self.verifier.can_verify:
-            wait = self.verifier.start_evaluate(candidate, lent=pending_arrays(pending, self.verifier.cache))
-            fill_payloads(candidate, pending)  # while onnxruntime works; wasted only if rejected
-            outs, err = wait()
+            if self._lend_weights:
+                wait = self.verifier.start_evaluate(candidate, lent=pending_arrays(pending, self.verifier.cache))
+                fill_payloads(candidate, pending)  # while onnxruntime works; wasted only if rejected
+                outs, err = wait()
+            else:  # weights on disk: onnxruntime maps them from a file (see skeleton.references_files)
+                fill_payloads(candidate, pending)
+                outs, err = self.verifier.evaluate(candidate)
             if err:
                 problem = err
             else:

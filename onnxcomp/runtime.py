@@ -65,7 +65,7 @@ def make_session(
     workdir: Path | None = None,
     lent: "Mapping[str, np.ndarray] | None" = None,
     cache: "ArrayCache | None" = None,
-    spin: bool = True,
+    one_shot: bool = False,
 ) -> ort.InferenceSession:
     """Create one InferenceSession.
 
@@ -79,25 +79,28 @@ def make_session(
         lent: Values of payload-free initializer headers in ``model`` (see
             `onnxcomp.skeleton.runtime_parts`).
         cache: Decoded weights to reuse (and fill).
-        spin: Let idle worker threads spin between ops (fastest for benchmarks; off for
-            one-shot runs, where spinning only steals the CPU from other work).
+        one_shot: The session runs only a few times (verification): idle worker threads
+            do not spin (spinning only steals the CPU from other work) and weights are not
+            prepacked (a packed copy costs memory and time that one run never earns back).
     """
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    if not spin:
+    if one_shot:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.disable_prepacking", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    from onnxcomp.skeleton import RuntimeParts, runtime_parts
+    from onnxcomp.skeleton import RuntimeParts, references_files, runtime_parts
 
     if isinstance(model, onnx.ModelProto):
         from onnxcomp.model_io import PROTO_LIMIT, serialize_for_runtime
 
-        # The weights are lent as arrays, not serialized and parsed again (see skeleton).
-        parts = runtime_parts(model, lent, cache)
-        if len(parts.model_bytes) < PROTO_LIMIT or lent:
+        # The weights are lent as arrays, not serialized and parsed again (see skeleton),
+        # except weights still on disk: onnxruntime maps those from a file without a copy.
+        parts = runtime_parts(model, lent, cache) if lent or not references_files(model) else None
+        if parts is not None and (len(parts.model_bytes) < PROTO_LIMIT or lent):
             model = parts
         elif workdir is None:
             # The spilled copy is only needed while the session loads it: remove it after.

@@ -65,6 +65,16 @@ def _strippable(t: TensorProto) -> bool:
     return t.HasField("raw_data") and _payload_bytes(t) >= MIN_STRIPPED_BYTES
 
 
+def references_files(model: onnx.ModelProto) -> bool:
+    """Whether some tensor of ``model`` is still in an external-data file (lazy loading).
+
+    Such models should reach onnxruntime as files (`onnxcomp.model_io.serialize_for_runtime`):
+    onnxruntime memory-maps external data read from a file, but copies weights it is lent,
+    which for a model over 2 GB would double its memory.
+    """
+    return any(safety.is_referenced(t) for t in safety.iter_tensors(model))
+
+
 def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose main graph has no initializers (the rest is copied)."""
     graph = onnx.GraphProto()

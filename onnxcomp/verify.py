@@ -90,7 +90,7 @@ def evaluate(
 
     ``lent`` and ``cache`` pass weights without copying them (see `onnxcomp.skeleton`).
     """
-    sess = make_session(model, optimize=False, workdir=workdir, lent=lent, cache=cache, spin=False)
+    sess = make_session(model, optimize=False, workdir=workdir, lent=lent, cache=cache, one_shot=True)
     return [{k: _as_array(v) for k, v in run(sess, f).items()} for f in feeds]
 
 
