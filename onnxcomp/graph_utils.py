@@ -8,6 +8,7 @@ shape facts, and rewiring that keeps graph-output names stable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -68,7 +69,12 @@ def is_standard(node: gs.Node) -> bool:
 
 def has_subgraph(node: gs.Node) -> bool:
     """True if ``node`` carries a graph attribute (If/Loop/Scan bodies, functions' graphs)."""
-    return any(isinstance(a, gs.Graph) or (isinstance(a, list) and a and isinstance(a[0], gs.Graph)) for a in node.attrs.values())
+    # A plain loop: this runs for every node in several passes, and most nodes have no
+    # attributes or only scalar ones.
+    for a in node.attrs.values():
+        if isinstance(a, gs.Graph) or (isinstance(a, list) and a and isinstance(a[0], gs.Graph)):
+            return True
+    return False
 
 
 def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
@@ -88,15 +94,24 @@ def default_opset(graph: gs.Graph) -> int:
     return int(graph.opset or 0)
 
 
-def peek_values(tensor: gs.Constant) -> np.ndarray:
+def peek_values(tensor: gs.Constant, *, readonly: bool = False) -> np.ndarray:
     """The value of a constant without caching a lazily loaded payload on the tensor.
 
     ``Constant.values`` replaces a lazy payload with the loaded array, which is a change
     of the graph as far as the manager's "did the pass really change nothing?" check is
     concerned; passes that only *look* must not do that.
+
+    Args:
+        tensor: The constant.
+        readonly: Skip the defensive copy graphsurgeon makes of a lazily loaded payload;
+            the array may then be a read-only view of the model's bytes. For callers that
+            only read the value and keep nothing derived from it without copying (hashing,
+            arithmetic that makes new arrays); it halves the cost of loading a weight.
     """
     raw = tensor._values
     if isinstance(raw, LazyValues):
+        if readonly and type(raw) is LazyValues:  # subclasses (external data) load their own way
+            return onnx.numpy_helper.to_array(raw.tensor)
         return np.asarray(raw.load())
     return np.asarray(tensor.values)
 
@@ -106,33 +121,33 @@ def constant_nbytes(tensor: gs.Constant) -> int:
     raw = tensor._values
     if isinstance(raw, LazyValues):
         try:
-            return int(np.prod(raw.shape, dtype=np.int64)) * np.dtype(raw.dtype).itemsize
+            return math.prod(int(d) for d in raw.shape) * np.dtype(raw.dtype).itemsize
         except (TypeError, ValueError):  # dtypes numpy lacks (bfloat16, float8): estimate from the proto
             return raw.tensor.ByteSize()
     return int(np.asarray(raw).nbytes)
 
 
-def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+def constant_value(tensor: gs.Tensor, *, readonly: bool = False) -> np.ndarray | None:
     """The value of ``tensor`` if it is a constant (initializer or single-output Constant node).
 
     Returns None for variables and for Constant nodes holding sparse tensors or attribute
-    references (not statically known).
+    references (not statically known). ``readonly`` is passed on to `peek_values`.
     """
     if isinstance(tensor, gs.Constant):
-        return peek_values(tensor)
+        return peek_values(tensor, readonly=readonly)
     if len(tensor.inputs) == 1:
         node = tensor.inputs[0]
         if node.op == "Constant" and is_standard(node) and len(node.outputs) == 1:
-            return constant_node_value(node)
+            return constant_node_value(node, readonly=readonly)
     return None
 
 
-def constant_node_value(node: gs.Node) -> np.ndarray | None:
+def constant_node_value(node: gs.Node, *, readonly: bool = False) -> np.ndarray | None:
     """The value of a ``Constant`` node from whichever ``value*`` attribute it uses."""
     attrs = node.attrs
     if "value" in attrs:
         v = attrs["value"]
-        return peek_values(v) if isinstance(v, gs.Constant) else None
+        return peek_values(v, readonly=readonly) if isinstance(v, gs.Constant) else None
     if "value_float" in attrs:
         return np.array(attrs["value_float"], dtype=np.float32)
     if "value_floats" in attrs:
@@ -219,22 +234,66 @@ def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     return None
 
 
+def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    """The named tensors of ``graph`` (not its subgraphs) by name, like ``graph.tensors()``.
+
+    Same contents and order as graphsurgeon's ``Graph.tensors()`` (graph inputs, then node
+    inputs and outputs in node order, then graph outputs; a later tensor with a taken name
+    replaces the earlier one in place), without its per-tensor list concatenations and
+    duplicate-name diagnostics, which made it one of the lossless passes' hot spots.
+    """
+    tensors: dict[str, gs.Tensor] = {}
+    for t in graph.inputs:
+        if t.name != "":  # graphsurgeon's "empty" (omitted optional) tensor
+            tensors[t.name] = t
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name != "":
+                tensors[t.name] = t
+        for t in node.outputs:
+            if t.name != "":
+                tensors[t.name] = t
+    for t in graph.outputs:
+        if t.name != "":
+            tensors[t.name] = t
+    return tensors
+
+
+def _lacks_facts(tensor: gs.Tensor) -> bool:
+    """True if shape inference could still tell something about variable ``tensor``: its
+    dtype is unknown or its shape is not fully static (see what `annotate_shapes` fills in)."""
+    return tensor.dtype is None or static_shape(tensor) is None
+
+
 def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
     """Fill in missing dtypes/shapes of main-graph variables from ONNX shape inference.
 
+    Inference only runs when some variable still lacks a dtype or a fully static shape:
+    otherwise there is nothing it could add, and after the first sweep of a static-shape
+    model that is the usual case (passes give the tensors they create dtype and shape).
     The inferred facts are cached in ``ctx`` (``analysis("lossless.shapes")``) until a pass
-    modifies the graph, so a fixed-point sweep infers once per change, not once per pass.
-    Failures of shape inference (e.g. models over 2 GiB, custom ops) leave shapes as they were.
+    modifies the graph, so a fixed-point sweep infers at most once per change, not once per
+    pass. They cover the tensors that lacked facts when they were inferred: later calls on
+    the same (unmodified) graph can only find fewer such tensors. Failures of shape
+    inference (e.g. models over 2 GiB, custom ops) leave shapes as they were.
     """
+    tensors = tensor_map(graph)
+    lacking = [(name, t) for name, t in tensors.items() if not isinstance(t, gs.Constant) and _lacks_facts(t)]
+    if not lacking:
+        return
 
     def compute() -> dict[str, tuple[np.dtype | None, list | None]]:
         try:
-            inferred = onnx.shape_inference.infer_shapes(_skeleton_model(graph, ctx), strict_mode=False, data_prop=True)
+            skeleton = _skeleton_model(graph, ctx, tensors)
+            inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
         except Exception as e:  # inference is an optimisation aid, never a reason to fail
             ctx.logger.info("shape inference failed (static-shape rewrites disabled): %s", e)
             return {}
+        wanted = {name for name, _ in lacking}
         facts: dict[str, tuple[np.dtype | None, list | None]] = {}
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.name not in wanted:
+                continue
             tt = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
                 continue
@@ -248,8 +307,9 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
     facts = ctx.analysis("lossless.shapes", compute)
     if not facts:
         return
-    for name, tensor in graph.tensors().items():
-        if isinstance(tensor, gs.Constant) or name not in facts:
+    # Only tensors lacking facts can change below, so only they are visited.
+    for name, tensor in lacking:
+        if name not in facts:
             continue
         dtype, shape = facts[name]
         if tensor.dtype is None and dtype is not None:
@@ -268,20 +328,21 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
 _SKELETON_MAX_CONSTANT_BYTES = 4096
 
 
-def _skeleton_model(graph: gs.Graph, ctx: PassContext) -> onnx.ModelProto:
+def _skeleton_model(graph: gs.Graph, ctx: PassContext, tensors: dict[str, gs.Tensor]) -> onnx.ModelProto:
     """Export ``graph`` for shape inference without its large weights.
 
     Serialising and inferring a model with 100 MB of weights costs seconds; the weights'
     dtype and shape are all inference needs, so they become typed graph inputs. Nodes are
     exported straight from the graph (no ``graph.copy()``, which is slow on wide graphs).
+    ``tensors`` is the graph's `tensor_map`.
     """
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-    nodes = [OnnxExporter.export_node(n) for n in graph.nodes]
+    nodes = [export_node(n) for n in graph.nodes]
     inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
     outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
     inits = []
-    for t in graph.tensors().values():
+    for t in tensors.values():
         if not isinstance(t, gs.Constant):
             continue
         raw = t._values
@@ -298,6 +359,59 @@ def _skeleton_model(graph: gs.Graph, ctx: PassContext) -> onnx.ModelProto:
     return model
 
 
+_ATTR = onnx.AttributeProto
+
+
+def _plain_attribute(key: str, value: object) -> onnx.AttributeProto | None:
+    """The AttributeProto of an int, float, string or non-empty list of one of these (the
+    one ``onnx.helper.make_attribute`` builds), or None for any other value."""
+    kind = type(value)
+    if kind is int:
+        return _ATTR(name=key, type=_ATTR.INT, i=value)
+    if kind is float:
+        return _ATTR(name=key, type=_ATTR.FLOAT, f=value)
+    if kind is str:
+        return _ATTR(name=key, type=_ATTR.STRING, s=value.encode("utf-8"))
+    if kind is list and value:
+        first = type(value[0])
+        if not all(type(v) is first for v in value):
+            return None
+        if first is int:
+            return _ATTR(name=key, type=_ATTR.INTS, ints=value)
+        if first is float:
+            return _ATTR(name=key, type=_ATTR.FLOATS, floats=value)
+        if first is str:
+            return _ATTR(name=key, type=_ATTR.STRINGS, strings=[v.encode("utf-8") for v in value])
+    return None
+
+
+def export_node(node: gs.Node) -> onnx.NodeProto:
+    """``OnnxExporter.export_node(node)``: the same NodeProto, built faster.
+
+    Shape inference exports every node of the graph after each change; graphsurgeon's
+    exporter spends most of that in ``make_attribute``'s generic type dispatch. Plain
+    attributes (ints, floats, strings and lists of them, nearly all attributes of real
+    models) are built directly; a node with any other attribute (tensors, graphs,
+    references, bools, mixed lists) goes through graphsurgeon's exporter.
+    """
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    attributes = []
+    for key, value in node.attrs.items():
+        attribute = _plain_attribute(key, value)
+        if attribute is None:
+            return OnnxExporter.export_node(node)
+        attributes.append(attribute)
+    proto = onnx.NodeProto(
+        op_type=node.op, input=[t.name for t in node.inputs], output=[t.name for t in node.outputs], attribute=attributes
+    )
+    if node.name:  # set like onnx.helper.make_node does: an empty name is left unset
+        proto.name = node.name
+    if node.domain is not None:
+        proto.domain = node.domain
+    return proto
+
+
 def count_nodes(graph: gs.Graph) -> int:
     """Number of nodes in ``graph`` including nested subgraphs."""
     return sum(len(g.nodes) for g in iter_graphs(graph))
@@ -305,7 +419,7 @@ def count_nodes(graph: gs.Graph) -> int:
 
 def unique_namer(graph: gs.Graph, prefix: str):
     """Return a function producing tensor/node names unused in ``graph`` (``prefix_N``)."""
-    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    taken = set(tensor_map(graph)) | {n.name for n in graph.nodes}
     counter = [0]
 
     def fresh(base: str = "") -> str:
@@ -338,9 +452,13 @@ def toposort(graph: gs.Graph, *, recurse_subgraphs: bool = True) -> None:
             producer[id(t)] = i
     dependents: list[list[int]] = [[] for _ in nodes]
     indegree = [0] * len(nodes)
+    nested: list[gs.Node] = []  # nodes with subgraph bodies (few; checked once each)
+    in_order = True  # every dependency points backwards: Kahn's order is the identity
     for i, node in enumerate(nodes):
-        reads = list(node.inputs)
-        if has_subgraph(node):
+        reads = node.inputs
+        if node.attrs and has_subgraph(node):
+            nested.append(node)
+            reads = list(reads)
             for sub in node.subgraphs(recursive=True):
                 for inner in sub.nodes:
                     reads.extend(inner.inputs)
@@ -351,21 +469,40 @@ def toposort(graph: gs.Graph, *, recurse_subgraphs: bool = True) -> None:
                 seen.add(j)
                 dependents[j].append(i)
                 indegree[i] += 1
-    ready = [i for i in range(len(nodes)) if indegree[i] == 0]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for k in dependents[i]:
-            indegree[k] -= 1
-            if indegree[k] == 0:
-                heapq.heappush(ready, k)
-    if len(order) != len(nodes):
-        cyclic = [nodes[i].name or nodes[i].op for i in range(len(nodes)) if indegree[i] > 0][:5]
-        raise ValueError(f"graph has a cycle through nodes {cyclic}")
-    graph.nodes = [nodes[i] for i in order]
+                in_order = in_order and j < i
+    if not in_order:
+        ready = [i for i in range(len(nodes)) if indegree[i] == 0]
+        heapq.heapify(ready)
+        order: list[int] = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(i)
+            for k in dependents[i]:
+                indegree[k] -= 1
+                if indegree[k] == 0:
+                    heapq.heappush(ready, k)
+        if len(order) != len(nodes):
+            cyclic = [nodes[i].name or nodes[i].op for i in range(len(nodes)) if indegree[i] > 0][:5]
+            raise ValueError(f"graph has a cycle through nodes {cyclic}")
+        graph.nodes = [nodes[i] for i in order]
     if recurse_subgraphs:
-        for node in graph.nodes:
+        for node in nested:
             for sub in node.subgraphs():
                 toposort(sub, recurse_subgraphs=True)
+
+
+def cleanup_after_rewrite(graph: gs.Graph) -> None:
+    """Remove the nodes a pass detached (no inputs, no outputs) from ``graph``.
+
+    The manager runs graphsurgeon's full ``cleanup`` after every pass that reports a change,
+    so a pass need not repeat it: dropping its detached nodes (linear, cheap) leaves the
+    same graph once the manager has cleaned up, and keeps a pass run on its own from
+    leaving output-less nodes behind. With If/Loop/Scan bodies the full cleanup still runs
+    here: dead body nodes count as readers (which blocks rewrites of bodies visited later)
+    and their outer reads constrain sorting.
+    """
+    nodes = graph.nodes
+    if any(node.attrs and has_subgraph(node) for node in nodes):
+        graph.cleanup(remove_unused_graph_inputs=False)
+    elif any(not node.inputs and not node.outputs for node in nodes):
+        graph.nodes = [node for node in nodes if node.inputs or node.outputs]

@@ -26,14 +26,27 @@ across scopes would be wrong and merging within one body saves little).
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxcomp.errors import UsageError
-from onnxcomp.graph_utils import RANDOM_OPS, constant_nbytes, has_subgraph, peek_values, is_graph_output, is_standard, replace_uses, toposort
+from onnxcomp.graph_utils import (
+    RANDOM_OPS,
+    cleanup_after_rewrite,
+    constant_nbytes,
+    has_subgraph,
+    is_graph_output,
+    is_standard,
+    peek_values,
+    replace_uses,
+    tensor_map,
+    toposort,
+)
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
@@ -51,14 +64,56 @@ class CSEOptions(PassOptions):
 
 
 def _value_key(arr: np.ndarray) -> tuple:
+    """A value-based key: (dtype, shape, digest of the payload)."""
     arr = np.ascontiguousarray(arr)
     return ("value", arr.dtype.str, arr.shape, hashlib.blake2b(arr.tobytes(), digest_size=16).digest())
+
+
+#: Bytes taken from each end of a payload by `_sample_key`.
+_SAMPLE_BYTES = 64
+
+
+def _sample_key(arr: np.ndarray) -> tuple:
+    """A cheap key that equal arrays share: (dtype, shape, first and last payload bytes).
+
+    ``arr`` must be C-contiguous. Distinct weights of one shape almost always differ in
+    their first bytes, so this separates them without reading (or hashing) the rest.
+    """
+    raw = arr.reshape(-1).view(np.uint8)
+    if raw.size <= 2 * _SAMPLE_BYTES:
+        return (arr.dtype.str, arr.shape, raw.tobytes())
+    return (arr.dtype.str, arr.shape, raw[:_SAMPLE_BYTES].tobytes(), raw[-_SAMPLE_BYTES:].tobytes())
+
+
+#: Sample keys of lazily loaded payloads by payload object. Such a payload is a weight of
+#: the input model and never changes, while a fixed-point loop runs `cse` once per sweep
+#: over the same weights; loading a weight again (a copy out of the protobuf) cost more
+#: than the rest of the pass. Entries go with their payload object.
+_LAZY_SAMPLE_KEYS: weakref.WeakKeyDictionary[LazyValues, tuple | None] = weakref.WeakKeyDictionary()
+
+
+def _payload(t: gs.Constant) -> np.ndarray | None:
+    """The C-contiguous value of ``t``, or None when it holds Python objects (strings)."""
+    arr = np.ascontiguousarray(peek_values(t, readonly=True))
+    return None if arr.dtype == object else arr
+
+
+def _constant_sample_key(t: gs.Constant) -> tuple | None:
+    """`_sample_key` of ``t``'s value; None for payloads of Python objects (never merged)."""
+    raw = t._values
+    if isinstance(raw, LazyValues) and raw in _LAZY_SAMPLE_KEYS:
+        return _LAZY_SAMPLE_KEYS[raw]
+    arr = _payload(t)
+    key = None if arr is None else _sample_key(arr)
+    if isinstance(raw, LazyValues):
+        _LAZY_SAMPLE_KEYS[raw] = key
+    return key
 
 
 def _attr_key(v: Any) -> Any:
     """A hashable, value-based key for an attribute value."""
     if isinstance(v, gs.Constant):
-        return _value_key(peek_values(v))
+        return _value_key(peek_values(v, readonly=True))
     if isinstance(v, (list, tuple)):
         return tuple(_attr_key(x) for x in v)
     if isinstance(v, np.ndarray):
@@ -83,17 +138,21 @@ class EliminateCommonSubexpressions(Pass):
         nodes_merged = self._merge_nodes(graph)
         modified = bool(constants_merged or nodes_merged)
         if modified:
-            graph.cleanup(remove_unused_graph_inputs=False)
+            # Merged-away nodes go now; the manager's cleanup drops constants left unused.
+            cleanup_after_rewrite(graph)
             toposort(graph, recurse_subgraphs=False)
         return PassResult(modified=modified, stats={"nodes_merged": nodes_merged, "constants_merged": constants_merged})
 
     @staticmethod
     def _merge_constants(graph: gs.Graph, max_bytes: int) -> int:
         # Bucket by (dtype, shape) from metadata first: only constants that share both can
-        # be equal, so most weights are never loaded or hashed.
+        # be equal, so most weights are never loaded. Within a bucket, a sample of each
+        # payload (its first and last bytes) splits off the constants that cannot be equal,
+        # so only near-certain duplicates (and small constants) have their payload hashed.
+        outputs = {id(t) for t in graph.outputs}
         buckets: dict[tuple, list[gs.Constant]] = {}
-        for t in graph.tensors().values():
-            if not isinstance(t, gs.Constant) or not t.outputs or is_graph_output(graph, t):
+        for t in tensor_map(graph).values():
+            if not isinstance(t, gs.Constant) or not t.outputs or id(t) in outputs:
                 continue
             if constant_nbytes(t) > max_bytes:
                 continue
@@ -102,15 +161,23 @@ class EliminateCommonSubexpressions(Pass):
         for members in buckets.values():
             if len(members) < 2:
                 continue
-            canonical: dict[tuple, gs.Constant] = {}
+            by_sample: dict[tuple, list[gs.Constant]] = {}
             for t in members:
-                arr = peek_values(t)
-                if arr.dtype == object:
+                key = _constant_sample_key(t)
+                if key is not None:
+                    by_sample.setdefault(key, []).append(t)
+            # Within one sample group members keep their bucket order, so the first of
+            # several equal constants stays canonical, as without the sampling. Values are
+            # loaded again here rather than kept from sampling: a bucket can hold many weights.
+            for group in by_sample.values():
+                if len(group) < 2:
                     continue
-                first = canonical.setdefault(_value_key(arr), t)
-                if first is not t:
-                    replace_uses(t, first)
-                    merged += 1
+                canonical: dict[tuple, gs.Constant] = {}
+                for t in group:
+                    first = canonical.setdefault(_value_key(peek_values(t, readonly=True)), t)
+                    if first is not t:
+                        replace_uses(t, first)
+                        merged += 1
         return merged
 
     @staticmethod

@@ -37,7 +37,17 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_utils import annotate_shapes, bypass, constant_value, default_opset, is_standard, iter_graphs, same_dtype, static_shape
+from onnxcomp.graph_utils import (
+    annotate_shapes,
+    bypass,
+    cleanup_after_rewrite,
+    constant_value,
+    default_opset,
+    is_standard,
+    iter_graphs,
+    same_dtype,
+    static_shape,
+)
 from onnxcomp.pass_api import Pass, PassContext, PassResult, register_pass
 
 #: A rule returns the input tensor the node's first output equals, or None (not a no-op).
@@ -60,10 +70,16 @@ def _find(node: gs.Node, opset: int) -> _Rule | None:
     return None
 
 
+def _const(t: gs.Tensor) -> np.ndarray | None:
+    """The value of ``t`` if it is a constant, as a possibly read-only view: this pass only
+    reads constants (and builds new arrays from them), so a weight is loaded with one copy."""
+    return constant_value(t, readonly=True)
+
+
 def _const_ints(node: gs.Node, pos: int) -> list[int] | None:
     if len(node.inputs) <= pos or not node.inputs[pos].name:
         return None
-    v = constant_value(node.inputs[pos])
+    v = _const(node.inputs[pos])
     return None if v is None else [int(x) for x in v.reshape(-1)]
 
 
@@ -85,7 +101,7 @@ def _concat(node: gs.Node, opset: int) -> gs.Tensor | None:
 def _dropout(node: gs.Node, opset: int) -> gs.Tensor | None:
     if opset >= 12:
         if len(node.inputs) > 2 and node.inputs[2].name:
-            mode = constant_value(node.inputs[2])
+            mode = _const(node.inputs[2])
             if mode is None or bool(mode.reshape(-1)[0]):
                 return None  # training mode (or unknown): dropout is random
     elif opset < 7 and not node.attrs.get("is_test", 0):
@@ -123,7 +139,7 @@ def _reshape_read_only_by_reshapes(node: gs.Node, opset: int = 0) -> gs.Tensor |
     for reader in y.outputs:
         if reader.op != "Reshape" or not is_standard(reader) or reader.inputs[0] is not y or any(t is y for t in reader.inputs[1:]):
             return None
-        target = constant_value(reader.inputs[1])
+        target = _const(reader.inputs[1])
         if target is None or (not reader.attrs.get("allowzero", 0) and np.any(target == 0)):
             return None
     return node.inputs[0]
@@ -226,7 +242,7 @@ def _neutral(value: float, commutative: bool) -> _Rule:
     def rule(node: gs.Node, opset: int) -> gs.Tensor | None:
         for x_pos, c_pos in ((0, 1), (1, 0)) if commutative else ((0, 1),):
             x, c = node.inputs[x_pos], node.inputs[c_pos]
-            cv = constant_value(c)
+            cv = _const(c)
             if cv is None or not cv.size or not same_dtype(x.dtype, cv.dtype) or not np.all(cv == value):
                 continue
             if cv.ndim == 0:
@@ -318,6 +334,7 @@ class EliminateIdentity(Pass):
                 if bypass(g, node, source, result):
                     removed[node.op] = removed.get(node.op, 0) + 1
             if removed:
-                g.cleanup(remove_unused_graph_inputs=False)
+                # Bypassed nodes go now; nodes left dead go in the manager's cleanup.
+                cleanup_after_rewrite(g)
         total = sum(removed.values())
         return PassResult(modified=total > 0, stats={"nodes_removed": total, **{f"removed_{k}": v for k, v in sorted(removed.items())}})

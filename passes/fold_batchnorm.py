@@ -49,8 +49,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxcomp.graph_utils import annotate_shapes, bypass, can_add_initializers, constant_value, is_graph_output, is_standard, np_dtype, static_shape, unique_namer, toposort
+from onnxcomp.graph_utils import (
+    annotate_shapes,
+    bypass,
+    can_add_initializers,
+    cleanup_after_rewrite,
+    constant_value,
+    is_graph_output,
+    is_standard,
+    np_dtype,
+    static_shape,
+    toposort,
+    unique_namer,
+)
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
@@ -62,11 +75,17 @@ class FoldBatchNormOptions(PassOptions):
     bias: bool = field(default=True, metadata={"help": "also fold constant bias Adds into Conv/ConvTranspose/Gemm/MatMul"})
 
 
+def _const(t: gs.Tensor) -> np.ndarray | None:
+    """The value of ``t`` if it is a constant, as a possibly read-only view: this pass only
+    reads constants (and builds new arrays from them), so a weight is loaded with one copy."""
+    return constant_value(t, readonly=True)
+
+
 def _affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     """(s, t) in float64 for an inference BN with constant parameters, else None."""
     if len(bn.inputs) < 5 or bn.attrs.get("training_mode", 0):
         return None
-    vals = [constant_value(t) for t in bn.inputs[1:5]]
+    vals = [_const(t) for t in bn.inputs[1:5]]
     if any(v is None for v in vals):
         return None
     gamma, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in vals)  # type: ignore[arg-type]
@@ -78,10 +97,23 @@ def _affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _float_weight(t: gs.Tensor) -> np.ndarray | None:
-    v = constant_value(t)
+    v = _const(t)
     if v is None or v.dtype not in (np.float16, np.float32, np.float64):
         return None
     return v
+
+
+def _float_weight_meta(t: gs.Tensor) -> tuple[np.dtype, tuple[int, ...]] | None:
+    """(dtype, shape) of what `_float_weight` would return, without loading the payload
+    where the constant's metadata tells: deciding whether a bias Add folds needs only these,
+    and loading every MatMul weight of a transformer to find out cost more than the fold."""
+    if isinstance(t, gs.Constant) and (type(t._values) is LazyValues or isinstance(t._values, np.ndarray)):
+        dtype = np_dtype(t.dtype)
+        if dtype not in (np.float16, np.float32, np.float64):
+            return None
+        return dtype, tuple(int(d) for d in t.shape)  # type: ignore[return-value]
+    v = _float_weight(t)  # a Constant node's attribute, or an unusual payload: look at it
+    return None if v is None else (v.dtype, v.shape)
 
 
 def _fold_conv(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
@@ -92,17 +124,17 @@ def _fold_conv(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
     if node.op == "Conv":
         if w.shape[0] != s.size:
             return False
-        w_new = w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        view_shape, s_view = w.shape, s.reshape((-1,) + (1,) * (w.ndim - 1))
     else:  # ConvTranspose: [C, M/g, k...]; output channel m = gi * (M/g) + j
         m_per_g = w.shape[1]
         if m_per_g * group != s.size or w.shape[0] % group:
             return False
-        view = w.astype(np.float64).reshape((group, w.shape[0] // group, m_per_g) + w.shape[2:])
-        w_new = (view * s.reshape((group, 1, m_per_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
+        view_shape = (group, w.shape[0] // group, m_per_g) + w.shape[2:]
+        s_view = s.reshape((group, 1, m_per_g) + (1,) * (w.ndim - 2))
     bias = _bias(node, 2, s.size)
     if bias is None:
         return False
-    node.inputs[1] = gs.Constant(fresh(node.inputs[1].name), w_new.astype(w.dtype))
+    node.inputs[1] = gs.Constant(fresh(node.inputs[1].name), _scaled(w, view_shape, s_view))
     b_new = (bias * s + t).astype(w.dtype)
     if len(node.inputs) > 2:
         node.inputs[2] = gs.Constant(fresh(node.inputs[2].name or "bias"), b_new)
@@ -111,11 +143,23 @@ def _fold_conv(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
     return True
 
 
+def _scaled(w: np.ndarray, view_shape: tuple[int, ...], s_view: np.ndarray) -> np.ndarray:
+    """``w`` (viewed as ``view_shape``) times float64 ``s_view``, back in ``w``'s dtype and shape.
+
+    The same numbers as ``(w.astype(float64).reshape(view_shape) * s_view).astype(w.dtype)``
+    (each product is exact-input float64, rounded once to ``w.dtype``), but in one ufunc
+    pass with no float64 copy of the weight: less than half the time on a ResNet's weights.
+    """
+    out = np.empty(w.shape, dtype=w.dtype)
+    np.multiply(w.reshape(view_shape), s_view, out=out.reshape(view_shape), dtype=np.float64, casting="same_kind")
+    return out
+
+
 def _bias(node: gs.Node, pos: int, n: int) -> np.ndarray | None:
     """The node's bias as float64 [n] (zeros when absent), or None if not constant."""
     if len(node.inputs) <= pos or not node.inputs[pos].name:
         return np.zeros(n)
-    b = constant_value(node.inputs[pos])
+    b = _const(node.inputs[pos])
     if b is None or b.size != n:
         return None
     return b.astype(np.float64).reshape(-1)
@@ -131,7 +175,7 @@ def _fold_gemm(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
     b_new = b.astype(np.float64) * (s[:, None] if trans_b else s[None, :])
     beta = float(node.attrs.get("beta", 1.0))
     if len(node.inputs) > 2 and node.inputs[2].name:
-        c = constant_value(node.inputs[2])
+        c = _const(node.inputs[2])
         if c is None:
             return False
         try:
@@ -176,7 +220,7 @@ def _bias_operand(add: gs.Node, x: gs.Tensor) -> np.ndarray | None:
     other = add.inputs[1] if add.inputs[0] is x else add.inputs[0]
     if other is x:
         return None
-    v = constant_value(other)
+    v = _const(other)
     return v if v is not None and v.dtype in (np.float16, np.float32, np.float64) else None
 
 
@@ -201,7 +245,7 @@ def _reshape_reader_safe(node: gs.Node, t: gs.Tensor) -> bool:
     care about ``t``'s own shape, so ``t`` may be replaced by any tensor with the same data."""
     if node.op != "Reshape" or not is_standard(node) or node.inputs[0] is not t:
         return False
-    target = constant_value(node.inputs[1])
+    target = _const(node.inputs[1])
     return target is not None and (node.attrs.get("allowzero", 0) or not np.any(target == 0))
 
 
@@ -218,39 +262,41 @@ def fold_bias_adds(graph: gs.Graph, fresh) -> int:
         if c is None:
             continue
         if node.op in ("Conv", "ConvTranspose"):
-            w = _float_weight(node.inputs[1])
-            if w is None:
+            meta = _float_weight_meta(node.inputs[1])
+            if meta is None:
                 continue
-            n = w.shape[0] if node.op == "Conv" else w.shape[1] * int(node.attrs.get("group", 1))
-            t = _channel_vector(c, n, w.ndim, 1)
+            w_dtype, w_shape = meta
+            n = w_shape[0] if node.op == "Conv" else w_shape[1] * int(node.attrs.get("group", 1))
+            t = _channel_vector(c, n, len(w_shape), 1)
             bias = _bias(node, 2, n) if t is not None else None
             if bias is None:
                 continue
-            b_new = gs.Constant(fresh(node.name or "bias"), (bias + t).astype(w.dtype))
+            b_new = gs.Constant(fresh(node.name or "bias"), (bias + t).astype(w_dtype))
             if len(node.inputs) > 2:
                 node.inputs[2] = b_new
             else:
                 node.inputs.append(b_new)
         elif node.op == "Gemm":
-            b = _float_weight(node.inputs[1])
-            if b is None or b.ndim != 2:
+            meta = _float_weight_meta(node.inputs[1])
+            if meta is None or len(meta[1]) != 2:
                 continue
-            n = b.shape[0] if node.attrs.get("transB", 0) else b.shape[1]
+            n = meta[1][0] if node.attrs.get("transB", 0) else meta[1][1]
             t = _channel_vector(c, n, 2, 1)
             if t is None or not _fold_gemm(node, np.ones(n), t, fresh):
                 continue
         else:  # MatMul
-            w = _float_weight(node.inputs[1])
+            meta = _float_weight_meta(node.inputs[1])
             x = node.inputs[0]
-            if w is None or w.ndim != 2 or x.shape is None:
+            if meta is None or len(meta[1]) != 2 or x.shape is None:
                 continue
-            t = _channel_vector(c, w.shape[1], max(len(x.shape), 2), max(len(x.shape), 2) - 1)
+            w_dtype, w_shape = meta
+            t = _channel_vector(c, w_shape[1], max(len(x.shape), 2), max(len(x.shape), 2) - 1)
             if t is None:
                 continue
             if len(x.shape) == 2:
                 node.op = "Gemm"
                 node.attrs = {"alpha": 1.0, "beta": 1.0}
-                node.inputs.append(gs.Constant(fresh(node.name or "gemm_c"), t.astype(w.dtype)))
+                node.inputs.append(gs.Constant(fresh(node.name or "gemm_c"), t.astype(w_dtype)))
             else:
                 if len(x.shape) > 2 and static_shape(x) is not None and static_shape(y) is not None:
                     matmul_groups.setdefault(id(x), []).append((node, add, t))
@@ -289,17 +335,17 @@ def _fold_matmul_group(graph: gs.Graph, members: list[tuple[gs.Node, gs.Node, np
         gs.Node("Reshape", name=fresh("gemm_in_reshape"), inputs=[x, gs.Constant(fresh("gemm_in_shape"), np.array([m, k], np.int64))], outputs=[x2d])
     )
     for (mm, add, t), free in zip(members, out_free):
-        w = _float_weight(mm.inputs[1])
-        assert w is not None
+        meta = _float_weight_meta(mm.inputs[1])
+        assert meta is not None
+        w_dtype, (_, n) = meta
         y = add.outputs[0]
-        n = w.shape[1]
         y2d = gs.Variable(fresh("gemm_out"), dtype=y.dtype, shape=[m, n])
         add.inputs.clear()
         add.outputs.clear()
         mm.op = "Gemm"
         mm.attrs = {"alpha": 1.0, "beta": 1.0}
         mm.inputs[0] = x2d
-        mm.inputs.append(gs.Constant(fresh(mm.name or "gemm_c"), t.astype(w.dtype)))
+        mm.inputs.append(gs.Constant(fresh(mm.name or "gemm_c"), t.astype(w_dtype)))
         old_out = mm.outputs[0]
         mm.outputs[0] = y2d
         old_out.inputs.clear()
@@ -333,6 +379,9 @@ class FoldBatchNorm(Pass):
         fresh = unique_namer(graph, "bnfold")
         bias_folded = fold_bias_adds(graph, fresh) if opts.bias else 0
         folded = decomposed = 0
+        # Main-graph nodes, for the "producer is not an outer-scope node" test. Nodes the
+        # loop below adds (Mul/Add of decomposed BNs) are never foldable producers.
+        main_nodes = {id(n) for n in graph.nodes}
         for bn in list(graph.nodes):
             if bn.op != "BatchNormalization" or not is_standard(bn):
                 continue
@@ -343,33 +392,34 @@ class FoldBatchNorm(Pass):
                 continue
             s, t = affine
             x, y = bn.inputs[0], bn.outputs[0]
-            if self._fold_into_producer(graph, bn, x, s, t, fresh):
+            if self._fold_into_producer(graph, main_nodes, x, s, t, fresh):
                 bypass(graph, bn, x, y)
                 folded += 1
             elif opts.decompose and self._decompose(graph, bn, x, y, s, t, fresh):
                 decomposed += 1
         modified = bool(folded or decomposed or bias_folded)
         if modified:
-            graph.cleanup(remove_unused_graph_inputs=False)
+            # Replaced nodes go now; the manager's cleanup removes any left dead.
+            cleanup_after_rewrite(graph)
             toposort(graph)
         return PassResult(modified=modified, stats={"folded": folded, "decomposed": decomposed, "bias_folded": bias_folded})
 
     @staticmethod
-    def _fold_into_producer(graph: gs.Graph, bn: gs.Node, x: gs.Tensor, s: np.ndarray, t: np.ndarray, fresh) -> bool:
+    def _fold_into_producer(graph: gs.Graph, main_nodes: set[int], x: gs.Tensor, s: np.ndarray, t: np.ndarray, fresh) -> bool:
         if len(x.inputs) != 1 or len(x.outputs) != 1 or is_graph_output(graph, x):
             return False  # x is read elsewhere: changing its producer would change them too
         producer = x.inputs[0]
         folder = _FOLDERS.get(producer.op)
         if folder is None or not is_standard(producer) or len(producer.outputs) != 1:
             return False
-        if not any(n is producer for n in graph.nodes):
+        if id(producer) not in main_nodes:
             return False
         return folder(producer, s, t, fresh)
 
     @staticmethod
     def _decompose(graph: gs.Graph, bn: gs.Node, x: gs.Tensor, y: gs.Tensor, s: np.ndarray, t: np.ndarray, fresh) -> bool:
         rank = len(x.shape) if x.shape is not None else None
-        dtype = np_dtype(x.dtype) if x.dtype is not None else constant_value(bn.inputs[1]).dtype  # type: ignore[union-attr]
+        dtype = np_dtype(x.dtype) if x.dtype is not None else _const(bn.inputs[1]).dtype  # type: ignore[union-attr]
         if rank is None or rank < 2 or dtype not in (np.float16, np.float32, np.float64):
             return False
         shape = (s.size,) + (1,) * (rank - 2)

@@ -50,10 +50,10 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxcomp.errors import UsageError
 from onnxcomp.graph_utils import (
-    toposort,
     RANDOM_OPS,
     annotate_shapes,
     can_add_initializers,
+    cleanup_after_rewrite,
     constant_nbytes,
     constant_node_value,
     default_opset,
@@ -63,6 +63,7 @@ from onnxcomp.graph_utils import (
     onnx_elem_type,
     peek_values,
     static_shape,
+    toposort,
 )
 from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
@@ -374,8 +375,23 @@ class FoldConstantsOptions(PassOptions):
             raise UsageError("max_size_bytes must be >= 0")
 
 
-def _value_of(t: gs.Tensor) -> np.ndarray | None:
-    return peek_values(t) if isinstance(t, gs.Constant) else None
+#: Ops whose numpy rule reads only the *shape* of its input.
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+
+
+def _value_of(t: gs.Tensor, op: str) -> np.ndarray | None:
+    """The value a numpy rule of ``op`` gets for input ``t`` (None if not a constant).
+
+    Lazily loaded weights come as read-only views (one copy instead of two): rules never
+    write into their inputs, and `FoldConstants._apply` copies a result that is still such
+    a view (Identity, Reshape, ...). For ``Shape``/``Size`` of a weight the payload is not
+    loaded at all: they get a zero-strided stand-in of the right shape and dtype.
+    """
+    if not isinstance(t, gs.Constant):
+        return None
+    if op in _SHAPE_ONLY:
+        return np.broadcast_to(np.zeros((), dtype=np_dtype(t.dtype)), tuple(int(d) for d in t.shape))
+    return peek_values(t, readonly=True)
 
 
 def _foldable_op(node: gs.Node) -> bool:
@@ -404,7 +420,8 @@ class FoldConstants(Pass):
         stats["declined_too_large"] = len(stats.pop("_declined"))
         modified = stats["nodes_folded"] > 0
         if modified:
-            graph.cleanup(remove_unused_graph_inputs=False)
+            # Folded nodes go now; producers left dead go in the manager's cleanup.
+            cleanup_after_rewrite(graph)
         return PassResult(modified=modified, stats=stats)
 
     # ------------------------------------------------------------------ one sweep
@@ -449,7 +466,7 @@ class FoldConstants(Pass):
             if any(np_dtype(t.dtype) is None for t in present):
                 rule = None  # bfloat16/float8 constants load as float32 in numpy: onnxruntime only
             if rule is not None:
-                values = [_value_of(t) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
+                values = [_value_of(t, node.op) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
                 try:
                     outs = rule(node, values, _Eval(opset, opts.max_size_bytes, input_bytes))
                 except _TooLarge:
@@ -492,6 +509,8 @@ class FoldConstants(Pass):
             declared = np_dtype(t.dtype)
             if declared is not None and declared != v.dtype:
                 v = v.astype(declared)
+            elif not v.flags.writeable:
+                v = v.copy()  # a view of the input model's bytes: the new constant owns its payload
             t.to_constant(v)
         for t in list(node.outputs):
             t.inputs.clear()

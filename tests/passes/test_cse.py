@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import pytest
 from lossless_testutil import assert_same_outputs, ops, parse, run_pass
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -88,3 +90,69 @@ def test_if_bodies_are_left_alone() -> None:
     assert [n.op_type for n in out.graph.node[0].attribute[0].g.node] == ["Relu", "Relu", "Add"]
     for c in (True, False):
         assert_same_outputs(m, out, feeds={"c": np.array(c), "x": np.array([-1.0, 2.0], np.float32)})
+
+
+def _model_reading(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """x + w for every weight, summed: y = (x + w0) + (x + w1) + ..."""
+    names = list(weights)
+    nodes = [onnx.helper.make_node("Add", ["x", n], [f"a{i}"]) for i, n in enumerate(names)]
+    acc = "a0"
+    for i in range(1, len(names)):
+        nodes.append(onnx.helper.make_node("Add", [acc, f"a{i}"], [f"s{i}"]))
+        acc = f"s{i}"
+    nodes.append(onnx.helper.make_node("Identity", [acc], ["y"]))
+    shape = list(next(iter(weights.values())).shape)
+    graph = onnx.helper.make_graph(
+        nodes, "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+        [onnx.numpy_helper.from_array(w, n) for n, w in weights.items()],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_large_constants_equal_at_both_ends_are_compared_in_full() -> None:
+    # Same dtype, shape, first and last bytes: only the middle tells w_mid apart.
+    base = np.zeros((64, 64), np.float32)
+    mid = base.copy()
+    mid[32, 32] = 1.0
+    m = _model_reading({"w_first": base, "w_mid": mid, "w_same": base.copy()})
+    out, res = run_pass(m, "cse")
+    assert res.stats["constants_merged"] == 1  # w_same into w_first; w_mid stays
+    assert sorted(t.name for t in out.graph.initializer) == ["w_first", "w_mid"]
+    assert_same_outputs(m, out)
+
+
+def test_weights_are_sampled_once_per_payload(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fixed-point loop runs cse every sweep over the same (never changing) weights of the
+    # input model: the second run must not load them again, yet still merge equal ones.
+    from onnxcomp.graph_io import to_graph
+    from onnxcomp.pass_api import PassContext, instantiate
+
+    rng = np.random.default_rng(1)
+    w0, w1 = rng.standard_normal((2, 64, 64)).astype(np.float32)
+    m = _model_reading({"w0": w0, "w1": w1, "w2": w0.copy()})
+    graph, meta = to_graph(m)
+    cse = instantiate("cse")
+    first = cse.run(graph, PassContext(original_model=m, meta=meta))
+    assert first.stats["constants_merged"] == 1  # w2 into w0
+
+    loaded: list[str] = []
+    real = onnx.numpy_helper.to_array
+
+    def counting(tensor: onnx.TensorProto, *args: object) -> np.ndarray:
+        loaded.append(tensor.name)
+        return real(tensor, *args)
+
+    monkeypatch.setattr(onnx.numpy_helper, "to_array", counting)
+    # A new graph of the same model shares nothing with the first: everything is sampled anew.
+    graph2, meta2 = to_graph(m)
+    assert cse.run(graph2, PassContext(original_model=m, meta=meta2)).stats["constants_merged"] == 1
+    assert sorted(set(loaded)) == ["w0", "w1", "w2"]
+    # The same graph again: no weight is loaded just to be told apart from the others.
+    loaded.clear()
+    graph2.cleanup()
+    assert not cse.run(graph2, PassContext(original_model=m, meta=meta2)).modified
+    assert loaded == []

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import pytest
 from lossless_testutil import assert_same_outputs, ops, run_pass
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxcomp.graph_io import to_graph, to_model
+from onnxcomp.pass_api import PassContext, instantiate
 
 RNG = np.random.default_rng(0)
 
@@ -197,3 +201,66 @@ def test_bn_inside_if_branch_is_left_alone() -> None:
     assert not res.modified
     then_out = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
     assert [n.op_type for n in then_out.node] == ["Conv", "BatchNormalization"]
+
+
+def _scale_bias(params: list[onnx.TensorProto], eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    g, b, mu, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+    s = g / np.sqrt(var + eps)
+    return s, b - mu * s
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_folded_weights_are_the_float64_products_rounded_once(dtype: type) -> None:
+    # W' = W·s computed in float64 and rounded once to the weight dtype, bit for bit,
+    # for Conv (channel = axis 0) and grouped ConvTranspose (channel inside axis 1).
+    tp = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    for op, w_shape, group, c, y_shape in (("Conv", (4, 3, 3, 3), 1, 4, [1, 4, 1, 1]), ("ConvTranspose", (4, 3, 2, 2), 2, 6, [1, 6, 4, 4])):
+        w = RNG.standard_normal(w_shape).astype(dtype)
+        params = _bn_params(c)
+        for p in params:
+            p.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(p).astype(dtype), p.name))
+        x_shape = [1, w_shape[0] if op == "ConvTranspose" else w_shape[1], 3, 3]
+        g = helper.make_graph(
+            [helper.make_node(op, ["x", "w"], ["c"], group=group), _bn("c")], "g",
+            [helper.make_tensor_value_info("x", tp, x_shape)], [helper.make_tensor_value_info("y", tp, y_shape)],
+            [numpy_helper.from_array(w, "w"), *params],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        out, res = run_pass(m, "fold-batchnorm")
+        assert res.stats["folded"] == 1
+        s, _ = _scale_bias(params)
+        if op == "Conv":
+            expect = (w.astype(np.float64) * s.reshape(-1, 1, 1, 1)).astype(dtype)
+        else:
+            view = w.astype(np.float64).reshape(group, w_shape[0] // group, w_shape[1], *w_shape[2:])
+            expect = (view * s.reshape(group, 1, w_shape[1], 1, 1)).reshape(w_shape).astype(dtype)
+        folded = next(numpy_helper.to_array(t) for t in out.graph.initializer if t.name != "w" and t.dims == list(w_shape))
+        assert folded.dtype == dtype
+        np.testing.assert_array_equal(folded, expect)
+
+
+def test_bias_add_fold_decides_from_weight_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Folding a bias Add into Conv/MatMul needs the weight's dtype and shape only: the
+    # weights (a transformer's largest tensors) are never loaded for it.
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
+    t = numpy_helper.from_array(RNG.standard_normal((4, 1, 1)).astype(np.float32), "t")
+    conv = _model([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "t"], ["y"])], [w, t], [1, 3, 2, 2], [1, 4, 2, 2])
+    wm = numpy_helper.from_array(RNG.standard_normal((3, 5)).astype(np.float32), "w")
+    tb = numpy_helper.from_array(RNG.standard_normal(5).astype(np.float32), "tb")
+    matmul = _model([helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "tb"], ["y"])], [wm, tb], [2, 3], [2, 5])
+    real = numpy_helper.to_array
+
+    def guarded(tensor: onnx.TensorProto, *args: object) -> np.ndarray:
+        assert tensor.name != "w", "the weight's payload was loaded"
+        return real(tensor, *args)
+
+    for m, op in ((conv, "Conv"), (matmul, "Gemm")):
+        graph, meta = to_graph(m)
+        with monkeypatch.context() as patch:
+            patch.setattr(numpy_helper, "to_array", guarded)
+            res = instantiate("fold-batchnorm").run(graph, PassContext(original_model=m, meta=meta))
+        assert res.stats["bias_folded"] == 1
+        graph.cleanup()
+        assert [n.op for n in graph.nodes] == [op]
+        assert_same_outputs(m, to_model(graph, meta))

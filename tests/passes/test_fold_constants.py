@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from lossless_testutil import assert_same_outputs, ops, parse, run_pass
 
@@ -213,3 +214,55 @@ def test_ir3_model_is_left_alone() -> None:
     m.ir_version = 3
     out, res = run_pass(m, "fold-constants")
     assert not res.modified and ops(out) == {"Constant": 1, "Neg": 1, "Add": 1}
+
+
+def _with_raw_weight(model: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.ModelProto:
+    """Store initializer ``name`` as raw bytes, as exporters do (then it loads lazily as a view)."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(onnx.numpy_helper.from_array(value, name))
+    return model
+
+
+def test_shape_of_a_weight_folds_without_loading_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxcomp.graph_io import to_graph
+    from onnxcomp.pass_api import PassContext, instantiate
+
+    m = _with_raw_weight(parse(HEADER + """
+    g (int64[6] x) => (int64[2,3] y) <float[2,3] w = {1, 2, 3, 4, 5, 6}> {
+      s = Shape(w)
+      n = Size(w)
+      r = Reshape(x, s)
+      y = Add(r, n)
+    }"""), "w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    graph, meta = to_graph(m)
+    real = onnx.numpy_helper.to_array
+
+    def guarded(tensor: onnx.TensorProto, *args: object) -> np.ndarray:
+        assert tensor.name != "w", "the weight's payload was loaded"
+        return real(tensor, *args)
+
+    monkeypatch.setattr(onnx.numpy_helper, "to_array", guarded)
+    res = instantiate("fold-constants").run(graph, PassContext(original_model=m, meta=meta))
+    assert res.stats["nodes_folded"] == 2
+    values = {t.name: t.values.tolist() for n in graph.nodes for t in n.inputs if isinstance(t, gs.Constant) and t.name != "w"}
+    assert values == {"s": [2, 3], "n": 6}
+
+
+def test_folded_view_of_a_weight_owns_its_payload() -> None:
+    from onnxcomp.graph_io import to_graph
+    from onnxcomp.pass_api import PassContext, instantiate
+
+    m = _with_raw_weight(parse(HEADER + """
+    g (float[3,2] x) => (float[3,2] y) <float[2,3] w = {1, 2, 3, 4, 5, 6}, int64[2] s = {3, 2}> {
+      r = Reshape(w, s)
+      y = Add(x, r)
+    }"""), "w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    graph, meta = to_graph(m)
+    res = instantiate("fold-constants").run(graph, PassContext(original_model=m, meta=meta))
+    assert res.stats["nodes_folded"] == 1
+    r = graph.nodes[-1].inputs[1]
+    assert isinstance(r, gs.Constant) and r.name == "r"
+    # A writable array, not a read-only view of the input model's bytes.
+    assert r.values.flags.writeable
+    np.testing.assert_array_equal(r.values, np.arange(6, dtype=np.float32).reshape(3, 2))
