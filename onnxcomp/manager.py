@@ -215,6 +215,7 @@ class PassManager:
         self._baseline_model: onnx.ModelProto | None = None
         self.check_seconds = 0.0
         self._costs: dict[int, GraphCost] = {}  # graph fingerprint -> its graph_cost
+        self._settled: tuple[gs.Graph, int] | None = None  # a graph and its fingerprint after the last pass
 
         for step in self.steps:
             if isinstance(step, PassGroup):
@@ -237,7 +238,10 @@ class PassManager:
         """Run one pass with error wrapping and the ``modified`` truthfulness check."""
         if self.progress:
             self.progress(f"running {p.name}")
-        fingerprint = _fingerprint(graph)
+        # Between passes only the manager touches the graph, and never its structure: the
+        # fingerprint the previous pass left behind is still this graph's.
+        settled = self._settled
+        fingerprint = settled[1] if settled is not None and settled[0] is graph else _fingerprint(graph)
         # Most passes of a fixed-point sweep change nothing: reuse the last count.
         before = self._costs.get(fingerprint)
         if before is None:
@@ -257,6 +261,7 @@ class PassManager:
             raise PassError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult ({self._context_msg()})")
         if not result.modified and _fingerprint(graph) != fingerprint:
             raise PassError(f"pass '{p.name}' reported modified=False but changed the graph ({self._context_msg()})")
+        self._settled = (graph, fingerprint)
         self.ran.append(p.name)
         record = PassRecord(
             name=p.name, seconds=0.0, modified=bool(result.modified), nodes_before=before.nodes, nodes_after=before.nodes,
@@ -269,7 +274,8 @@ class PassManager:
             graph.cleanup(remove_unused_graph_inputs=False)
             toposort(graph)
             after = graph_cost(graph, flops=False)
-            self._costs = {_fingerprint(graph): after}
+            self._settled = (graph, _fingerprint(graph))
+            self._costs = {self._settled[1]: after}
             record.nodes_after, record.params_after, record.bytes_after = after.nodes, after.params, after.bytes
         record.seconds = time.perf_counter() - t0
         return record
