@@ -8,15 +8,21 @@ in one process, so machine noise hits all alike) of onnxsim, of ``onnxcomp.optim
 without any checks: what the passes themselves cost); and the max abs output difference
 of each result against the input model in onnxruntime on generated inputs.
 
+With ``--cli`` it also times what a user runs: ``onnxsim IN OUT`` against
+``onnxcomp optimize IN -o OUT`` as subprocesses (interpreter start, imports, load, save).
+
 Usage::
 
-    PYTHONPATH=. python bench/lossless_vs_onnxsim.py [--rounds 3] [--small] [--models resnet18,mobilenetv2,bert]
+    PYTHONPATH=. python bench/lossless_vs_onnxsim.py [--rounds 3] [--small] [--models resnet18,mobilenetv2,bert] [--cli]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,12 +59,34 @@ def _passes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return to_model(graph, meta)
 
 
+def _cli_seconds(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _cli_rows(paths: list[Path], rounds: int) -> list[tuple[str, float, float]]:
+    """Median end-to-end seconds of both command lines per model, interleaved."""
+    sim = shutil.which("onnxsim")
+    if sim is None:
+        raise SystemExit("--cli needs the onnxsim console script on PATH")
+    rows = []
+    for path in paths:
+        t_sim, t_ours = [], []
+        for _ in range(rounds):
+            t_sim.append(_cli_seconds([sim, str(path), str(path.with_suffix(".sim.onnx"))]))
+            t_ours.append(_cli_seconds([sys.executable, "-m", "onnxcomp", "-q", "optimize", str(path), "-o", str(path.with_suffix(".ours.onnx"))]))
+        rows.append((path.stem, statistics.median(t_sim), statistics.median(t_ours)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="use the small model variants")
     parser.add_argument("--models", default="resnet18,mobilenetv2,bert")
     parser.add_argument("--verify", default="each", choices=["each", "final", "none"], help="onnxcomp verification mode")
+    parser.add_argument("--cli", action="store_true", help="also time both command lines end to end")
     args = parser.parse_args()
 
     import onnxsim
@@ -68,11 +96,14 @@ def main() -> None:
     from onnxcomp.calibration import generate_inputs
 
     rows = []
+    cli_rows: list[tuple[str, float, float]] = []
     with tempfile.TemporaryDirectory() as d:
+        paths: list[Path] = []
         for name in args.models.split(","):
             for keep_bn in (False, True):
                 path = Path(d) / f"{name}{'_bn' if keep_bn else ''}.onnx"
                 models.export(name, path, small=args.small, keep_batchnorm=keep_bn)
+                paths.append(path)
                 model = onnx.load(str(path))
                 feeds = generate_inputs(model, seed=0)
                 t_sim, t_simck, t_ours, t_bare = [], [], [], []
@@ -110,6 +141,8 @@ def main() -> None:
                     )
                 )
                 print(f"done {path.stem}", flush=True)
+        if args.cli:
+            cli_rows = _cli_rows(paths, args.rounds)
 
     head = ("model", "nodes in", "onnxsim", "onnxcomp", "sim s", "ours s", "sim/ours", "sim check_n=1 s", "sim-checked/ours",
             "passes-only s", "sim maxdiff", "ours maxdiff")
@@ -120,6 +153,11 @@ def main() -> None:
               f"| {r[10]:.1e} | {r[11]:.1e} |")
     print(f"(median of {args.rounds} interleaved rounds; small={args.small}; onnxcomp verify={args.verify}; "
           "onnxruntime CPU EP; batch 1; images 3x224x224 (32x32 small), BERT seq 32)")
+    if cli_rows:
+        print("\n| model | `onnxsim IN OUT` s | `onnxcomp optimize IN -o OUT` s | sim/ours |\n|---|---|---|---|")
+        for name, ts, to in cli_rows:
+            print(f"| {name} | {ts:.2f} | {to:.2f} | {ts / to:.2f} |")
+        print(f"(command lines end to end, median of {args.rounds} interleaved rounds)")
 
 
 if __name__ == "__main__":

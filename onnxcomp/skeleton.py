@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import TensorProto, numpy_helper
 
 from onnxcomp import safety
@@ -75,29 +76,24 @@ def references_files(model: onnx.ModelProto) -> bool:
     return any(safety.is_referenced(t) for t in safety.iter_tensors(model))
 
 
+def _copy_fields(src: Message, dst: Message, skip: str) -> None:
+    """Copy every set field of ``src`` except ``skip`` into the empty message ``dst``."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
 def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose main graph has no initializers (the rest is copied)."""
-    graph = onnx.GraphProto()
-    for fd, value in model.graph.ListFields():
-        if fd.name == "initializer":
-            continue
-        if fd.is_repeated:
-            getattr(graph, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(graph, fd.name).CopyFrom(value)
-        else:
-            setattr(graph, fd.name, value)
     out = onnx.ModelProto()
-    for fd, value in model.ListFields():
-        if fd.name == "graph":
-            continue
-        if fd.is_repeated:
-            getattr(out, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(out, fd.name).CopyFrom(value)
-        else:
-            setattr(out, fd.name, value)
-    out.graph.CopyFrom(graph)
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
     return out
 
 
