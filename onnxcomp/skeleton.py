@@ -10,8 +10,9 @@ So large main-graph initializers are stripped from a lightweight copy of the mod
 
 * `structure_skeleton` turns them into typed graph inputs (what the checker and shape
   inference need of them);
-* `runtime_parts` marks them external and returns the arrays for onnxruntime to borrow
-  (tensors still on disk are memory-mapped, not read).
+* `runtime_parts` marks them external and returns the arrays for onnxruntime to borrow.
+  onnxruntime copies what it borrows, so a model whose weights are still in an
+  external-data file (`references_files`) is better handed over as a file, which it maps.
 
 Subgraph and function tensors and small constants (shape vectors, axes, scalars: what
 shape inference reads) stay inline.
