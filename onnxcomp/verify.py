@@ -154,6 +154,7 @@ class Verifier:
         self._outputs: Outputs | None = None
         self._unverifiable: str | None = None
         self._thread: threading.Thread | None = None
+        self._candidates: list[threading.Thread] = []  # background candidate runs, joined by close()
         #: Weights decoded for the reference run, reused by candidates that keep them.
         self.cache = ArrayCache()
 
@@ -174,8 +175,11 @@ class Verifier:
             self._thread = None
 
     def close(self) -> None:
-        """Wait for a background reference run and drop cached weights (call when done)."""
+        """Wait for background runs and drop cached weights (call when done, also on errors)."""
         self._join()
+        for thread in self._candidates:
+            thread.join()
+        self._candidates.clear()
         self.cache.clear()
 
     def _ensure(self) -> None:
@@ -227,10 +231,11 @@ class Verifier:
 
         thread = threading.Thread(target=work, name="onnxcomp-candidate", daemon=True)
         thread.start()
+        self._candidates.append(thread)
 
         def wait() -> tuple[Outputs, str | None]:
             thread.join()
-            return box["result"]
+            return box.get("result", ([], "result cannot run in onnxruntime: its evaluation did not finish"))
 
         return wait
 
