@@ -21,7 +21,6 @@ actually asks for the values.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from onnxcomp.graph_utils import constant_nbytes
 from onnxcomp.skeleton import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
 
@@ -184,7 +184,7 @@ def export_parts(graph: gs.Graph, meta: ModelMeta) -> tuple[onnx.ModelProto, Pen
         for c, values in pending.values():
             c._values = values
     # Small payloads (what shape inference reads) and types numpy lacks are written now.
-    now = {k: v for k, v in pending.items() if _payload_nbytes(v[0]) < MIN_STRIPPED_BYTES or not _lendable(v[1])}
+    now = {k: v for k, v in pending.items() if constant_nbytes(v[0]) < MIN_STRIPPED_BYTES or not _lendable(v[1])}
     fill_payloads(model, now)
     pending = {k: v for k, v in pending.items() if k not in now}
     model.doc_string = meta.doc_string
@@ -206,13 +206,6 @@ def _lendable(values: object) -> bool:
     if isinstance(values, LazyValues):
         return lendable(values.tensor.data_type)
     return lendable(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype))
-
-
-def _payload_nbytes(c: gs.Constant) -> int:
-    try:
-        return math.prod(int(d) for d in c.shape) * np.dtype(c.dtype).itemsize
-    except TypeError:
-        return 0
 
 
 def _swap_in_headers(graph: gs.Graph) -> Pending:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxcomp import safety
 from onnxcomp.errors import InvalidModelError, UsageError
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -88,7 +89,6 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     """
     p = Path(path)
     _sniff(p)
-    from onnxcomp import safety  # local import: safety imports this module's constants
 
     try:
         model = onnx.load_model(str(p), load_external_data=False)
@@ -108,8 +108,6 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
 
 
 def _external_total(model: onnx.ModelProto) -> int:
-    from onnxcomp import safety
-
     total = 0
     for t in safety.iter_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -129,22 +127,6 @@ def model_from(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.
     return load_model(model_or_path)
 
 
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Initializers and tensor-valued attributes, recursing into subgraphs (explicit stack)."""
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield from g.initializer
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-                elif attr.type == onnx.AttributeProto.GRAPH:
-                    stack.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
-
-
 def _tensor_bytes(t: onnx.TensorProto) -> bytes:
     if t.HasField("raw_data"):
         return t.raw_data
@@ -154,13 +136,13 @@ def _tensor_bytes(t: onnx.TensorProto) -> bytes:
 def model_nbytes(model: onnx.ModelProto) -> int:
     """Approximate serialized size without serializing (sums tensor payloads)."""
     total = 0
-    for t in _all_tensors(model.graph):
+    for t in safety.iter_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             for kv in t.external_data:
                 if kv.key == "length":
                     total += int(kv.value)
         elif t.HasField("raw_data"):
-            total += len(t.raw_data)
+            total += t.ByteSize()  # reading t.raw_data would copy the payload
         else:
             total += int(np.prod(t.dims, dtype=np.int64)) * 8
     return total
@@ -171,8 +153,6 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 
     That is: too large, or holding tensors still referenced on disk (lazy loading).
     """
-    from onnxcomp import safety
-
     return model_nbytes(model) >= PROTO_LIMIT or any(safety.is_referenced(t) for t in safety.iter_tensors(model))
 
 
@@ -204,7 +184,7 @@ def external_data_files(model_path: str | os.PathLike[str]) -> list[Path]:
     except Exception:
         return []
     out: set[Path] = set()
-    for t in _all_tensors(model.graph):
+    for t in safety.iter_tensors(model):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             for kv in t.external_data:
                 if kv.key == "location":
@@ -305,7 +285,6 @@ def _verify_written(model_path: Path, expected_size: int, external: bool) -> Non
     if size != expected_size:
         raise OSError(f"wrote {size} bytes instead of {expected_size}")
     if external:
-        from onnxcomp import safety
 
         try:
             header = onnx.load_model(str(model_path), load_external_data=False)
@@ -343,8 +322,6 @@ def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -
     tensor beyond the model's in-memory part. Small referenced tensors are inlined.
     ``data_path`` is removed again when no tensor needed it.
     """
-    from onnxcomp import safety
-
     tensors = list(safety.iter_tensors(model))
     # Per tensor: None (leave as is), ("ext", offset, length) or ("inline", payload).
     records: list[tuple | None] = []

@@ -5,16 +5,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from onnxcomp.errors import UsageError
-
-if TYPE_CHECKING:
-    from onnxcomp.skeleton import ArrayCache, RuntimeParts
+from onnxcomp.skeleton import ArrayCache, RuntimeParts, references_files, runtime_parts
 
 EP_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -57,14 +54,14 @@ def resolve_providers(ep: str | Sequence[str] | None) -> list[str]:
 
 
 def make_session(
-    model: "onnx.ModelProto | RuntimeParts | str | Path | bytes",
+    model: onnx.ModelProto | RuntimeParts | str | Path | bytes,
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
     optimize: bool = True,
     workdir: Path | None = None,
-    lent: "Mapping[str, np.ndarray] | None" = None,
-    cache: "ArrayCache | None" = None,
+    lent: Mapping[str, np.ndarray] | None = None,
+    cache: ArrayCache | None = None,
     one_shot: bool = False,
 ) -> ort.InferenceSession:
     """Create one InferenceSession.
@@ -92,23 +89,15 @@ def make_session(
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.add_session_config_entry("session.disable_prepacking", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    from onnxcomp.skeleton import RuntimeParts, references_files, runtime_parts
-
     if isinstance(model, onnx.ModelProto):
-        from onnxcomp.model_io import PROTO_LIMIT, serialize_for_runtime
+        from onnxcomp.model_io import PROTO_LIMIT
 
         # The weights are lent as arrays, not serialized and parsed again (see skeleton),
         # except weights still on disk: onnxruntime maps those from a file without a copy.
         parts = runtime_parts(model, lent, cache) if lent or not references_files(model) else None
-        if parts is not None and (len(parts.model_bytes) < PROTO_LIMIT or lent):
-            model = parts
-        elif workdir is None:
-            # The spilled copy is only needed while the session loads it: remove it after.
-            with tempfile.TemporaryDirectory(prefix="onnxcomp-ort-") as tmp:
-                spilled = serialize_for_runtime(model, Path(tmp))
-                return ort.InferenceSession(spilled, sess_options=so, providers=list(providers))
-        else:
-            model = serialize_for_runtime(model, workdir)
+        if parts is None or (len(parts.model_bytes) >= PROTO_LIMIT and not lent):
+            return _session_from_file(model, so, providers, workdir)
+        model = parts
     if isinstance(model, RuntimeParts):
         if model.names:
             so.add_external_initializers(model.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays])
@@ -118,6 +107,19 @@ def make_session(
     if isinstance(model, Path):
         model = str(model)
     return ort.InferenceSession(model, sess_options=so, providers=list(providers))
+
+
+def _session_from_file(
+    model: onnx.ModelProto, so: ort.SessionOptions, providers: Sequence[str], workdir: Path | None
+) -> ort.InferenceSession:
+    """A session on ``model`` saved as a file (external data onnxruntime can map)."""
+    from onnxcomp.model_io import serialize_for_runtime
+
+    if workdir is not None:
+        return ort.InferenceSession(serialize_for_runtime(model, workdir), sess_options=so, providers=list(providers))
+    # The spilled copy is only needed while the session loads it: remove it after.
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-ort-") as tmp:
+        return ort.InferenceSession(serialize_for_runtime(model, Path(tmp)), sess_options=so, providers=list(providers))
 
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -62,38 +62,29 @@ def _assert_complete(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
+def _replace_w1_pass(name: str, suffix: str, transform, doc: str) -> None:
+    """Register a lossless pass that replaces W1 by ``transform(W1)`` under a new name, once."""
+
+    class ReplaceW1(Pass):
+        lossless = True
+
+        def run(self, graph, ctx):
+            node = next(n for n in graph.nodes if n.op == "MatMul" and n.inputs[1].name.startswith("W1"))
+            w = node.inputs[1]
+            if w.name.endswith(suffix):
+                return PassResult(modified=False)
+            node.inputs[1] = gs.Constant(w.name + suffix, transform(np.asarray(w.values)))
+            return PassResult(modified=True)
+
+    ReplaceW1.__doc__ = doc
+    register_pass(name)(ReplaceW1)
+
+
 @pytest.fixture
 def registry():
     with isolated_registry():
-
-        @register_pass("scale-weight")
-        class ScaleWeight(Pass):
-            """Lossless in name only: replaces W1 by a new, doubled weight (numpy values)."""
-
-            lossless = True
-
-            def run(self, graph, ctx):
-                node = next(n for n in graph.nodes if n.op == "MatMul" and n.inputs[1].name.startswith("W1"))
-                w = node.inputs[1]
-                if w.name.endswith("_x2"):
-                    return PassResult(modified=False)
-                node.inputs[1] = gs.Constant(w.name + "_x2", np.asarray(w.values) * 2)
-                return PassResult(modified=True)
-
-        @register_pass("same-weight")
-        class SameWeight(Pass):
-            """Lossless and honest: replaces W1 by an equal copy under a new name."""
-
-            lossless = True
-
-            def run(self, graph, ctx):
-                node = next(n for n in graph.nodes if n.op == "MatMul" and n.inputs[1].name.startswith("W1"))
-                w = node.inputs[1]
-                if w.name.endswith("_copy"):
-                    return PassResult(modified=False)
-                node.inputs[1] = gs.Constant(w.name + "_copy", np.array(w.values, copy=True))
-                return PassResult(modified=True)
-
+        _replace_w1_pass("scale-weight", "_x2", lambda w: w * 2, "Lossless in name only: W1 becomes a new, doubled weight.")
+        _replace_w1_pass("same-weight", "_copy", lambda w: w.copy(), "Lossless and honest: W1 becomes an equal copy under a new name.")
         yield
 
 
