@@ -28,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from onnxcomp.graph_import import import_plain
 from onnxcomp.graph_utils import constant_nbytes
 from onnxcomp.skeleton import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
@@ -89,7 +90,9 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
         del stripped.graph.input[:]
         stripped.graph.input.extend(keep_inputs)
         model = stripped
-    graph = gs.import_onnx(model)
+    graph = import_plain(model)
+    if graph is None:  # subgraphs, functions, unusual types: graphsurgeon's importer
+        graph = gs.import_onnx(model)
     _wrap_referenced(graph)
     return graph, meta
 

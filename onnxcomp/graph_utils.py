@@ -9,6 +9,7 @@ shape facts, and rewiring that keeps graph-output names stable.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -265,6 +266,10 @@ def _lacks_facts(tensor: gs.Tensor) -> bool:
     return tensor.dtype is None or static_shape(tensor) is None
 
 
+#: ``ctx.artifacts`` key of the tensors shape inference has seen (lacking variables, constants).
+_SEEN_KEY = "lossless.shapes.seen"
+
+
 def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
     """Fill in missing dtypes/shapes of main-graph variables from ONNX shape inference.
 
@@ -276,13 +281,27 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
     pass. They cover the tensors that lacked facts when they were inferred: later calls on
     the same (unmodified) graph can only find fewer such tensors. Failures of shape
     inference (e.g. models over 2 GiB, custom ops) leave shapes as they were.
+
+    A tensor inference was already asked about and could not settle (a dynamic dim, a
+    data-dependent shape) is no reason to infer again while the graph holds no constant
+    inference has not seen: lossless rewrites keep every surviving tensor's value, and what
+    lets a re-run settle more is new constants (a folded shape computation) to propagate.
+    Without this rule a raw export paid one whole-model inference per modifying pass.
+    Inference re-runs when a tensor it has not seen lacks facts or a new constant appears.
     """
     tensors = tensor_map(graph)
     lacking = [(name, t) for name, t in tensors.items() if not isinstance(t, gs.Constant) and _lacks_facts(t)]
     if not lacking:
         return
+    # By id (graphsurgeon tensors are unhashable); weak, so a dead tensor's id is no match.
+    seen: weakref.WeakValueDictionary[int, gs.Tensor] = ctx.artifacts.setdefault(_SEEN_KEY, weakref.WeakValueDictionary())
+    constants = [t for t in tensors.values() if isinstance(t, gs.Constant)]
+    if all(seen.get(id(t)) is t for _, t in lacking) and all(seen.get(id(t)) is t for t in constants):
+        return
 
     def compute() -> dict[str, tuple[np.dtype | None, list | None]]:
+        seen.update((id(t), t) for _, t in lacking)
+        seen.update((id(t), t) for t in constants)
         try:
             skeleton = _skeleton_model(graph, ctx, tensors)
             inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)

@@ -1,0 +1,200 @@
+"""A faster import of plain ONNX graphs into the onnx-graphsurgeon IR.
+
+graphsurgeon's importer spends most of its time in per-object bookkeeping: every tensor
+attribute goes through ``Tensor.__setattr__`` and every node input through the Python-level
+``SynchronizedList.extend`` that mirrors it into the tensor's consumer list. On a raw
+PyTorch export (hundreds of small nodes) that import was a quarter of the whole lossless
+preset. This module builds the *same* objects -- graphsurgeon ``Node``, ``Variable``,
+``Constant`` and ``Graph``, with the same fields, values and cross-links -- in one linear
+walk, filling the synchronized lists directly.
+
+It only handles what most models are: one graph with tensor-typed values, initializers,
+and nodes whose attributes are numbers, strings, tensors or lists of numbers/strings.
+Anything else (subgraph or sparse attributes, model functions, sparse initializers,
+sequence/map/optional-typed values, attribute references) returns None and the caller uses
+graphsurgeon's own importer, which stays the reference: tests import every model both
+ways and compare the results field by field.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter, get_numpy_type
+from onnx_graphsurgeon.util.misc import SynchronizedList
+
+_A = onnx.AttributeProto
+#: Attribute types this importer converts, and how (graphsurgeon's conversions).
+_ATTRIBUTES: dict[int, Callable[[onnx.AttributeProto], object]] = {
+    _A.FLOAT: lambda a: a.f,
+    _A.INT: lambda a: a.i,
+    _A.STRING: lambda a: a.s.decode(),
+    _A.TENSOR: lambda a: OnnxImporter.import_tensor(a.t),
+    _A.FLOATS: lambda a: list(a.floats),
+    _A.INTS: lambda a: list(a.ints),
+    _A.STRINGS: lambda a: [s.decode() for s in a.strings],
+}
+
+
+class _NotPlain(Exception):
+    """The model uses something only graphsurgeon's importer handles."""
+
+
+def _dtype(elem_type: int, cache: dict[int, object]) -> object:
+    """graphsurgeon's dtype for an ONNX element type: a numpy dtype, else the ONNX enum."""
+    try:
+        return cache[elem_type]
+    except KeyError:
+        dtype = get_numpy_type(elem_type)
+        if dtype is None:
+            raise _NotPlain from None  # graphsurgeon warns and keeps the enum: let it
+        cache[elem_type] = dtype
+        return dtype
+
+
+def _synced(owner: object, field_name: str) -> SynchronizedList:
+    """An empty ``SynchronizedList(owner, field_name, [])``, minus the ``extend([])`` call."""
+    s = SynchronizedList.__new__(SynchronizedList)
+    s.parent_obj = owner
+    s.field_name = field_name
+    return s
+
+
+def _variable(name: str) -> gs.Variable:
+    """``gs.Variable(name)`` without its per-attribute ``__setattr__`` hooks."""
+    v = gs.Variable.__new__(gs.Variable)
+    v.__dict__.update(
+        name=name,
+        inputs=_synced(v, "outputs"),
+        outputs=_synced(v, "inputs"),
+        dtype=None,
+        shape=None,
+        type="tensor_type",
+    )
+    return v
+
+
+def _typed_variable(vi: onnx.ValueInfoProto, dtypes: dict[int, object]) -> gs.Variable:
+    """A Variable for a value-info entry, typed as graphsurgeon types it."""
+    v = _variable(vi.name)
+    if vi.type.ByteSize() == 0:  # graphsurgeon leaves untyped entries untyped
+        return v
+    if vi.type.WhichOneof("value") != "tensor_type":
+        raise _NotPlain
+    tt = vi.type.tensor_type
+    shape = None
+    if tt.HasField("shape"):
+        shape = [
+            d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+        ]
+    v.__dict__.update(dtype=_dtype(tt.elem_type, dtypes), shape=shape)
+    return v
+
+
+def _attributes(node: onnx.NodeProto) -> OrderedDict:
+    attrs: OrderedDict = OrderedDict()
+    for a in node.attribute:
+        convert = _ATTRIBUTES.get(a.type)
+        if convert is None or a.ref_attr_name:
+            raise _NotPlain
+        attrs[a.name] = convert(a)
+    return attrs
+
+
+def import_plain(model: onnx.ModelProto) -> gs.Graph | None:
+    """``gs.import_onnx(model)`` for a plain model, or None if ``model`` is not plain."""
+    g = model.graph
+    if model.functions or g.sparse_initializer:
+        return None
+    try:
+        return _import(model)
+    except _NotPlain:
+        return None
+
+
+def _import(model: onnx.ModelProto) -> gs.Graph:
+    g = model.graph
+    dtypes: dict[int, object] = {}
+    tensors: dict[str, gs.Tensor] = {}
+    for init in g.initializer:
+        if init.name not in tensors:  # graphsurgeon keeps the first of duplicate names
+            tensors[init.name] = OnnxImporter.import_tensor(init)
+    for vi in g.value_info:
+        known = tensors.get(vi.name)
+        if known is None:
+            tensors[vi.name] = _typed_variable(vi, dtypes)
+        elif isinstance(known, gs.Variable):  # a repeated entry adds what the first lacked
+            extra = _typed_variable(vi, dtypes)
+            known.__dict__.update(dtype=known.dtype or extra.dtype, shape=known.shape or extra.shape)
+    initializer_names = {t.name for t in g.initializer}
+    graph_inputs = []
+    for vi in g.input:
+        if vi.name in initializer_names:
+            continue
+        t = tensors.get(vi.name)
+        if t is None:
+            t = tensors[vi.name] = _typed_variable(vi, dtypes)
+        graph_inputs.append(t)
+    graph_outputs = []
+    for vi in g.output:
+        t = tensors.get(vi.name)
+        if t is None:
+            t = tensors[vi.name] = _typed_variable(vi, dtypes)
+        graph_outputs.append(t)
+
+    def tensor(name: str) -> gs.Tensor:
+        t = tensors.get(name)
+        if t is None:
+            if not name:  # an omitted optional input/output: a fresh empty tensor each time
+                return _variable("")
+            t = tensors[name] = _variable(name)
+        return t
+
+    nodes = []
+    append = list.append
+    for onnx_node in g.node:
+        node = gs.Node.__new__(gs.Node)
+        ins = [tensor(name) for name in onnx_node.input]
+        outs = [tensor(name) for name in onnx_node.output]
+        node_inputs = _synced(node, "outputs")
+        node_outputs = _synced(node, "inputs")
+        list.extend(node_inputs, ins)
+        list.extend(node_outputs, outs)
+        # What SynchronizedList.extend would do, minus its per-element method calls.
+        for t in ins:
+            append(t.outputs, node)
+        for t in outs:
+            append(t.inputs, node)
+        node.__dict__.update(
+            op=onnx_node.op_type,
+            name=onnx_node.name,
+            attrs=_attributes(onnx_node),
+            inputs=node_inputs,
+            outputs=node_outputs,
+            domain=onnx_node.domain if onnx_node.HasField("domain") else None,
+        )
+        nodes.append(node)
+
+    opset = None
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            opset = entry.version
+            break
+    else:
+        raise _NotPlain  # graphsurgeon warns and picks a default opset: let it
+    return gs.Graph(
+        nodes=nodes,
+        inputs=graph_inputs,
+        outputs=graph_outputs,
+        name=g.name,
+        doc_string=g.doc_string,
+        producer_name=model.producer_name,
+        producer_version=model.producer_version,
+        opset=opset,
+        import_domains=model.opset_import,
+        functions=[],
+        ir_version=model.ir_version,
+    )
