@@ -510,6 +510,46 @@ def toposort(graph: gs.Graph, *, recurse_subgraphs: bool = True) -> None:
                 toposort(sub, recurse_subgraphs=True)
 
 
+def remove_dead_nodes(graph: gs.Graph) -> None:
+    """graphsurgeon's ``graph.cleanup(remove_unused_graph_inputs=False)``, in linear time.
+
+    Drops (and disconnects) every node no graph output depends on, and detaches producers
+    of graph inputs. graphsurgeon's cleanup walks tensors by name through per-graph tensor
+    maps and node-id bookkeeping; on a raw export it ran after every pass of every sweep.
+    Graphs with If/Loop/Scan bodies or local functions still take graphsurgeon's cleanup,
+    which also cleans inside them.
+    """
+    nodes = graph.nodes
+    if graph.functions or any(node.attrs and has_subgraph(node) for node in nodes):
+        graph.cleanup(remove_unused_graph_inputs=False)
+        return
+    for t in graph.inputs:
+        if t.inputs:
+            t.inputs.clear()  # a graph input has no producer
+    live: set[int] = set()
+    visited = {id(t) for t in graph.outputs}
+    stack = list(graph.outputs)
+    while stack:
+        for node in stack.pop().inputs:  # the tensor's producers
+            if id(node) in live:
+                continue
+            live.add(id(node))
+            for t in node.inputs:
+                if id(t) not in visited:
+                    visited.add(id(t))
+                    stack.append(t)
+    if all(id(node) in live for node in nodes):
+        return
+    kept = []
+    for node in nodes:
+        if id(node) in live:
+            kept.append(node)
+        else:
+            node.inputs.clear()
+            node.outputs.clear()
+    graph.nodes = kept
+
+
 def cleanup_after_rewrite(graph: gs.Graph) -> None:
     """Remove the nodes a pass detached (no inputs, no outputs) from ``graph``.
 

@@ -1,6 +1,6 @@
 """The pass manager: runs a pipeline and enforces the pass contract.
 
-After every pass that reports ``modified``: graphsurgeon cleanup + toposort, export,
+After every pass that reports ``modified``: dead-node cleanup + toposort, export,
 ``onnx.checker`` (full check, with shape inference), and a numeric check in onnxruntime.
 
 * A **lossless** pass whose outputs drift beyond tolerance (or whose result fails the
@@ -31,7 +31,7 @@ from onnxcomp.calibration import CalibrationData
 from onnxcomp.cost import GraphCost, graph_cost, model_cost
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError
 from onnxcomp.graph_io import ModelMeta, export_parts, fill_payloads, pending_arrays, to_graph
-from onnxcomp.graph_utils import toposort
+from onnxcomp.graph_utils import remove_dead_nodes, toposort
 from onnxcomp.hygiene import normalize
 from onnxcomp.metrics import summarize
 from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate
@@ -271,7 +271,7 @@ class PassManager:
         if result.modified:
             if self.verifier is not None:
                 self.verifier.prefetch()  # a check is coming: start the reference run now
-            graph.cleanup(remove_unused_graph_inputs=False)
+            remove_dead_nodes(graph)
             toposort(graph)
             after = graph_cost(graph, flops=False)
             self._settled = (graph, _fingerprint(graph))

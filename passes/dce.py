@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_utils import count_nodes
+from onnxcomp.graph_utils import count_nodes, remove_dead_nodes
 from onnxcomp.pass_api import Pass, PassContext, PassResult, register_pass
 
 
@@ -40,7 +40,7 @@ class EliminateDeadCode(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         before = count_nodes(graph)
-        graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True, recurse_functions=True)
+        remove_dead_nodes(graph)  # recurses into If/Loop/Scan bodies and functions when there are any
         removed = before - count_nodes(graph)
         dropped = 0
         if graph.import_domains is not None:

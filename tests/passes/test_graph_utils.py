@@ -1,7 +1,8 @@
 """Tests of the shared helpers behind the lossless passes' speed: when shape inference
 runs (and when its cached facts must not be reused), the tensor map, the sorted-graph
 fast path of `toposort`, detached-node removal, read-only constant access and the node
-export used for shape inference."""
+export used for shape inference, and the linear dead-node cleanup (same result as
+graphsurgeon's)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from onnxcomp.graph_utils import (
     cleanup_after_rewrite,
     export_node,
     peek_values,
+    remove_dead_nodes,
     tensor_map,
     toposort,
 )
@@ -200,3 +202,57 @@ def test_export_node_builds_what_graphsurgeon_builds(attrs: dict) -> None:
         node = gs.Node("Op", name=name, domain=domain, attrs=dict(attrs), inputs=[x, gs.Variable.empty()], outputs=[y])
         expected = OnnxExporter.export_node(node).SerializeToString()
         assert export_node(node).SerializeToString() == expected
+
+
+def _wiring(graph: gs.Graph) -> tuple:
+    """Nodes (op, name, tensor names) and every tensor's producer/consumer names."""
+    nodes = [(n.op, n.name, [t.name for t in n.inputs], [t.name for t in n.outputs]) for n in graph.nodes]
+    tensors = {
+        name: ([n.name for n in t.inputs], sorted(n.name for n in t.outputs)) for name, t in tensor_map(graph).items()
+    }
+    return nodes, tensors, [t.name for t in graph.inputs], [t.name for t in graph.outputs]
+
+
+def _cut(graph: gs.Graph, rng: np.random.Generator) -> None:
+    """Make part of ``graph`` dead: drop some outputs, add an unused node, feed an input."""
+    if len(graph.outputs) > 1:
+        graph.outputs = [t for t in graph.outputs if rng.random() < 0.5] or graph.outputs[:1]
+    if graph.nodes:
+        victim = graph.nodes[int(rng.integers(len(graph.nodes)))]
+        graph.nodes.append(gs.Node("Relu", name="dead_relu", inputs=[victim.outputs[0]], outputs=[gs.Variable("dead_out")]))
+    if graph.inputs and graph.nodes:
+        # A node that writes a graph input is not a producer the graph can keep.
+        graph.nodes.append(gs.Node("Identity", name="writes_input", inputs=[graph.outputs[0]], outputs=[graph.inputs[0]]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_remove_dead_nodes_matches_graphsurgeon_cleanup(seed: int) -> None:
+    from pathlib import Path
+
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data"
+    paths = sorted(root.glob("pytorch-converted/*/model.onnx")) + sorted(root.glob("simple/*/model.onnx"))
+    assert len(paths) > 50
+    compared = 0
+    for path in paths:
+        model = onnx.load(str(path))
+        ours, _ = to_graph(model)
+        theirs, _ = to_graph(model)
+        _cut(ours, np.random.default_rng(seed))
+        _cut(theirs, np.random.default_rng(seed))
+        before = len(ours.nodes)
+        remove_dead_nodes(ours)
+        theirs.cleanup(remove_unused_graph_inputs=False)
+        assert _wiring(ours) == _wiring(theirs), path.parent.name
+        compared += len(ours.nodes) < before
+    assert compared > 50  # the cuts did leave dead nodes to remove
+
+
+def test_remove_dead_nodes_leaves_a_live_graph_alone() -> None:
+    graph, _ = _graph_and_ctx("""
+    g (float[2] x) => (float[2] y) {
+      a = Relu(x)
+      y = Neg(a)
+    }""")
+    nodes = list(graph.nodes)
+    remove_dead_nodes(graph)
+    assert graph.nodes == nodes
