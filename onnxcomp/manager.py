@@ -181,15 +181,22 @@ class PassManager:
         t_start = time.perf_counter()
         opts = self.options
         report = Report(onnxcomp_version=__version__, seed=opts.seed)
-        # Hygiene: unique names, nodes sorted (a sorted copy if needed).
-        model, hygiene = normalize(model)
-        report.warnings.extend(hygiene.warnings)
         # A cheap structural check now; the (costly) full check of the input runs only
         # if a result fails the full check, to tell a pass's bug from a pre-existing one.
+        # The checker also enforces unique names and sorted nodes, so hygiene (a clear
+        # error for duplicates or cycles, a sorted copy of unsorted graphs) runs only when
+        # the check fails: on a valid model its walk over every node is wasted.
         try:
             _check_structure(model, full=False)
         except Exception as e:
-            raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e)}") from e
+            model, hygiene = normalize(model)  # raises its own clear error if that was it
+            report.warnings.extend(hygiene.warnings)
+            if not hygiene.sorted_graphs:
+                raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e)}") from e
+            try:
+                _check_structure(model, full=False)
+            except Exception as e2:
+                raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e2)}") from e2
         self._input = model
         self._full_check = True
         self._lend_weights = not references_files(model)

@@ -169,3 +169,42 @@ def test_changed_element_type_is_not_papered_over() -> None:
     graph.outputs[0].dtype = np.float16
     back = to_model(graph, meta)
     assert back.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+
+
+# ------------------------------------------- hygiene through the pass manager
+# The manager runs hygiene only when the checker rejects the input (a valid model is
+# already sorted with unique names): these cases must still get hygiene's handling.
+def test_manager_sorts_an_unsorted_input_and_says_so(tmp_path: Path) -> None:
+    import onnxcomp
+
+    m = onnx.load(str(_cases.unsorted(tmp_path)))
+    out, report = onnxcomp.optimize(m)
+    assert any("sorted" in w for w in report.warnings)
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_manager_sorts_a_node_before_the_body_that_reads_it() -> None:
+    import onnxcomp
+
+    then_g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4])])
+    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="if"),
+             helper.make_node("Relu", ["x"], ["w"], name="producer")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                                       helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    out, report = onnxcomp.optimize(m)
+    assert any("sorted" in w for w in report.warnings)
+    assert [n.op_type for n in out.graph.node] == ["Relu", "If"]
+
+
+@pytest.mark.parametrize(("case", "message"), [("cycle", "cycle through nodes"), ("duplicate_names", "duplicate tensor names")])
+def test_manager_reports_hygiene_errors(tmp_path: Path, case: str, message: str) -> None:
+    import onnxcomp
+
+    m = onnx.load(str(getattr(_cases, case)(tmp_path)))
+    with pytest.raises(InvalidModelError, match=message):
+        onnxcomp.optimize(m)
