@@ -142,7 +142,10 @@ def model_nbytes(model: onnx.ModelProto) -> int:
                 if kv.key == "length":
                     total += int(kv.value)
         elif t.HasField("raw_data"):
-            total += t.ByteSize()  # reading t.raw_data would copy the payload
+            # From the dims: reading t.raw_data would copy the payload, and ByteSize()
+            # encodes it (milliseconds per 10 MB).
+            n = safety.expected_nbytes(t)
+            total += t.ByteSize() if n is None else n
         else:
             total += int(np.prod(t.dims, dtype=np.int64)) * 8
     return total

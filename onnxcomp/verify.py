@@ -20,6 +20,7 @@ import onnx
 
 from onnxcomp.calibration import CalibrationData, generate_inputs, required_input_specs
 from onnxcomp.metrics import FidelityAccumulator, OutputFidelity
+from onnxcomp.model_io import model_nbytes
 from onnxcomp.runtime import make_session, run
 from onnxcomp.skeleton import ArrayCache, RuntimeParts, runtime_parts
 
@@ -135,6 +136,11 @@ def fidelity(reference: Outputs, candidate: Outputs, labels: list[np.ndarray | N
     return {k: a.result() for k, a in accs.items()}
 
 
+#: Inputs up to this size (serialized, weights included) check a candidate while the
+#: reference run may still be going: two sessions' memory is affordable there.
+OVERLAP_BYTES = 256 << 20
+
+
 class Verifier:
     """The verification feeds and the input model's outputs on them.
 
@@ -157,6 +163,7 @@ class Verifier:
         self._candidates: list[threading.Thread] = []  # background candidate runs, joined by close()
         #: Weights decoded for the reference run, reused by candidates that keep them.
         self.cache = ArrayCache()
+        self._small = model_nbytes(reference) <= OVERLAP_BYTES
 
     def prefetch(self) -> None:
         """Start running the reference model in the background: its outputs are needed soon.
@@ -209,16 +216,26 @@ class Verifier:
 
     @property
     def can_verify(self) -> bool:
+        """Whether the input model runs (waits for the reference run)."""
         return self.unverifiable is None
+
+    @property
+    def may_verify(self) -> bool:
+        """False only once the reference run is known to have failed (does not wait)."""
+        return self._unverifiable is None
 
     def start_evaluate(self, model: onnx.ModelProto, lent: Mapping[str, np.ndarray] | None = None) -> Callable[[], tuple[Outputs, str | None]]:
         """Begin `evaluate` on ``model``; return a function that waits for its result.
 
         What onnxruntime needs is taken from ``model`` before this returns, so the caller
         may go on modifying ``model`` (e.g. writing its payloads) while the session is
-        built and run in the background.
+        built and run in the background. A reference run still going on is not waited
+        for when the input is small (`OVERLAP_BYTES`): the two sessions then run side by
+        side, where waiting left the main thread idle. Larger models run one session at
+        a time, so their weights are not held by two sessions at once.
         """
-        self._join()
+        if not self._small:
+            self._join()
         try:
             parts = runtime_parts(model, lent, self.cache)
         except Exception as e:
@@ -227,7 +244,10 @@ class Verifier:
         box: dict[str, tuple[Outputs, str | None]] = {}
 
         def work() -> None:
-            box["result"] = self.evaluate(parts)  # type: ignore[arg-type]
+            try:
+                box["result"] = evaluate(parts, self.feeds, self.workdir, cache=self.cache), None
+            except Exception as e:
+                box["result"] = [], f"result cannot run in onnxruntime: {one_line(e)}"
 
         thread = threading.Thread(target=work, name="onnxcomp-candidate", daemon=True)
         thread.start()

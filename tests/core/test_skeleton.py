@@ -114,3 +114,57 @@ def test_background_reference_run_gives_the_same_outputs() -> None:
     v = Verifier(broken, feeds)
     v.prefetch()
     assert v.unverifiable is not None and "cannot run the input model" in v.unverifiable
+
+
+@pytest.mark.parametrize("small", [True, False])
+def test_candidate_overlaps_a_running_reference_only_for_small_inputs(monkeypatch: pytest.MonkeyPatch, small: bool) -> None:
+    import threading
+
+    import onnxcomp.verify as verify_mod
+
+    model = _big_conv_model()
+    feeds = [{"x": np.ones((1, 3, 8, 8), np.float32)}]
+    if not small:
+        monkeypatch.setattr(verify_mod, "OVERLAP_BYTES", 0)
+    v = Verifier(model, feeds)
+    release = threading.Event()
+    real_compute = v._compute
+
+    def slow_reference() -> None:
+        release.wait(timeout=30)
+        real_compute()
+
+    monkeypatch.setattr(v, "_compute", slow_reference)
+    v.prefetch()  # the reference run now blocks until released
+    started = threading.Event()
+    box: dict = {}
+
+    def check() -> None:
+        wait = v.start_evaluate(model)
+        started.set()
+        box["result"] = wait()
+
+    checker = threading.Thread(target=check)
+    checker.start()
+    # A small input's candidate starts (and finishes) while the reference still blocks;
+    # a large one's waits for the reference first.
+    assert started.wait(timeout=5 if small else 0.5) is small
+    release.set()
+    checker.join(timeout=30)
+    outs, err = box["result"]
+    assert err is None
+    np.testing.assert_array_equal(outs[0]["y"], v.reference_outputs[0]["y"])
+    v.close()
+
+
+def test_candidate_of_an_input_that_cannot_run_is_not_a_failure() -> None:
+    import onnxcomp
+
+    model = _big_conv_model()
+    model.graph.node[0].domain = "custom.unknown"  # a custom op: the input itself cannot run
+    model.opset_import.append(onnx.helper.make_opsetid("custom.unknown", 1))
+    model.graph.node.append(onnx.helper.make_node("Identity", ["y"], ["z"]))
+    model.graph.output[0].name = "z"
+    out, report = onnxcomp.optimize(model, allow_unverified=True)
+    assert [n.op_type for n in out.graph.node] == ["Conv", "Relu"]  # the Identity went, nothing rolled back
+    assert not any("rolled back" in w for w in report.warnings)
