@@ -86,13 +86,21 @@ def evaluate(
     *,
     lent: Mapping[str, np.ndarray] | None = None,
     cache: ArrayCache | None = None,
+    cancel: threading.Event | None = None,
 ) -> Outputs:
     """Run ``model`` (graph optimizations off: we check *our* graph) on every feed.
 
     ``lent`` and ``cache`` pass weights without copying them (see `onnxcomp.skeleton`).
+    ``cancel``, when set by the time the session is built, skips the runs (`Cancelled`).
     """
     sess = make_session(model, optimize=False, workdir=workdir, lent=lent, cache=cache, one_shot=True)
+    if cancel is not None and cancel.is_set():
+        raise Cancelled
     return [{k: _as_array(v) for k, v in run(sess, f).items()} for f in feeds]
+
+
+class Cancelled(Exception):
+    """A background evaluation whose outputs nobody will read stopped early."""
 
 
 def drift(reference: Outputs, candidate: Outputs, tolerance: Tolerance) -> tuple[str, str] | None:
@@ -163,14 +171,17 @@ class Verifier:
         self._candidates: list[threading.Thread] = []  # background candidate runs, joined by close()
         #: Weights decoded for the reference run, reused by candidates that keep them.
         self.cache = ArrayCache()
-        self._small = model_nbytes(reference) <= OVERLAP_BYTES
+        #: Small enough to start the reference run on speculation and to run a candidate
+        #: beside it (see `OVERLAP_BYTES`).
+        self.small = model_nbytes(reference) <= OVERLAP_BYTES
+        self._closing = threading.Event()
 
     def prefetch(self) -> None:
         """Start running the reference model in the background: its outputs are needed soon.
 
         onnxruntime releases the GIL while it builds and runs a session, so on a machine
-        with a spare core this overlaps with the passes. A pipeline that changes nothing
-        never calls this, and never pays for the reference run.
+        with a spare core this overlaps with the passes. If nothing turns out to need the
+        outputs, `close` skips the runs (the session being built is still waited for).
         """
         if self._thread is None and self._outputs is None and self._unverifiable is None:
             self._thread = threading.Thread(target=self._compute, name="onnxcomp-reference", daemon=True)
@@ -183,6 +194,7 @@ class Verifier:
 
     def close(self) -> None:
         """Wait for background runs and drop cached weights (call when done, also on errors)."""
+        self._closing.set()  # a reference run nobody asked for stops after its session
         self._join()
         for thread in self._candidates:
             thread.join()
@@ -197,7 +209,9 @@ class Verifier:
 
     def _compute(self) -> None:
         try:
-            self._outputs = evaluate(self._reference, self.feeds, self.workdir, cache=self.cache)
+            self._outputs = evaluate(self._reference, self.feeds, self.workdir, cache=self.cache, cancel=self._closing)
+        except Cancelled:
+            pass
         except Exception as e:
             self._unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
             log.warning("cannot verify numerics: %s", self._unverifiable)
@@ -234,7 +248,7 @@ class Verifier:
         side, where waiting left the main thread idle. Larger models run one session at
         a time, so their weights are not held by two sessions at once.
         """
-        if not self._small:
+        if not self.small:
             self._join()
         try:
             parts = runtime_parts(model, lent, self.cache)

@@ -168,3 +168,26 @@ def test_candidate_of_an_input_that_cannot_run_is_not_a_failure() -> None:
     out, report = onnxcomp.optimize(model, allow_unverified=True)
     assert [n.op_type for n in out.graph.node] == ["Conv", "Relu"]  # the Identity went, nothing rolled back
     assert not any("rolled back" in w for w in report.warnings)
+
+
+def test_a_reference_run_nobody_needs_stops_after_its_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxcomp.verify as verify_mod
+
+    model = _big_conv_model()
+    v = Verifier(model, [{"x": np.ones((1, 3, 8, 8), np.float32)}])
+    runs: list[int] = []
+    real_make, real_run = verify_mod.make_session, verify_mod.run
+
+    def make_after_close(*args: object, **kwargs: object) -> object:
+        v._closing.wait(timeout=30)  # the pipeline ends while the session is being built
+        return real_make(*args, **kwargs)
+
+    def counting_run(*args: object, **kwargs: object) -> object:
+        runs.append(1)
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(verify_mod, "make_session", make_after_close)
+    monkeypatch.setattr(verify_mod, "run", counting_run)
+    v.prefetch()
+    v.close()
+    assert runs == [] and v._outputs is None and v._unverifiable is None
