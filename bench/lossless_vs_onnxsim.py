@@ -3,10 +3,13 @@
 For each reference export (ResNet-style, MobileNet-style, BERT-style; the default
 optimised export and the raw ``keep_batchnorm=True`` export) this prints: node counts of
 the input, of onnxsim's result and of ours; median wall times (runs interleaved A B C A B C
-in one process, so machine noise hits all alike) of onnxsim, of ``onnxcomp.optimize``
-(with the manager's checks) and of the bare lossless passes (the same fixed-point loop
-without any checks: what the passes themselves cost); and the max abs output difference
-of each result against the input model in onnxruntime on generated inputs.
+in one process, so machine noise hits all alike) of onnxsim (its default, no numeric
+check, and ``check_n=1``, which compares outputs once), of ``onnxcomp.optimize`` (every
+check on: the full checker and a numeric check in onnxruntime), of ``optimize`` with
+``verify="none"`` (checker only; the like-for-like match of onnxsim's default) and of
+the bare lossless passes (the same fixed-point loop without any checks: what the passes
+themselves cost); and the max abs output difference of each result against the input
+model in onnxruntime on generated inputs.
 
 With ``--cli`` it also times what a user runs: ``onnxsim IN OUT`` against
 ``onnxcomp optimize IN -o OUT`` as subprocesses (interpreter start, imports, load, save).
@@ -39,8 +42,10 @@ def _max_abs_diff(ref: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, 
 
 
 def _passes_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The lossless cleanup group to a fixed point, with no verification at all."""
+    """The lossless cleanup group to a fixed point, with no checks at all (not even the
+    checker): import, the passes with the manager's cleanup and sort between them, export."""
     from onnxcomp.graph_io import to_graph, to_model
+    from onnxcomp.graph_utils import remove_dead_nodes, toposort
     from onnxcomp.pass_api import PassContext, instantiate
     from onnxcomp.presets import CLEANUP
 
@@ -51,7 +56,8 @@ def _passes_only(model: onnx.ModelProto) -> onnx.ModelProto:
         changed = False
         for p in passes:
             if p.run(graph, ctx).modified:
-                graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                remove_dead_nodes(graph)
+                toposort(graph)
                 ctx.invalidate_analyses()
                 changed = True
         if not changed:
@@ -106,7 +112,7 @@ def main() -> None:
                 paths.append(path)
                 model = onnx.load(str(path))
                 feeds = generate_inputs(model, seed=0)
-                t_sim, t_simck, t_ours, t_bare = [], [], [], []
+                t_sim, t_simck, t_ours, t_unver, t_bare = [], [], [], [], []
                 sim_model = ours = None
                 _passes_only(model)  # warm-up: imports and first-use costs
                 for _ in range(args.rounds):  # interleaved: A B C A B C ...
@@ -119,6 +125,9 @@ def main() -> None:
                     t0 = time.perf_counter()
                     ours, _ = onnxcomp.optimize(model, preset="lossless", verify=args.verify, allow_unverified=args.verify == "none")
                     t_ours.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()  # ours without the numeric check (like onnxsim's default)
+                    onnxcomp.optimize(model, preset="lossless", verify="none", allow_unverified=True)
+                    t_unver.append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
                     _passes_only(model)
                     t_bare.append(time.perf_counter() - t0)
@@ -135,6 +144,8 @@ def main() -> None:
                         ms / mo,
                         statistics.median(t_simck),
                         statistics.median(t_simck) / mo,
+                        statistics.median(t_unver),
+                        ms / statistics.median(t_unver),
                         statistics.median(t_bare),
                         _max_abs_diff(model, sim_model, feeds),
                         _max_abs_diff(model, ours, feeds),
@@ -145,12 +156,12 @@ def main() -> None:
             cli_rows = _cli_rows(paths, args.rounds)
 
     head = ("model", "nodes in", "onnxsim", "onnxcomp", "sim s", "ours s", "sim/ours", "sim check_n=1 s", "sim-checked/ours",
-            "passes-only s", "sim maxdiff", "ours maxdiff")
+            "ours verify=none s", "sim/ours-none", "passes-only s", "sim maxdiff", "ours maxdiff")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.2f} | {r[5]:.2f} | {r[6]:.2f} | {r[7]:.2f} | {r[8]:.2f} | {r[9]:.2f} "
-              f"| {r[10]:.1e} | {r[11]:.1e} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]:.3f} | {r[6]:.2f} | {r[7]:.3f} | {r[8]:.2f} | {r[9]:.3f} "
+              f"| {r[10]:.2f} | {r[11]:.3f} | {r[12]:.1e} | {r[13]:.1e} |")
     print(f"(median of {args.rounds} interleaved rounds; small={args.small}; onnxcomp verify={args.verify}; "
           "onnxruntime CPU EP; batch 1; images 3x224x224 (32x32 small), BERT seq 32)")
     if cli_rows:

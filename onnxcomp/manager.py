@@ -134,15 +134,13 @@ def _check_structure(model: "onnx.ModelProto | bytes | str", full: bool, lent: C
     (and models over 2 GB need no spill to disk). ``lent`` names initializers that are
     payload-free headers of an export in progress.
     """
-    from onnxcomp.model_io import PROTO_LIMIT, model_nbytes, save_model
+    from onnxcomp.model_io import PROTO_LIMIT, save_model
 
     if isinstance(model, (bytes, str)):
         onnx.checker.check_model(model, full_check=full)
         return
     skeleton = structure_skeleton(model, lent)
-    # Sized from tensor headers (ByteSize() would encode it once more just to measure);
-    # half the limit leaves room for everything that is not a tensor payload.
-    if model_nbytes(skeleton) < PROTO_LIMIT // 2:
+    if skeleton.ByteSize() < PROTO_LIMIT:  # cheap here: the skeleton holds no large weights
         onnx.checker.check_model(skeleton.SerializeToString(), full_check=full)
         return
     with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as d:

@@ -20,6 +20,8 @@ shape inference reads) stay inline.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -41,9 +43,10 @@ def _payload_bytes(t: TensorProto) -> int:
     """Payload size without reading it (reading ``raw_data`` copies it)."""
     if t.data_location == TensorProto.EXTERNAL:
         return next((int(kv.value) for kv in t.external_data if kv.key == "length"), MIN_STRIPPED_BYTES)
-    return int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t.data_type)
+    return math.prod(t.dims) * _itemsize(t.data_type)  # plain ints: np.prod costs more on a few dims
 
 
+@functools.cache
 def _itemsize(data_type: int) -> int:
     try:
         return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
