@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxcomp.graph_import import import_plain
-from onnxcomp.graph_utils import constant_nbytes
+from onnxcomp.graph_utils import constant_nbytes, tensor_map
 from onnxcomp.skeleton import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
 
@@ -125,7 +125,7 @@ def _wrap_referenced(graph: gs.Graph) -> None:
     stack = [graph]
     while stack:
         g = stack.pop()
-        for t in g.tensors().values():
+        for t in tensor_map(g).values():
             v = getattr(t, "_values", None)
             if type(v) is LazyValues and safety.is_referenced(v.tensor):
                 t._values = ExternalValues(v.tensor)
@@ -214,7 +214,7 @@ def _lendable(values: object) -> bool:
 def _swap_in_headers(graph: gs.Graph) -> Pending:
     """Give main-graph constants payload-free stand-ins for the duration of an export."""
     swapped: Pending = {}
-    for t in graph.tensors().values():
+    for t in tensor_map(graph).values():
         if not isinstance(t, gs.Constant) or isinstance(t._values, SparseValues):
             continue
         values = t._values
