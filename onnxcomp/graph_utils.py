@@ -68,10 +68,16 @@ def is_standard(node: gs.Node) -> bool:
     return (node.domain or "") in STANDARD_DOMAINS
 
 
+#: The standard ops with graph attributes; the checker rejects graph attributes elsewhere.
+_BODY_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def has_subgraph(node: gs.Node) -> bool:
     """True if ``node`` carries a graph attribute (If/Loop/Scan bodies, functions' graphs)."""
-    # A plain loop: this runs for every node in several passes, and most nodes have no
-    # attributes or only scalar ones.
+    # Runs for every node in several passes and after every pass: answer standard ops by
+    # name, look at attributes only for the body ops and other domains.
+    if not node.attrs or (node.op not in _BODY_OPS and (node.domain or "") in STANDARD_DOMAINS):
+        return False
     for a in node.attrs.values():
         if isinstance(a, gs.Graph) or (isinstance(a, list) and a and isinstance(a[0], gs.Graph)):
             return True

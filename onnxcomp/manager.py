@@ -119,10 +119,12 @@ def _fingerprint(graph: gs.Graph) -> int:
     hashing gigabytes of weights per pass would not be cheap.
     """
     # Order-insensitive (a sum of node hashes): re-sorting nodes is not a change.
-    h = hash((len(graph.nodes), tuple(id(t) for t in graph.inputs), tuple(id(t) for t in graph.outputs)))
+    h = hash((len(graph.nodes), tuple(map(id, graph.inputs)), tuple(map(id, graph.outputs))))
+    constant = gs.Constant
     for n in graph.nodes:
-        ins = tuple((id(t), tuple(t.shape) if isinstance(t, gs.Constant) else None) for t in n.inputs)
-        h += hash((n.op, n.domain, ins, tuple(id(t) for t in n.outputs), tuple((k, id(v)) for k, v in n.attrs.items())))
+        ins, attrs = n.inputs, n.attrs
+        shapes = tuple([tuple(t.shape) for t in ins if type(t) is constant])
+        h += hash((n.op, n.domain, tuple(map(id, ins)), tuple(map(id, n.outputs)), tuple(attrs), tuple(map(id, attrs.values())), shapes))
     return h & 0xFFFFFFFFFFFFFFFF
 
 
