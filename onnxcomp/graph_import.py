@@ -18,12 +18,16 @@ ways and compare the results field by field.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter, get_numpy_type
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
 _A = onnx.AttributeProto
@@ -32,7 +36,7 @@ _ATTRIBUTES: dict[int, Callable[[onnx.AttributeProto], object]] = {
     _A.FLOAT: lambda a: a.f,
     _A.INT: lambda a: a.i,
     _A.STRING: lambda a: a.s.decode(),
-    _A.TENSOR: lambda a: OnnxImporter.import_tensor(a.t),
+    _A.TENSOR: lambda a: _constant(a.t),
     _A.FLOATS: lambda a: list(a.floats),
     _A.INTS: lambda a: list(a.ints),
     _A.STRINGS: lambda a: [s.decode() for s in a.strings],
@@ -43,16 +47,12 @@ class _NotPlain(Exception):
     """The model uses something only graphsurgeon's importer handles."""
 
 
-def _dtype(elem_type: int, cache: dict[int, object]) -> object:
-    """graphsurgeon's dtype for an ONNX element type: a numpy dtype, else the ONNX enum."""
-    try:
-        return cache[elem_type]
-    except KeyError:
-        dtype = get_numpy_type(elem_type)
-        if dtype is None:
-            raise _NotPlain from None  # graphsurgeon warns and keeps the enum: let it
-        cache[elem_type] = dtype
-        return dtype
+def _dtype(elem_type: int) -> object:
+    """graphsurgeon's dtype for a value's ONNX element type (a numpy dtype)."""
+    dtype = _numpy_dtype(elem_type)
+    if dtype is None:
+        raise _NotPlain  # graphsurgeon warns and keeps the enum: let it
+    return dtype
 
 
 def _synced(owner: object, field_name: str) -> SynchronizedList:
@@ -61,6 +61,31 @@ def _synced(owner: object, field_name: str) -> SynchronizedList:
     s.parent_obj = owner
     s.field_name = field_name
     return s
+
+
+@functools.cache
+def _numpy_dtype(elem_type: int) -> np.dtype | None:
+    return get_numpy_type(elem_type)
+
+
+def _constant(t: onnx.TensorProto) -> gs.Constant:
+    """``OnnxImporter.import_tensor(t)`` for an initializer or tensor attribute: a Constant
+    with `LazyValues`, built without graphsurgeon's per-field helpers."""
+    dtype = _numpy_dtype(t.data_type)
+    if dtype is None:  # bfloat16, float8...: graphsurgeon keeps (and warns about) the enum
+        return OnnxImporter.import_tensor(t)
+    values = LazyValues.__new__(LazyValues)
+    values.__dict__.update(tensor=t, shape=t.dims, dtype=dtype, nbytes=math.prod(t.dims) * np.dtype(dtype).itemsize)
+    c = gs.Constant.__new__(gs.Constant)
+    c.__dict__.update(
+        name=t.name,
+        inputs=_synced(c, "outputs"),
+        outputs=_synced(c, "inputs"),
+        _values=values,
+        data_location=int(t.data_location) if t.HasField("data_location") else None,
+        _export_dtype=None,
+    )
+    return c
 
 
 def _variable(name: str) -> gs.Variable:
@@ -77,7 +102,7 @@ def _variable(name: str) -> gs.Variable:
     return v
 
 
-def _typed_variable(vi: onnx.ValueInfoProto, dtypes: dict[int, object]) -> gs.Variable:
+def _typed_variable(vi: onnx.ValueInfoProto) -> gs.Variable:
     """A Variable for a value-info entry, typed as graphsurgeon types it."""
     v = _variable(vi.name)
     if vi.type.ByteSize() == 0:  # graphsurgeon leaves untyped entries untyped
@@ -90,7 +115,7 @@ def _typed_variable(vi: onnx.ValueInfoProto, dtypes: dict[int, object]) -> gs.Va
         shape = [
             d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
         ]
-    v.__dict__.update(dtype=_dtype(tt.elem_type, dtypes), shape=shape)
+    v.__dict__.update(dtype=_dtype(tt.elem_type), shape=shape)
     return v
 
 
@@ -117,17 +142,16 @@ def import_plain(model: onnx.ModelProto) -> gs.Graph | None:
 
 def _import(model: onnx.ModelProto) -> gs.Graph:
     g = model.graph
-    dtypes: dict[int, object] = {}
     tensors: dict[str, gs.Tensor] = {}
     for init in g.initializer:
         if init.name not in tensors:  # graphsurgeon keeps the first of duplicate names
-            tensors[init.name] = OnnxImporter.import_tensor(init)
+            tensors[init.name] = _constant(init)
     for vi in g.value_info:
         known = tensors.get(vi.name)
         if known is None:
-            tensors[vi.name] = _typed_variable(vi, dtypes)
+            tensors[vi.name] = _typed_variable(vi)
         elif isinstance(known, gs.Variable):  # a repeated entry adds what the first lacked
-            extra = _typed_variable(vi, dtypes)
+            extra = _typed_variable(vi)
             known.__dict__.update(dtype=known.dtype or extra.dtype, shape=known.shape or extra.shape)
     initializer_names = {t.name for t in g.initializer}
     graph_inputs = []
@@ -136,13 +160,13 @@ def _import(model: onnx.ModelProto) -> gs.Graph:
             continue
         t = tensors.get(vi.name)
         if t is None:
-            t = tensors[vi.name] = _typed_variable(vi, dtypes)
+            t = tensors[vi.name] = _typed_variable(vi)
         graph_inputs.append(t)
     graph_outputs = []
     for vi in g.output:
         t = tensors.get(vi.name)
         if t is None:
-            t = tensors[vi.name] = _typed_variable(vi, dtypes)
+            t = tensors[vi.name] = _typed_variable(vi)
         graph_outputs.append(t)
 
     def tensor(name: str) -> gs.Tensor:

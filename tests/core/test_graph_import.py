@@ -51,7 +51,8 @@ def _tensor_fields(t: gs.Tensor, index: dict[int, int]) -> dict:
             out[key] = [index[id(n)] for n in v]
             out[key + "_sync"] = (type(v).__name__, v.field_name, v.parent_obj is t)
         elif key == "_values":
-            out[key] = (type(v).__name__, np.asarray(t.values).tobytes(), str(np.asarray(t.values).dtype))
+            lazy = {k: (list(x) if k == "shape" else _value(x)) for k, x in vars(v).items() if k != "tensor"}
+            out[key] = (type(v).__name__, lazy, v.tensor.SerializeToString(), np.asarray(v.load()).tobytes())
         else:
             out[key] = _value(v)
     return out
@@ -130,8 +131,12 @@ def test_edge_cases_of_the_plain_subset() -> None:
         """
     )
     # Repeated and untyped value_info entries, an initializer that is also an input,
-    # a tensor named only by a node, and an input with a dim_param and an unknown dim.
+    # a tensor named only by a node, an input with a dim_param and an unknown dim, and a
+    # bfloat16 initializer (numpy has no such dtype: graphsurgeon's own constant import).
     model.graph.initializer.append(helper.make_tensor("w", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0]))
+    model.graph.initializer.append(helper.make_tensor("wb", TensorProto.BFLOAT16, [3], [1.0, 2.0, 3.0]))
+    model.graph.node.append(helper.make_node("Cast", ["wb"], ["wf"], to=TensorProto.FLOAT))
+    model.graph.node.append(helper.make_node("Add", ["y", "wf"], ["y2"]))
     model.graph.value_info.extend(
         [
             helper.make_tensor_value_info("a", TensorProto.FLOAT, None),
