@@ -325,27 +325,29 @@ class PassManager:
             else:  # weights on disk: onnxruntime maps them from a file (see skeleton.references_files)
                 fill_payloads(candidate, pending)
                 outs, err = self.verifier.evaluate(candidate)
-            # The candidate started before the reference run was known to work (the two
-            # overlap); when the input itself cannot run there is nothing to compare with.
-            if not self.verifier.can_verify:
-                pass
-            elif err:
-                problem = err
-            else:
-                baseline = self.baseline if self.baseline is not None else self.verifier.reference_outputs
-                bad = drift(baseline, outs, opts.tolerance) if lossless else None
-                if bad:
-                    problem = bad[1]
-                else:
-                    fidelity = summarize(verify_fidelity(self.verifier.reference_outputs, outs))
-                    self.baseline = outs
-                    self._baseline_model = candidate
+            # The candidate may have started before the reference run was known to work
+            # (the two overlap); if the input itself cannot run there is nothing to compare.
+            if self.verifier.can_verify:
+                problem, fidelity = self._compare(candidate, outs, err, lossless)
         else:
             fill_payloads(candidate, pending)
         self.check_seconds += time.perf_counter() - t0
         if problem is not None:
             return None, problem, None
         return candidate, None, fidelity
+
+    def _compare(self, candidate: onnx.ModelProto, outs: list, err: str | None, lossless: bool) -> tuple[str | None, dict | None]:
+        """``(problem or None, fidelity summary)`` of a candidate's outputs (or its run error)."""
+        if err:
+            return err, None
+        assert self.verifier is not None
+        baseline = self.baseline if self.baseline is not None else self.verifier.reference_outputs
+        bad = drift(baseline, outs, self.options.tolerance) if lossless else None
+        if bad:
+            return bad[1], None
+        self.baseline = outs
+        self._baseline_model = candidate
+        return None, summarize(verify_fidelity(self.verifier.reference_outputs, outs))
 
     def _input_passes_full_check(self) -> bool:
         """Full-check the input once; if it fails, fall back to structural checks for good."""

@@ -258,10 +258,7 @@ class Verifier:
         box: dict[str, tuple[Outputs, str | None]] = {}
 
         def work() -> None:
-            try:
-                box["result"] = evaluate(parts, self.feeds, self.workdir, cache=self.cache), None
-            except Exception as e:
-                box["result"] = [], f"result cannot run in onnxruntime: {one_line(e)}"
+            box["result"] = self._evaluate_now(parts)
 
         thread = threading.Thread(target=work, name="onnxcomp-candidate", daemon=True)
         thread.start()
@@ -279,6 +276,10 @@ class Verifier:
         ``lent``: values of payload-free initializer headers in ``model``.
         """
         self._join()  # the cache is filled by the reference run
+        return self._evaluate_now(model, lent)
+
+    def _evaluate_now(self, model: "onnx.ModelProto | RuntimeParts | bytes | str", lent: Mapping[str, np.ndarray] | None = None) -> tuple[Outputs, str | None]:
+        """`evaluate` without waiting for the reference run."""
         try:
             return evaluate(model, self.feeds, self.workdir, lent=lent, cache=self.cache), None
         except Exception as e:
