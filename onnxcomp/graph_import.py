@@ -105,9 +105,10 @@ def _variable(name: str) -> gs.Variable:
 def _typed_variable(vi: onnx.ValueInfoProto) -> gs.Variable:
     """A Variable for a value-info entry, typed as graphsurgeon types it."""
     v = _variable(vi.name)
-    if vi.type.ByteSize() == 0:  # graphsurgeon leaves untyped entries untyped
+    which = vi.type.WhichOneof("value")
+    if which is None and not vi.type.denotation:  # empty: graphsurgeon leaves it untyped
         return v
-    if vi.type.WhichOneof("value") != "tensor_type":
+    if which != "tensor_type":
         raise _NotPlain
     tt = vi.type.tensor_type
     shape = None

@@ -8,6 +8,7 @@ shape facts, and rewiring that keeps graph-output names stable.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from onnxcomp.pass_api import PassContext
+from onnxcomp.skeleton import typed_input
 
 #: Ops whose result is random: never folded, merged or removed as duplicates.
 RANDOM_OPS = frozenset(
@@ -272,6 +274,8 @@ def _lacks_facts(tensor: gs.Tensor) -> bool:
     return tensor.dtype is None or static_shape(tensor) is None
 
 
+_np_dtype_of = functools.cache(onnx.helper.tensor_dtype_to_np_dtype)
+
 #: ``ctx.artifacts`` key of the tensors shape inference has seen (lacking variables, constants).
 _SEEN_KEY = "lossless.shapes.seen"
 
@@ -322,7 +326,7 @@ def annotate_shapes(graph: gs.Graph, ctx: PassContext) -> None:
             tt = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
                 continue
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else None
+            dtype = _np_dtype_of(tt.elem_type) if tt.elem_type else None
             shape = None
             if tt.HasField("shape"):
                 shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
@@ -373,7 +377,7 @@ def _skeleton_model(graph: gs.Graph, ctx: PassContext, tensors: dict[str, gs.Ten
         raw = t._values
         if isinstance(raw, SparseValues) or constant_nbytes(t) > _SKELETON_MAX_CONSTANT_BYTES:
             elem = raw.tensor.data_type if isinstance(raw, LazyValues) else onnx_elem_type(np.asarray(raw.values if isinstance(raw, SparseValues) else raw).dtype)
-            inputs.append(onnx.helper.make_tensor_value_info(t.name, elem, list(t.shape)))
+            inputs.append(typed_input(t.name, elem, t.shape))
         else:
             inits.append(OnnxExporter.export_tensor_proto(t))
     g = onnx.helper.make_graph(nodes, graph.name or "skeleton", inputs, outputs, inits)

@@ -101,6 +101,19 @@ def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def typed_input(name: str, elem_type: int, dims: "Collection[int]") -> onnx.ValueInfoProto:
+    """A tensor value-info with static ``dims`` (``helper.make_tensor_value_info`` without
+    its per-call validation, which showed up when a skeleton lists hundreds of weights)."""
+    vi = onnx.ValueInfoProto(name=name)
+    tt = vi.type.tensor_type
+    tt.elem_type = elem_type
+    shape = tt.shape
+    shape.SetInParent()  # a scalar still has a (rank-0) shape
+    for d in dims:
+        shape.dim.add().dim_value = int(d)
+    return vi
+
+
 def structure_skeleton(model: onnx.ModelProto, lent: Collection[str] = ()) -> onnx.ModelProto:
     """``model`` with large main-graph initializers replaced by typed graph inputs.
 
@@ -118,7 +131,7 @@ def structure_skeleton(model: onnx.ModelProto, lent: Collection[str] = ()) -> on
     for t in model.graph.initializer:
         if t.name in lent or _strippable(t):
             if t.name not in listed:
-                out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+                out.graph.input.append(typed_input(t.name, t.data_type, t.dims))
         else:
             out.graph.initializer.append(t)
     return out

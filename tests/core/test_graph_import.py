@@ -176,6 +176,15 @@ def test_non_plain_models_are_refused() -> None:
     )
     assert import_plain(bf16) is None  # graphsurgeon keeps the ONNX enum: its path
 
+    denotation_only = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y) { y = Identity(x) }
+        """
+    )
+    denotation_only.graph.value_info.add(name="y").type.denotation = "IMAGE"  # a type with no kind
+    assert import_plain(denotation_only) is None
+
     no_default_opset = parse(
         """
         <ir_version: 8, opset_import: ["custom.dom" : 1]>
