@@ -39,8 +39,8 @@ def test_unsorted_nodes_are_sorted_in_a_copy(tmp_path: Path) -> None:
     onnx.checker.check_model(out, full_check=True)
 
 
-def test_node_with_subgraph_waits_for_its_outer_scope_inputs() -> None:
-    """The If body reads ``w``; its producer comes later in the file and must move first."""
+def _if_reading_a_later_output() -> onnx.ModelProto:
+    """An If whose then-body reads ``w``, produced by a node listed after the If."""
     then_g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["t"])], "then", [],
                                [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])])
     else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
@@ -50,7 +50,12 @@ def test_node_with_subgraph_waits_for_its_outer_scope_inputs() -> None:
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
                                        helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_node_with_subgraph_waits_for_its_outer_scope_inputs() -> None:
+    """The If body reads ``w``; its producer comes later in the file and must move first."""
+    m = _if_reading_a_later_output()
     out, _ = normalize(m)
     assert [n.name for n in out.graph.node] == ["producer", "if"]
     onnx.checker.check_model(out, full_check=True)
@@ -186,16 +191,7 @@ def test_manager_sorts_an_unsorted_input_and_says_so(tmp_path: Path) -> None:
 def test_manager_sorts_a_node_before_the_body_that_reads_it() -> None:
     import onnxcomp
 
-    then_g = helper.make_graph([helper.make_node("Add", ["x", "w"], ["t"])], "then", [],
-                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])])
-    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
-                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4])])
-    nodes = [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="if"),
-             helper.make_node("Relu", ["x"], ["w"], name="producer")]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
-                                       helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    m = _if_reading_a_later_output()
     out, report = onnxcomp.optimize(m)
     assert any("sorted" in w for w in report.warnings)
     assert [n.op_type for n in out.graph.node] == ["Relu", "If"]
