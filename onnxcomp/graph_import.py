@@ -143,6 +143,9 @@ def import_plain(model: onnx.ModelProto) -> gs.Graph | None:
 
 def _import(model: onnx.ModelProto) -> gs.Graph:
     g = model.graph
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise _NotPlain  # graphsurgeon warns and picks a default opset: let it
     tensors: dict[str, gs.Tensor] = {}
     for init in g.initializer:
         if init.name not in tensors:  # graphsurgeon keeps the first of duplicate names
@@ -203,13 +206,6 @@ def _import(model: onnx.ModelProto) -> gs.Graph:
         )
         nodes.append(node)
 
-    opset = None
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            opset = entry.version
-            break
-    else:
-        raise _NotPlain  # graphsurgeon warns and picks a default opset: let it
     return gs.Graph(
         nodes=nodes,
         inputs=graph_inputs,
