@@ -21,7 +21,6 @@ shape inference reads) stay inline.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -37,13 +36,6 @@ MIN_STRIPPED_BYTES = 4096
 
 #: The ``location`` of a stripped tensor; never read (onnxruntime gets the array instead).
 _PLACEHOLDER = "onnxcomp-borrowed-weight"
-
-
-def _payload_bytes(t: TensorProto) -> int:
-    """Payload size without reading it (reading ``raw_data`` copies it)."""
-    if t.data_location == TensorProto.EXTERNAL:
-        return next((int(kv.value) for kv in t.external_data if kv.key == "length"), MIN_STRIPPED_BYTES)
-    return math.prod(t.dims) * _itemsize(t.data_type)  # plain ints: np.prod costs more on a few dims
 
 
 @functools.cache
@@ -67,7 +59,8 @@ def _strippable(t: TensorProto) -> bool:
         return False
     if t.data_location == TensorProto.EXTERNAL:
         return safety.is_referenced(t)
-    return t.HasField("raw_data") and _payload_bytes(t) >= MIN_STRIPPED_BYTES
+    # Sized from the header: reading raw_data would copy the payload.
+    return t.HasField("raw_data") and (safety.expected_nbytes(t) or 0) >= MIN_STRIPPED_BYTES
 
 
 def references_files(model: onnx.ModelProto) -> bool:

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import QParams, quantize_bias, quantize_weight, weight_qparams
 from onnxcomp.quantization.rules import QuantPlan
-from onnxcomp.graph_utils import toposort
+from onnxcomp.graph_utils import remove_dead_nodes, toposort
 
 
 @dataclass
@@ -182,7 +182,7 @@ def materialize(
         stats.dynamic += 1
 
     graph.nodes.extend(new_nodes)
-    graph.cleanup(remove_unused_graph_inputs=False)
+    remove_dead_nodes(graph)
     toposort(graph)
     return stats
 
