@@ -302,10 +302,10 @@ def densenet_like(n_blocks: int = 4, layers_per_block: int = 30, growth: int = 1
 
 
 def bench_densenet(work: Path) -> None:
-    from onnxcomp.pass_api import PassContext
-    from onnxcomp.calibration import CalibrationData
-    from onnxcomp.graph_io import to_graph
-    from onnxcomp.runtime import make_session
+    from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.checking.calibration import CalibrationData
+    from onnxcomp.ir.convert import to_graph
+    from onnxcomp.checking.runtime import make_session
     from onnxcomp.passes.quantize_int8 import QuantizeInt8, QuantizeInt8Options
 
     model = densenet_like()

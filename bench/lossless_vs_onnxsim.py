@@ -35,7 +35,7 @@ import onnx
 
 
 def _max_abs_diff(ref: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
-    from onnxcomp.verify import evaluate
+    from onnxcomp.checking.verify import evaluate
 
     a, b = evaluate(ref, [feeds])[0], evaluate(cand, [feeds])[0]
     return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)))) for k in a)
@@ -44,10 +44,10 @@ def _max_abs_diff(ref: onnx.ModelProto, cand: onnx.ModelProto, feeds: dict[str, 
 def _passes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     """The lossless cleanup group to a fixed point, with no checks at all (not even the
     checker): import, the passes with the manager's cleanup and sort between them, export."""
-    from onnxcomp.graph_io import to_graph, to_model
-    from onnxcomp.graph_utils import remove_dead_nodes, toposort
-    from onnxcomp.pass_api import PassContext, instantiate
-    from onnxcomp.presets import CLEANUP
+    from onnxcomp.ir.convert import to_graph, to_model
+    from onnxcomp.ir.graph import remove_dead_nodes, toposort
+    from onnxcomp.pipeline.pass_api import PassContext, instantiate
+    from onnxcomp.pipeline.presets import CLEANUP
 
     graph, meta = to_graph(model)
     ctx = PassContext(original_model=model, meta=meta)
@@ -99,7 +99,7 @@ def main() -> None:
 
     import models
     import onnxcomp
-    from onnxcomp.calibration import generate_inputs
+    from onnxcomp.checking.calibration import generate_inputs
 
     rows = []
     cli_rows: list[tuple[str, float, float]] = []

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 import onnxcomp  # noqa: E402
-from onnxcomp.cost import model_cost  # noqa: E402
+from onnxcomp.ir.cost import model_cost  # noqa: E402
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:

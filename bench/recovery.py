@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
 import onnxcomp  # noqa: E402
-from onnxcomp.cost import model_cost  # noqa: E402
-from onnxcomp.pass_api import registered_passes  # noqa: E402
+from onnxcomp.ir.cost import model_cost  # noqa: E402
+from onnxcomp.pipeline.pass_api import registered_passes  # noqa: E402
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:

@@ -259,7 +259,7 @@ def write_outputs(doc: dict[str, Any], out_dir: Path) -> None:
     from suite_plot import plot
     from suite_report import render_markdown
 
-    from onnxcomp.report import json_safe
+    from onnxcomp.pipeline.report import json_safe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     doc["findings"] = [f.to_dict() for f in findings(doc.get("rows", []))]
@@ -289,7 +289,7 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _config_dict(cfg: SuiteConfig) -> dict[str, Any]:
-    from onnxcomp.runtime import resolve_providers
+    from onnxcomp.checking.runtime import resolve_providers
 
     d = asdict(cfg)
     d.pop("settings", None)

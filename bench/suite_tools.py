@@ -169,7 +169,7 @@ def _calibration_reader(inp: ToolInputs) -> Any:
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
 
-    from onnxcomp.calibration import CalibrationData
+    from onnxcomp.checking.calibration import CalibrationData
 
     model = onnx.load(str(inp.fp32_path), load_external_data=False)
     data = CalibrationData.from_source(str(inp.calib_npz), model, batch_size=inp.setting.batch)

@@ -10,7 +10,7 @@ Passes are registered with `register_pass`; see the README for how to write one.
 
 from onnxcomp._version import __version__
 from onnxcomp.api import optimize
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.errors import (
     CalibrationDataError,
     InvalidModelError,
@@ -20,8 +20,8 @@ from onnxcomp.errors import (
     UsageError,
     VerificationError,
 )
-from onnxcomp.model_io import load_model, save_model
-from onnxcomp.pass_api import (
+from onnxcomp.io.files import load_model, save_model
+from onnxcomp.pipeline.pass_api import (
     NoOptions,
     Pass,
     PassContext,
@@ -31,7 +31,7 @@ from onnxcomp.pass_api import (
     register_pass,
     registered_passes,
 )
-from onnxcomp.report import Report
+from onnxcomp.pipeline.report import Report
 
 __all__ = [
     "__version__",
@@ -60,11 +60,11 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy: bench/compare pull in more machinery
     if name == "bench":
-        from onnxcomp.benchmark import bench
+        from onnxcomp.perf.bench import bench
 
         return bench
     if name == "compare":
-        from onnxcomp.benchmark import compare
+        from onnxcomp.perf.bench import compare
 
         return compare
     raise AttributeError(name)

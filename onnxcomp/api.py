@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 import onnx
 
-from onnxcomp.calibration import CalibrationData
+from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.errors import UsageError
-from onnxcomp.manager import ManagerOptions, PassManager, build_pipeline
-from onnxcomp.model_io import check_output_path, load_model, save_model
-from onnxcomp.pass_api import Pass, load_builtin_passes
-from onnxcomp.plugins import load_entry_point_plugins, load_plugin
-from onnxcomp.report import Report
-from onnxcomp.verify import Tolerance
+from onnxcomp.pipeline.manager import ManagerOptions, PassManager, build_pipeline
+from onnxcomp.io.files import check_output_path, load_model, save_model
+from onnxcomp.pipeline.pass_api import Pass, load_builtin_passes
+from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
+from onnxcomp.pipeline.report import Report
+from onnxcomp.checking.verify import Tolerance
 
 
 def default_output_path(input_path: str | os.PathLike[str]) -> Path:

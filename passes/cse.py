@@ -35,7 +35,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxcomp.errors import UsageError
-from onnxcomp.graph_utils import (
+from onnxcomp.ir.graph import (
     RANDOM_OPS,
     cleanup_after_rewrite,
     constant_nbytes,
@@ -47,7 +47,7 @@ from onnxcomp.graph_utils import (
     tensor_map,
     toposort,
 )
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
 @dataclass(frozen=True, kw_only=True)

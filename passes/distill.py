@@ -26,7 +26,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 _NO_TORCH = "distill needs PyTorch: pip install 'onnxcomp[torch]'"
 
@@ -146,7 +146,7 @@ class Distill(Pass):
         from onnxcomp.recovery.torch_graph import OnnxModule
 
         if opts.teacher is not None:
-            from onnxcomp.model_io import load_model
+            from onnxcomp.io.files import load_model
 
             teacher = load_model(opts.teacher)
         else:

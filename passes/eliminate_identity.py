@@ -22,7 +22,7 @@ exactly ``y = x`` (same values, same dtype, same shape); the node is then bypass
 
 Graph outputs keep their names: when the removed node writes a graph output, the
 producer of its input is renamed to write that output instead (see
-`onnxcomp.graph_utils.bypass`). An identity from a graph input (or a constant, or an
+`onnxcomp.ir.graph.bypass`). An identity from a graph input (or a constant, or an
 outer-scope value) straight to a graph output must stay: without it the output would
 have no producer of its own name.
 
@@ -37,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph_utils import (
+from onnxcomp.ir.graph import (
     annotate_shapes,
     bypass,
     cleanup_after_rewrite,
@@ -48,7 +48,7 @@ from onnxcomp.graph_utils import (
     same_dtype,
     static_shape,
 )
-from onnxcomp.pass_api import Pass, PassContext, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassResult, register_pass
 
 #: A rule returns the input tensor the node's first output equals, or None (not a no-op).
 _Rule = Callable[[gs.Node, int], "gs.Tensor | None"]

@@ -51,7 +51,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxcomp.graph_utils import (
+from onnxcomp.ir.graph import (
     annotate_shapes,
     bypass,
     can_add_initializers,
@@ -64,7 +64,7 @@ from onnxcomp.graph_utils import (
     toposort,
     unique_namer,
 )
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
 @dataclass(frozen=True, kw_only=True)

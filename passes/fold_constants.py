@@ -49,7 +49,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxcomp.errors import UsageError
-from onnxcomp.graph_utils import (
+from onnxcomp.ir.graph import (
     RANDOM_OPS,
     annotate_shapes,
     can_add_initializers,
@@ -65,7 +65,7 @@ from onnxcomp.graph_utils import (
     static_shape,
     toposort,
 )
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 #: Ops that are never evaluated at compile time (besides random ops and subgraph ops).
 _NEVER = frozenset(

@@ -26,9 +26,9 @@ from typing import Literal
 
 import onnx_graphsurgeon as gs
 
-from onnxcomp.cost import graph_cost
+from onnxcomp.ir.cost import graph_cost
 from onnxcomp.errors import PassError, UsageError
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.pruning.allocate import allocate
 from onnxcomp.pruning.apply import apply_kept, kept_positions
 from onnxcomp.pruning.deps import ChannelGroup, analyze, infer_shapes

@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.quantization.calibrators import CALIBRATORS, QParams, activation_qparams, calibrate_range, weight_qparams
 from onnxcomp.quantization.collect import collect_stats
 from onnxcomp.quantization.insert import materialize, weight_params

@@ -37,11 +37,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
-from onnxcomp.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.recovery.activations import TensorTap, merged_batches
 from onnxcomp.recovery.layers import LinearLayer, match_layer
 from onnxcomp.recovery.lstsq import NormalEquations
-from onnxcomp.graph_utils import toposort
+from onnxcomp.ir.graph import toposort
 
 PRUNE_ARTIFACT = "prune-channels"
 
@@ -139,7 +139,7 @@ class Reconstruct(Pass):
         if getattr(ctx.calibration, "generated", False):
             ctx.logger.warning("reconstruct: calibration data is random; refit layers will fit noise statistics")
         if opts.teacher is not None:
-            from onnxcomp.model_io import load_model
+            from onnxcomp.io.files import load_model
 
             teacher = load_model(opts.teacher)
         else:

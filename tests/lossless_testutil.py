@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import onnx.parser
 
-from onnxcomp.calibration import generate_inputs
-from onnxcomp.graph_io import to_graph, to_model
-from onnxcomp.pass_api import PassContext, PassResult, instantiate
-from onnxcomp.verify import evaluate
+from onnxcomp.checking.calibration import generate_inputs
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.pipeline.pass_api import PassContext, PassResult, instantiate
+from onnxcomp.checking.verify import evaluate
 
 
 def parse(text: str) -> onnx.ModelProto:

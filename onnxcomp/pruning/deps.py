@@ -308,9 +308,9 @@ def analyze(graph: gs.Graph, shapes: dict[str, list[Dim]], *, exclude: tuple[str
 
 def analyze_model(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -> tuple[gs.Graph, list[ChannelGroup]]:
     """Import ``model``, fold its constants (as the pass does) and analyze it."""
-    from onnxcomp.graph_io import to_graph
+    from onnxcomp.ir.convert import to_graph
 
-    from onnxcomp.graph_io import to_model
+    from onnxcomp.ir.convert import to_model
 
     graph, meta = to_graph(model)
     try:  # the pass folds constants first too (exact); do the same here

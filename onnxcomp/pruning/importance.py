@@ -100,7 +100,7 @@ def activation_norms(model: onnx.ModelProto, requests: dict[str, int], calibrati
     One session over a copy of ``model`` with the activations added as outputs; only
     running sums of squares are kept, never the activations.
     """
-    from onnxcomp.runtime import make_session, run
+    from onnxcomp.checking.runtime import make_session, run
 
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -14,7 +14,7 @@ import onnx
 
 from onnxcomp.errors import CalibrationDataError
 from onnxcomp.quantization.calibrators import TensorStats
-from onnxcomp.runtime import make_session
+from onnxcomp.checking.runtime import make_session
 
 
 def expose_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import QParams, quantize_bias, quantize_weight, weight_qparams
 from onnxcomp.quantization.rules import QuantPlan
-from onnxcomp.graph_utils import remove_dead_nodes, toposort
+from onnxcomp.ir.graph import remove_dead_nodes, toposort
 
 
 @dataclass

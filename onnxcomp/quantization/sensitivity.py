@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxcomp.metrics import FidelityAccumulator
-from onnxcomp.runtime import make_session, run
+from onnxcomp.checking.metrics import FidelityAccumulator
+from onnxcomp.checking.runtime import make_session, run
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import TensorStats
-from onnxcomp.graph_utils import toposort
+from onnxcomp.ir.graph import toposort
 
 
 @dataclass(frozen=True)

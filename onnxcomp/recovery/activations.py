@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.runtime import make_session
+from onnxcomp.checking.runtime import make_session
 
 if typing.TYPE_CHECKING:
-    from onnxcomp.calibration import CalibrationData
+    from onnxcomp.checking.calibration import CalibrationData
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
@@ -99,7 +99,7 @@ def merged_batches(data: "CalibrationData", model: onnx.ModelProto, *, target: i
     batch dim is symbolic, consecutive batches are concatenated (memory stays bounded
     by ``target`` samples); a model with a fixed batch size gets its batches as they are.
     """
-    from onnxcomp.calibration import required_input_specs
+    from onnxcomp.checking.calibration import required_input_specs
 
     symbolic = all(not isinstance(s.batch_dim, int) for s in required_input_specs(model))
     pending: list[dict[str, np.ndarray]] = []

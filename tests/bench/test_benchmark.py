@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 import onnxcomp
-from onnxcomp import benchmark
-from onnxcomp.benchmark import (
+from onnxcomp.perf import bench as benchmark
+from onnxcomp.perf.bench import (
     IoBindingRunner,
     PlainRunner,
     ep_warnings,

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from onnxcomp.benchmark import InterleavedTimer
+from onnxcomp.perf.bench import InterleavedTimer
 from onnxcomp.errors import UsageError
-from onnxcomp.gate import (
+from onnxcomp.perf.gate import (
     Budget,
     SlowdownEstimate,
     adaptive_measure,
@@ -208,7 +208,7 @@ def test_budget_validation() -> None:
 def test_reference_workload_is_fixed_and_valid() -> None:
     import onnx
 
-    from onnxcomp.gate import REFERENCE_WORKLOAD, reference_workload
+    from onnxcomp.perf.gate import REFERENCE_WORKLOAD, reference_workload
 
     m1, m2 = reference_workload(), reference_workload()
     assert m1.SerializeToString() == m2.SerializeToString()  # same computation in every run

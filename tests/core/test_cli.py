@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcomp import __version__
-from onnxcomp.cli import main
+from onnxcomp.cli.main import main
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_bad_model_files(tmp_path: Path, content: bytes, message: str) -> None:
 def test_passes_lists_every_registered_pass_with_options() -> None:
     r = _run("passes", "--json")
     data = json.loads(r.output)
-    from onnxcomp.pass_api import registered_passes
+    from onnxcomp.pipeline.pass_api import registered_passes
 
     assert {p["name"] for p in data["passes"]} == set(registered_passes())
     assert "lossless" in data["presets"]

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper
 
-from onnxcomp.graph_import import import_plain
+from onnxcomp.ir.importer import import_plain
 
 
 def parse(text: str) -> onnx.ModelProto:

@@ -9,8 +9,8 @@ import pytest
 import onnxcomp
 from onnxcomp import Pass, PassResult, register_pass
 from onnxcomp.errors import PassError, UnverifiedError, UsageError
-from onnxcomp.manager import ManagerOptions, PassGroup, PassManager, build_pipeline
-from onnxcomp.pass_api import instantiate, isolated_registry
+from onnxcomp.pipeline.manager import ManagerOptions, PassGroup, PassManager, build_pipeline
+from onnxcomp.pipeline.pass_api import instantiate, isolated_registry
 
 from testutil import parse
 

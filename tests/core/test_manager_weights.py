@@ -1,7 +1,7 @@
 """The manager with weights large enough to be lent to onnxruntime instead of serialized.
 
 Tiny test graphs keep every weight inline; these use weights above
-`onnxcomp.skeleton.MIN_STRIPPED_BYTES`, so checks go through payload-free headers,
+`onnxcomp.ir.weightless.MIN_STRIPPED_BYTES`, so checks go through payload-free headers,
 borrowed arrays and payloads written only when a result is accepted.
 """
 
@@ -16,10 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxcomp
 from onnxcomp import Pass, PassResult, register_pass
 from onnxcomp.errors import PassError
-from onnxcomp.manager import PassGroup, PassManager
-from onnxcomp.pass_api import instantiate, isolated_registry
-from onnxcomp.runtime import make_session, run
-from onnxcomp.skeleton import MIN_STRIPPED_BYTES
+from onnxcomp.pipeline.manager import PassGroup, PassManager
+from onnxcomp.pipeline.pass_api import instantiate, isolated_registry
+from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES
 
 WIDTH = 64  # 64 x 64 float32 = 16 KiB per weight
 

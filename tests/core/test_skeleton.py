@@ -9,11 +9,11 @@ import onnxruntime as ort
 import pytest
 from testutil import conv_model
 
-from onnxcomp.graph_io import to_graph, to_model
-from onnxcomp.manager import _check_structure
-from onnxcomp.runtime import make_session, run
-from onnxcomp.skeleton import MIN_STRIPPED_BYTES, runtime_parts, structure_skeleton
-from onnxcomp.verify import Verifier
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.pipeline.manager import _check_structure
+from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, runtime_parts, structure_skeleton
+from onnxcomp.checking.verify import Verifier
 
 
 def _big_conv_model() -> onnx.ModelProto:
@@ -120,7 +120,7 @@ def test_background_reference_run_gives_the_same_outputs() -> None:
 def test_candidate_overlaps_a_running_reference_only_for_small_inputs(monkeypatch: pytest.MonkeyPatch, small: bool) -> None:
     import threading
 
-    import onnxcomp.verify as verify_mod
+    import onnxcomp.checking.verify as verify_mod
 
     model = _big_conv_model()
     feeds = [{"x": np.ones((1, 3, 8, 8), np.float32)}]
@@ -171,7 +171,7 @@ def test_candidate_of_an_input_that_cannot_run_is_not_a_failure() -> None:
 
 
 def test_a_reference_run_nobody_needs_stops_after_its_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    import onnxcomp.verify as verify_mod
+    import onnxcomp.checking.verify as verify_mod
 
     model = _big_conv_model()
     v = Verifier(model, [{"x": np.ones((1, 3, 8, 8), np.float32)}])

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from onnxcomp.graph_utils import toposort
+from onnxcomp.ir.graph import toposort
 
 
 def _chain(n: int) -> tuple[gs.Graph, list[gs.Node]]:

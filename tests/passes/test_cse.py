@@ -128,8 +128,8 @@ def test_large_constants_equal_at_both_ends_are_compared_in_full() -> None:
 def test_weights_are_sampled_once_per_payload(monkeypatch: pytest.MonkeyPatch) -> None:
     # A fixed-point loop runs cse every sweep over the same (never changing) weights of the
     # input model: the second run must not load them again, yet still merge equal ones.
-    from onnxcomp.graph_io import to_graph
-    from onnxcomp.pass_api import PassContext, instantiate
+    from onnxcomp.ir.convert import to_graph
+    from onnxcomp.pipeline.pass_api import PassContext, instantiate
 
     rng = np.random.default_rng(1)
     w0, w1 = rng.standard_normal((2, 64, 64)).astype(np.float32)

@@ -8,8 +8,8 @@ import pytest
 from lossless_testutil import assert_same_outputs, ops, run_pass
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.graph_io import to_graph, to_model
-from onnxcomp.pass_api import PassContext, instantiate
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.pipeline.pass_api import PassContext, instantiate
 
 RNG = np.random.default_rng(0)
 

@@ -13,8 +13,8 @@ import pytest
 from lossless_testutil import parse
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxcomp.graph_io import to_graph
-from onnxcomp.graph_utils import (
+from onnxcomp.ir.convert import to_graph
+from onnxcomp.ir.graph import (
     annotate_shapes,
     cleanup_after_rewrite,
     export_node,
@@ -23,7 +23,7 @@ from onnxcomp.graph_utils import (
     tensor_map,
     toposort,
 )
-from onnxcomp.pass_api import PassContext
+from onnxcomp.pipeline.pass_api import PassContext
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'
 

@@ -43,9 +43,9 @@ def test_cli_removes_all_batchnorm_and_identity_of_raw_torch_export(tmp_path: Pa
     models = pytest.importorskip("models")
     from click.testing import CliRunner
 
-    from onnxcomp.calibration import generate_inputs
-    from onnxcomp.cli import main
-    from onnxcomp.verify import evaluate
+    from onnxcomp.checking.calibration import generate_inputs
+    from onnxcomp.cli.main import main
+    from onnxcomp.checking.verify import evaluate
 
     src = tmp_path / "mbv2.onnx"
     models.export("mobilenetv2", src, small=True, keep_batchnorm=True)

@@ -12,9 +12,9 @@ from conftest import Builder
 from exactness import run, zeroed_and_pruned
 
 import onnxcomp
-from onnxcomp.calibration import generate_inputs
+from onnxcomp.checking.calibration import generate_inputs
 from onnxcomp.errors import UsageError
-from onnxcomp.pass_api import instantiate
+from onnxcomp.pipeline.pass_api import instantiate
 
 
 def tiny_cnn() -> onnx.ModelProto:
@@ -49,8 +49,8 @@ def test_ratio_zero_is_identity():
 
 
 def test_wanda_without_calibration_is_a_usage_error():
-    from onnxcomp.graph_io import to_graph
-    from onnxcomp.pass_api import PassContext
+    from onnxcomp.ir.convert import to_graph
+    from onnxcomp.pipeline.pass_api import PassContext
 
     m = tiny_cnn()
     graph, meta = to_graph(m)
@@ -72,8 +72,8 @@ def test_criteria_prune_half_and_keep_interface(criterion):
 
 
 def test_artifacts_contract_and_exclude():
-    from onnxcomp.graph_io import to_graph
-    from onnxcomp.pass_api import PassContext
+    from onnxcomp.ir.convert import to_graph
+    from onnxcomp.pipeline.pass_api import PassContext
 
     m = tiny_cnn()
     graph, meta = to_graph(m)
@@ -120,7 +120,7 @@ def test_round_to_and_global_allocation():
 
 
 def test_inspect_lists_groups_and_frozen_reasons(tmp_path):
-    from onnxcomp.cli import main
+    from onnxcomp.cli.main import main
 
     p = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), p)

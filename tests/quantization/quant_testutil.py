@@ -12,9 +12,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.graph_io import to_graph, to_model
-from onnxcomp.pass_api import PassContext
+from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.pipeline.pass_api import PassContext
 
 
 def _w(rng: np.random.Generator, *shape: int, scale: float = 0.3) -> np.ndarray:

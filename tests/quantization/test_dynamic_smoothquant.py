@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.graph_io import to_graph, to_model
+from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.ir.convert import to_graph, to_model
 from onnxcomp.quantization.collect import collect_stats
 from onnxcomp.quantization.rules import DYNAMIC_RULES, RuleOptions, build_plan
 from onnxcomp.quantization.smoothquant import find_sites, smooth

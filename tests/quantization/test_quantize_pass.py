@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 import onnxcomp
 from onnxcomp.errors import UsageError
-from onnxcomp.pass_api import instantiate
+from onnxcomp.pipeline.pass_api import instantiate
 from onnxcomp.passes.quantize_int8 import NEEDS_DATA, QuantizeInt8Options
 from onnxcomp.quantization.calibrators import TensorStats
 from onnxcomp.quantization.collect import collect_stats
@@ -141,7 +141,7 @@ def test_pipeline_preset_int8_verifies_and_writes(tmp_path):
 
 
 def test_cli_without_calibration_data_is_one_line_exit_2(tmp_path):
-    from onnxcomp.cli import main
+    from onnxcomp.cli.main import main
 
     src = tmp_path / "m.onnx"
     onnx.save(conv_relu_concat_model(), src)

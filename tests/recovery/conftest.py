@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.graph_io import ModelMeta
-from onnxcomp.pass_api import PassContext
+from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.ir.convert import ModelMeta
+from onnxcomp.pipeline.pass_api import PassContext
 
 
 def conv_net(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray | None, *, fc: np.ndarray | None = None,

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 pytest.importorskip("torch")
 
 from onnxcomp.errors import UsageError  # noqa: E402
-from onnxcomp.graph_io import to_graph, to_model  # noqa: E402
-from onnxcomp.pass_api import instantiate  # noqa: E402
+from onnxcomp.ir.convert import to_graph, to_model  # noqa: E402
+from onnxcomp.pipeline.pass_api import instantiate  # noqa: E402
 from onnxcomp.passes.distill import Distill, DistillOptions  # noqa: E402
 
 from .conftest import conv_net, make_ctx  # noqa: E402

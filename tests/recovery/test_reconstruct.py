@@ -9,8 +9,8 @@ import pytest
 
 import onnxcomp
 from onnxcomp.errors import UsageError
-from onnxcomp.graph_io import to_graph, to_model
-from onnxcomp.pass_api import instantiate
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.pipeline.pass_api import instantiate
 from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
 
 from .conftest import conv_net, make_ctx

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from onnxcomp.cli import main
-from onnxcomp.pass_api import load_builtin_passes, registered_passes
-from onnxcomp.presets import CLEANUP
+from onnxcomp.cli.main import main
+from onnxcomp.pipeline.pass_api import load_builtin_passes, registered_passes
+from onnxcomp.pipeline.presets import CLEANUP
 
 
 def lossless_args() -> list[str]:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxcomp
-from onnxcomp.runtime import make_session, run
+from onnxcomp.checking.runtime import make_session, run
 
 from .conftest import lossless_args
 

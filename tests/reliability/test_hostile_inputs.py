@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxcomp.calibration import generate_inputs
-from onnxcomp.runtime import make_session, run
+from onnxcomp.checking.calibration import generate_inputs
+from onnxcomp.checking.runtime import make_session, run
 
 from ._cases import CASES, Case
 from .conftest import lossless_args, run_cli, snapshot

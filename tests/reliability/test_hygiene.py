@@ -1,4 +1,4 @@
-"""Graph hygiene at load (onnxcomp.hygiene) and import/export fidelity (onnxcomp.graph_io)."""
+"""Graph hygiene at load (onnxcomp.io.hygiene) and import/export fidelity (onnxcomp.ir.convert)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.errors import InvalidModelError
-from onnxcomp.graph_io import to_graph, to_model
-from onnxcomp.hygiene import check_unique_names, normalize
-from onnxcomp.runtime import make_session, run
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.io.hygiene import check_unique_names, normalize
+from onnxcomp.checking.runtime import make_session, run
 
 from . import _cases
 from .conftest import lossless_args, run_cli
@@ -116,7 +116,7 @@ def test_overridable_initializer_stays_an_input(tmp_path: Path) -> None:
     x = np.zeros(4, np.float32)
     np.testing.assert_array_equal(run(sess, {"x": x})["y"], np.ones(4, np.float32))
     w = np.full(4, 7.0, np.float32)
-    # session.run directly: onnxcomp.runtime.run drops feeds onnxruntime lists as
+    # session.run directly: onnxcomp.checking.runtime.run drops feeds onnxruntime lists as
     # overridable initializers rather than inputs.
     np.testing.assert_array_equal(sess.run(["y"], {"x": x, "W": w})[0], w)  # the override is honoured
 

@@ -11,9 +11,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxcomp import model_io
+from onnxcomp.io import files as model_io
 from onnxcomp.errors import UsageError
-from onnxcomp.model_io import load_model, save_model
+from onnxcomp.io.files import load_model, save_model
 
 from ._cases import relu_model, save, with_external
 from .conftest import lossless_args, run_cli, snapshot
@@ -227,7 +227,7 @@ def test_lazy_input_keeps_weights_on_disk(tmp_path: Path, lazy_everything) -> No
 
 
 def test_lazy_input_optimizes_to_a_valid_equal_model(tmp_path: Path, lazy_everything) -> None:
-    from onnxcomp.runtime import make_session, run
+    from onnxcomp.checking.runtime import make_session, run
 
     src = _external_bn_model(tmp_path)
     before = snapshot(tmp_path)

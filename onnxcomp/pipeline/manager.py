@@ -27,20 +27,20 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp._version import __version__
-from onnxcomp.calibration import CalibrationData
-from onnxcomp.cost import GraphCost, graph_cost, model_cost
+from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.ir.cost import GraphCost, graph_cost, model_cost
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError
-from onnxcomp.graph_io import ModelMeta, export_parts, fill_payloads, pending_arrays, to_graph
-from onnxcomp.graph_utils import remove_dead_nodes, toposort
-from onnxcomp.hygiene import normalize
-from onnxcomp.metrics import summarize
-from onnxcomp.pass_api import Pass, PassContext, PassResult, instantiate
-from onnxcomp.presets import FixedPoint, preset_steps
-from onnxcomp.report import PassRecord, Report
-from onnxcomp.skeleton import references_files, structure_skeleton
-from onnxcomp.verify import Tolerance, Verifier, drift, verification_feeds
-from onnxcomp.verify import fidelity as verify_fidelity
-from onnxcomp.verify import one_line as _one_line
+from onnxcomp.ir.convert import ModelMeta, export_parts, fill_payloads, pending_arrays, to_graph
+from onnxcomp.ir.graph import remove_dead_nodes, toposort
+from onnxcomp.io.hygiene import normalize
+from onnxcomp.checking.metrics import summarize
+from onnxcomp.pipeline.pass_api import Pass, PassContext, PassResult, instantiate
+from onnxcomp.pipeline.presets import FixedPoint, preset_steps
+from onnxcomp.pipeline.report import PassRecord, Report
+from onnxcomp.ir.weightless import references_files, structure_skeleton
+from onnxcomp.checking.verify import Tolerance, Verifier, drift, verification_feeds
+from onnxcomp.checking.verify import fidelity as verify_fidelity
+from onnxcomp.checking.verify import one_line as _one_line
 
 log = logging.getLogger("onnxcomp")
 
@@ -136,7 +136,7 @@ def _check_structure(model: "onnx.ModelProto | bytes | str", full: bool, lent: C
     (and models over 2 GB need no spill to disk). ``lent`` names initializers that are
     payload-free headers of an export in progress.
     """
-    from onnxcomp.model_io import PROTO_LIMIT, save_model
+    from onnxcomp.io.files import PROTO_LIMIT, save_model
 
     if isinstance(model, (bytes, str)):
         onnx.checker.check_model(model, full_check=full)

@@ -1,7 +1,7 @@
 """The one place that reads and writes model files.
 
 Loading refuses what is not a model (empty, truncated, Git LFS pointers, pickles, zip
-checkpoints) and what is unsafe (see `onnxcomp.safety`) with a one-line
+checkpoints) and what is unsafe (see `onnxcomp.io.safety`) with a one-line
 `InvalidModelError`, before any large allocation. Inputs whose external data is too large
 for one protobuf can be loaded *lazily* (``lazy_external=True``): tensors stay in the
 validated data file and are streamed file-to-file whenever a copy is needed (checker,
@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp import safety
+from onnxcomp.io import safety
 from onnxcomp.errors import InvalidModelError, UsageError
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -76,7 +76,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
             references are still checked, so a later load cannot escape the folder.
         lazy_external: When external payloads total at least `LAZY_EXTERNAL_BYTES`, keep
             them on disk: tensors stay external, pinned to the model's folder (see
-            `onnxcomp.safety.reference_external_data`). Everything in onnxcomp reads
+            `onnxcomp.io.safety.reference_external_data`). Everything in onnxcomp reads
             and writes such models by streaming from that file; other consumers should
             write them with `save_model` first.
 

@@ -28,9 +28,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnxcomp.graph_import import import_plain
-from onnxcomp.graph_utils import constant_nbytes, tensor_map
-from onnxcomp.skeleton import MIN_STRIPPED_BYTES, ArrayCache, lendable
+from onnxcomp.ir.importer import import_plain
+from onnxcomp.ir.graph import constant_nbytes, tensor_map
+from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
 
 @dataclass
@@ -101,14 +101,14 @@ class ExternalValues(LazyValues):
     """Lazy values of a tensor still in the input's external-data file.
 
     graphsurgeon's own `LazyValues.load` resolves external locations against the
-    current directory; this reads through `onnxcomp.safety.read_external`, which
+    current directory; this reads through `onnxcomp.io.safety.read_external`, which
     re-validates the location against the model's folder.
     """
 
     def load(self):  # noqa: ANN201 - numpy array, as in the base class
         from onnx import numpy_helper
 
-        from onnxcomp import safety
+        from onnxcomp.io import safety
 
         inline = onnx.TensorProto()
         inline.CopyFrom(self.tensor)  # header only: external tensors carry no payload
@@ -120,7 +120,7 @@ class ExternalValues(LazyValues):
 
 def _wrap_referenced(graph: gs.Graph) -> None:
     """Swap graphsurgeon's LazyValues for `ExternalValues` on referenced tensors."""
-    from onnxcomp import safety
+    from onnxcomp.io import safety
 
     stack = [graph]
     while stack:

@@ -36,8 +36,8 @@ import onnx_graphsurgeon as gs
 from onnxcomp.errors import UsageError
 
 if typing.TYPE_CHECKING:
-    from onnxcomp.calibration import CalibrationData
-    from onnxcomp.graph_io import ModelMeta
+    from onnxcomp.checking.calibration import CalibrationData
+    from onnxcomp.ir.convert import ModelMeta
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -107,7 +107,7 @@ class PassContext:
 
     def to_model(self, graph: gs.Graph) -> onnx.ModelProto:
         """Export the current graph (e.g. to run it in onnxruntime for statistics)."""
-        from onnxcomp.graph_io import to_model
+        from onnxcomp.ir.convert import to_model
 
         return to_model(graph.copy(), self.meta)
 

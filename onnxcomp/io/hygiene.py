@@ -6,7 +6,7 @@ make them silently wrong or make the checker reject a model onnxruntime happily 
 * **Duplicate tensor names** (two producers of one name, an initializer given twice, an
   input also produced by a node): which value a consumer means is ambiguous, so this is an
   `InvalidModelError` that lists the names. (An initializer that is *also* a graph input
-  is not a duplicate: it is an overridable default, see `onnxcomp.graph_io`.)
+  is not a duplicate: it is an overridable default, see `onnxcomp.ir.convert`.)
 * **Unsorted nodes**: sorted here (Kahn's algorithm, linear in nodes + edges). A node
   that holds subgraphs depends on every outer-scope name its bodies read, so those
   implicit inputs count as edges too. A cycle is an error naming nodes on it.

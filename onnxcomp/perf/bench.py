@@ -40,11 +40,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.calibration import CalibrationData, generate_inputs, required_input_specs
+from onnxcomp.checking.calibration import CalibrationData, generate_inputs, required_input_specs
 from onnxcomp.errors import CalibrationDataError, InvalidModelError, UsageError
-from onnxcomp.metrics import OutputFidelity, summarize
-from onnxcomp.model_io import external_data_files, load_model
-from onnxcomp.runtime import resolve_providers
+from onnxcomp.checking.metrics import OutputFidelity, summarize
+from onnxcomp.io.files import external_data_files, load_model
+from onnxcomp.checking.runtime import resolve_providers
 
 log = logging.getLogger("onnxcomp")
 
@@ -833,7 +833,7 @@ def fidelity_on(
     Returns:
         ``(per-output fidelity, samples seen, whether labels were present)``.
     """
-    from onnxcomp.metrics import FidelityAccumulator
+    from onnxcomp.checking.metrics import FidelityAccumulator
 
     ref_model, cand_model = _load_checked(reference), _load_checked(candidate)
     so = lambda: session_options(threads=threads, spinning=False)  # noqa: E731

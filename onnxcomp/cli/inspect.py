@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from onnxcomp.cli import handle_errors
+from onnxcomp.cli.main import handle_errors
 
 
 def group_rows(model_path: Path, exclude: tuple[str, ...] = (), ratio: float | None = None, round_to: int = 1) -> list[dict]:
@@ -29,7 +29,7 @@ def group_rows(model_path: Path, exclude: tuple[str, ...] = (), ratio: float | N
         One dict per group: ``id``, ``root``, ``root_node``, ``label``, ``channels``,
         ``units``, ``unit_size``, ``tensors``, ``params``, ``prunable``, ``frozen_by``.
     """
-    from onnxcomp.model_io import load_model
+    from onnxcomp.io.files import load_model
     from onnxcomp.pruning.deps import analyze_model
 
     _graph, groups = analyze_model(load_model(model_path), exclude=exclude)

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxcomp.errors import UsageError
-from onnxcomp.skeleton import ArrayCache, RuntimeParts, references_files, runtime_parts
+from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, references_files, runtime_parts
 
 EP_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -67,14 +67,14 @@ def make_session(
     """Create one InferenceSession.
 
     Args:
-        model: A ModelProto, its `onnxcomp.skeleton.RuntimeParts`, serialized bytes, or a path.
+        model: A ModelProto, its `onnxcomp.ir.weightless.RuntimeParts`, serialized bytes, or a path.
         providers: Resolved provider names (see `resolve_providers`).
         threads: Intra-op threads (None: onnxruntime's default).
         optimize: Enable onnxruntime graph optimizations (disable to run the graph as
             written, e.g. for verification).
         workdir: Where to spill models too large to pass as bytes.
         lent: Values of payload-free initializer headers in ``model`` (see
-            `onnxcomp.skeleton.runtime_parts`).
+            `onnxcomp.ir.weightless.runtime_parts`).
         cache: Decoded weights to reuse (and fill).
         one_shot: The session runs only a few times (verification): idle worker threads
             do not spin (spinning only steals the CPU from other work) and weights are not
@@ -90,7 +90,7 @@ def make_session(
         so.add_session_config_entry("session.disable_prepacking", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto):
-        from onnxcomp.model_io import PROTO_LIMIT
+        from onnxcomp.io.files import PROTO_LIMIT
 
         # The weights are lent as arrays, not serialized and parsed again (see skeleton),
         # except weights still on disk: onnxruntime maps those from a file without a copy.
@@ -113,7 +113,7 @@ def _session_from_file(
     model: onnx.ModelProto, so: ort.SessionOptions, providers: Sequence[str], workdir: Path | None
 ) -> ort.InferenceSession:
     """A session on ``model`` saved as a file (external data onnxruntime can map)."""
-    from onnxcomp.model_io import serialize_for_runtime
+    from onnxcomp.io.files import serialize_for_runtime
 
     if workdir is not None:
         return ort.InferenceSession(serialize_for_runtime(model, workdir), sess_options=so, providers=list(providers))

@@ -109,7 +109,7 @@ def model_cost(model) -> GraphCost:
     """`graph_cost` of a ModelProto, inferring shapes first (no-op if they are present)."""
     import onnx
 
-    from onnxcomp.graph_io import to_graph
+    from onnxcomp.ir.convert import to_graph
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -61,7 +61,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.benchmark import (
+from onnxcomp.perf.bench import (
     InterleavedTimer,
     LatencyStats,
     ProgressFn,
@@ -74,7 +74,7 @@ from onnxcomp.benchmark import (
     providers_for,
 )
 from onnxcomp.errors import UsageError
-from onnxcomp.metrics import summarize
+from onnxcomp.checking.metrics import summarize
 
 log = logging.getLogger("onnxcomp")
 
@@ -376,7 +376,7 @@ class GateResult:
 
     def render(self, console: Any | None = None) -> None:
         """One verdict line plus the reasons."""
-        from onnxcomp.benchmark import _console
+        from onnxcomp.perf.bench import _console
 
         console = console or _console()
         color = "green" if self.verdict == "pass" else "red"
@@ -448,7 +448,7 @@ def gate(
         ep: Execution provider (``cpu``, ``cuda``, ``cuda:1``, …).
         threads: Intra-op threads per session. Default 1: on a small shared machine two
             multi-threaded sessions contend for cores and the ratio gets noisier.
-        batch / shapes / data: Inputs, as for `onnxcomp.benchmark.bench`.
+        batch / shapes / data: Inputs, as for `onnxcomp.perf.bench.bench`.
         confidence: Two-sided coverage of the interval.
         budget: Rounds and seconds allowed for the measurement.
         warmup: Untimed runs per model first.

@@ -18,8 +18,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnxcomp.pass_api import PassContext
-from onnxcomp.skeleton import typed_input
+from onnxcomp.pipeline.pass_api import PassContext
+from onnxcomp.ir.weightless import typed_input
 
 #: Ops whose result is random: never folded, merged or removed as duplicates.
 RANDOM_OPS = frozenset(

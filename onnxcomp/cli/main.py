@@ -125,9 +125,9 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
 @handle_errors
 def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
     """List passes with their summaries and options (types, defaults)."""
-    from onnxcomp.pass_api import describe_pass, registered_passes
-    from onnxcomp.plugins import load_entry_point_plugins, load_plugin
-    from onnxcomp.presets import PRESET_SUMMARIES, PRESETS
+    from onnxcomp.pipeline.pass_api import describe_pass, registered_passes
+    from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
+    from onnxcomp.pipeline.presets import PRESET_SUMMARIES, PRESETS
 
     load_entry_point_plugins()
     for p in plugins:
@@ -155,8 +155,8 @@ def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
 
 
 # Commands that live in their own modules.
-from onnxcomp.cli_bench import COMMANDS as _BENCH_COMMANDS  # noqa: E402
-from onnxcomp.cli_inspect import COMMANDS as _INSPECT_COMMANDS  # noqa: E402
+from onnxcomp.cli.bench import COMMANDS as _BENCH_COMMANDS  # noqa: E402
+from onnxcomp.cli.inspect import COMMANDS as _INSPECT_COMMANDS  # noqa: E402
 
 for _cmd in (*_BENCH_COMMANDS, *_INSPECT_COMMANDS):
     main.add_command(_cmd)

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.calibration import CalibrationData, generate_inputs, required_input_specs
-from onnxcomp.metrics import FidelityAccumulator, OutputFidelity
-from onnxcomp.model_io import model_nbytes
-from onnxcomp.runtime import make_session, run
-from onnxcomp.skeleton import ArrayCache, RuntimeParts, runtime_parts
+from onnxcomp.checking.calibration import CalibrationData, generate_inputs, required_input_specs
+from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity
+from onnxcomp.io.files import model_nbytes
+from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, runtime_parts
 
 log = logging.getLogger("onnxcomp")
 
@@ -90,7 +90,7 @@ def evaluate(
 ) -> Outputs:
     """Run ``model`` (graph optimizations off: we check *our* graph) on every feed.
 
-    ``lent`` and ``cache`` pass weights without copying them (see `onnxcomp.skeleton`).
+    ``lent`` and ``cache`` pass weights without copying them (see `onnxcomp.ir.weightless`).
     ``cancel``, when set by the time the session is built, skips the runs (`Cancelled`).
     """
     sess = make_session(model, optimize=False, workdir=workdir, lent=lent, cache=cache, one_shot=True)

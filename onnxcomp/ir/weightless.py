@@ -29,7 +29,7 @@ import onnx
 from google.protobuf.message import Message
 from onnx import TensorProto, numpy_helper
 
-from onnxcomp import safety
+from onnxcomp.io import safety
 
 #: Initializers at least this large (payload bytes) are stripped.
 MIN_STRIPPED_BYTES = 4096
@@ -66,7 +66,7 @@ def _strippable(t: TensorProto) -> bool:
 def references_files(model: onnx.ModelProto) -> bool:
     """Whether some tensor of ``model`` is still in an external-data file (lazy loading).
 
-    Such models should reach onnxruntime as files (`onnxcomp.model_io.serialize_for_runtime`):
+    Such models should reach onnxruntime as files (`onnxcomp.io.files.serialize_for_runtime`):
     onnxruntime memory-maps external data read from a file, but copies weights it is lent,
     which for a model over 2 GB would double its memory.
     """

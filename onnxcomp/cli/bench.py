@@ -1,4 +1,4 @@
-"""``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (added to the CLI by `onnxcomp.cli`).
+"""``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (added to the CLI by `onnxcomp.cli.main`).
 
 Exit codes: 0 success / gate pass, 1 gate regression, 2 bad input or usage (one line on
 stderr, no traceback).
@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from onnxcomp.cli import _State, handle_errors
+from onnxcomp.cli.main import _State, handle_errors
 from onnxcomp.errors import UsageError
 
 _EP_HELP = "Execution provider: cpu, cuda, tensorrt, openvino, … (cuda:1 picks a device)."
@@ -64,7 +64,7 @@ def _progress(label: str) -> Iterator[Callable[[float, str], None] | None]:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    from onnxcomp.report import _json_default, json_safe
+    from onnxcomp.pipeline.report import _json_default, json_safe
 
     text = json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False)
     if str(path) == "-":
@@ -90,7 +90,7 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
           threads: int | None, warmup: int, rounds: int | None, duration: float, placement: bool | None,
           json_out: Path | None) -> None:
     """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
-    from onnxcomp.benchmark import bench as run_bench
+    from onnxcomp.perf.bench import bench as run_bench
 
     _check_models(models)
     _check_data(data)
@@ -120,7 +120,7 @@ def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes
             seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
             json_out: Path | None) -> None:
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
-    from onnxcomp.benchmark import compare as run_compare
+    from onnxcomp.perf.bench import compare as run_compare
 
     _check_models([reference, candidate])
     _check_data(data)
@@ -170,8 +170,8 @@ def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None
     when above; while it straddles, measure more, up to --max-time, then decide on the
     point estimate.
     """
-    from onnxcomp.gate import Budget, record_baseline
-    from onnxcomp.gate import gate as run_gate
+    from onnxcomp.perf.gate import Budget, record_baseline
+    from onnxcomp.perf.gate import gate as run_gate
 
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")

@@ -1,0 +1,1 @@
+"""Files: reading and writing models safely (atomic, validated), and input hygiene."""

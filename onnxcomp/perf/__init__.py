@@ -1,0 +1,1 @@
+"""Measuring speed: input feeds, interleaved timing, bench, compare and the CI gate."""
