@@ -35,3 +35,13 @@ class VerificationError(OnnxcompError):
 
 class UnverifiedError(VerificationError):
     """The model could not be run to check numerics (e.g. custom ops without kernels)."""
+
+
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message, at most ``limit`` characters.
+
+    Every one-line error and warning about a caught exception goes through here (an
+    exception with an empty message reads as its type name).
+    """
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:limit]

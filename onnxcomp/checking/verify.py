@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.checking.calibration import CalibrationData, generate_inputs, required_input_specs
+from onnxcomp.errors import one_line
 from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity
 from onnxcomp.io.files import model_nbytes
 from onnxcomp.checking.runtime import make_session, run
@@ -47,12 +48,6 @@ class Tolerance:
         if ref.dtype == np.float16:
             atol, rtol = max(atol, 1e-2), max(rtol, 1e-2)
         return atol + rtol * scale
-
-
-def one_line(e: BaseException) -> str:
-    """First line of an exception message (for one-line errors)."""
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:400]
 
 
 def _as_array(v: Any) -> np.ndarray:

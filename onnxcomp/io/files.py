@@ -30,7 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcomp.io import safety
-from onnxcomp.errors import InvalidModelError, UsageError
+from onnxcomp.errors import InvalidModelError, UsageError, one_line
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
 PROTO_LIMIT = 2**31 - 2**26
@@ -95,7 +95,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     except RecursionError:
         raise InvalidModelError(f"{p} nests messages too deeply to parse; refusing to load") from None
     except Exception as e:  # protobuf raises DecodeError and friends
-        raise InvalidModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {_one_line(e)})") from None
+        raise InvalidModelError(f"{p} is not a valid ONNX model ({type(e).__name__}: {one_line(e, 300)})") from None
     safety.check_model_header(model, p)
     safety.check_limits(model)
     if not load_external_data:
@@ -113,11 +113,6 @@ def _external_total(model: onnx.ModelProto) -> int:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             total += safety.expected_nbytes(t) or 0
     return total
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
 
 
 def model_from(model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
@@ -292,7 +287,7 @@ def _verify_written(model_path: Path, expected_size: int, external: bool) -> Non
         try:
             header = onnx.load_model(str(model_path), load_external_data=False)
         except Exception as e:
-            raise OSError(f"written model does not parse back: {_one_line(e)}") from None
+            raise OSError(f"written model does not parse back: {one_line(e, 300)}") from None
         try:
             safety.check_external_data(header, model_path.parent, model_path)
         except InvalidModelError as e:

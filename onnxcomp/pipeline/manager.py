@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 from onnxcomp._version import __version__
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.ir.cost import GraphCost, graph_cost, model_cost
-from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError
+from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, UnverifiedError, VerificationError, one_line
 from onnxcomp.ir.convert import ModelMeta, export_parts, fill_payloads, pending_arrays, to_graph
 from onnxcomp.ir.graph import remove_dead_nodes, toposort
 from onnxcomp.io.hygiene import normalize
@@ -40,7 +40,6 @@ from onnxcomp.pipeline.report import PassRecord, Report
 from onnxcomp.ir.weightless import references_files, structure_skeleton
 from onnxcomp.checking.verify import Tolerance, Verifier, drift, verification_feeds
 from onnxcomp.checking.verify import fidelity as verify_fidelity
-from onnxcomp.checking.verify import one_line as _one_line
 
 log = logging.getLogger("onnxcomp")
 
@@ -194,11 +193,11 @@ class PassManager:
             model, hygiene = normalize(model)  # raises its own clear error if that was it
             report.warnings.extend(hygiene.warnings)
             if not hygiene.sorted_graphs:
-                raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e)}") from e
+                raise InvalidModelError(f"input model is not valid ONNX: {one_line(e)}") from e
             try:
                 _check_structure(model, full=False)
             except Exception as e2:
-                raise InvalidModelError(f"input model is not valid ONNX: {_one_line(e2)}") from e2
+                raise InvalidModelError(f"input model is not valid ONNX: {one_line(e2)}") from e2
         self._input = model
         self._full_check = True
         self._lend_weights = not references_files(model)
@@ -270,7 +269,7 @@ class PassManager:
             e.args = (f"pass '{p.name}': {e}",)
             raise
         except Exception as e:
-            raise PassError(f"pass '{p.name}' failed: {type(e).__name__}: {_one_line(e)} ({self._context_msg()})") from e
+            raise PassError(f"pass '{p.name}' failed: {type(e).__name__}: {one_line(e)} ({self._context_msg()})") from e
         if not isinstance(result, PassResult):
             raise PassError(f"pass '{p.name}' returned {type(result).__name__}, not PassResult ({self._context_msg()})")
         if not result.modified and _fingerprint(graph) != fingerprint:
@@ -314,7 +313,7 @@ class PassManager:
                 _check_structure(candidate, full=False, lent=pending)
         except Exception as e:
             self.check_seconds += time.perf_counter() - t0
-            return None, f"result is not valid ONNX: {_one_line(e)}", None
+            return None, f"result is not valid ONNX: {one_line(e)}", None
         fidelity = None
         problem = None
         if self.verifier is not None and opts.verify == "each" and self.verifier.may_verify:
@@ -356,7 +355,7 @@ class PassManager:
             return True
         except Exception as e:
             self._full_check = False
-            msg = f"input model fails onnx's full check ({_one_line(e)}); checking structure only"
+            msg = f"input model fails onnx's full check ({one_line(e)}); checking structure only"
             log.warning(msg)
             self._report.warnings.append(msg)
             return False
