@@ -64,7 +64,7 @@ class Report:
         """Write the report as JSON (atomically)."""
         p = Path(path)
         tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(json_safe(self.to_dict()), indent=2, default=_json_default, allow_nan=False))
+        tmp.write_text(json.dumps(json_safe(self.to_dict()), indent=2, default=json_default, allow_nan=False))
         os.replace(tmp, p)
 
     def render(self, console: Any | None = None) -> None:
@@ -119,7 +119,8 @@ def json_safe(o: Any) -> Any:
     return o
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """`json.dumps` default: numpy scalars and arrays as plain Python values."""
     import numpy as np
 
     if isinstance(o, np.generic):
