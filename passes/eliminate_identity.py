@@ -38,7 +38,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.ir.graph import (
-    annotate_shapes,
     bypass,
     cleanup_after_rewrite,
     constant_value,
@@ -48,6 +47,7 @@ from onnxcomp.ir.graph import (
     same_dtype,
     static_shape,
 )
+from onnxcomp.ir.shapes import annotate_shapes
 from onnxcomp.pipeline.pass_api import Pass, PassContext, PassResult, register_pass
 
 #: A rule returns the input tensor the node's first output equals, or None (not a no-op).

@@ -52,9 +52,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxcomp.ir.graph import (
-    annotate_shapes,
     bypass,
-    can_add_initializers,
     cleanup_after_rewrite,
     constant_value,
     is_graph_output,
@@ -64,6 +62,7 @@ from onnxcomp.ir.graph import (
     toposort,
     unique_namer,
 )
+from onnxcomp.ir.shapes import annotate_shapes, can_add_initializers
 from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 

@@ -51,8 +51,6 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnxcomp.errors import UsageError
 from onnxcomp.ir.graph import (
     RANDOM_OPS,
-    annotate_shapes,
-    can_add_initializers,
     cleanup_after_rewrite,
     constant_nbytes,
     constant_node_value,
@@ -65,6 +63,7 @@ from onnxcomp.ir.graph import (
     static_shape,
     toposort,
 )
+from onnxcomp.ir.shapes import annotate_shapes, can_add_initializers
 from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 #: Ops that are never evaluated at compile time (besides random ops and subgraph ops).

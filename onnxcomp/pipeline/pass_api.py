@@ -23,11 +23,13 @@ import contextlib
 import dataclasses
 import logging
 import re
+import threading
 import types
 import typing
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args, get_origin
 
 import numpy as np
 import onnx
@@ -70,17 +72,45 @@ class PassResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+R = TypeVar("R")
+
+
+class Records:
+    """Typed facts that passes leave for later passes of the same run, one per type.
+
+    A record is any object (best a frozen dataclass, e.g. `onnxcomp.pruning.PruneRecord`);
+    it is stored and looked up by its class, so a reader gets a typed value::
+
+        ctx.records.put(PruneRecord(...))          # prune-channels
+        record = ctx.records.get(PruneRecord)      # reconstruct: PruneRecord | None
+    """
+
+    def __init__(self) -> None:
+        self._by_type: dict[type, object] = {}
+
+    def put(self, record: object) -> None:
+        """Store ``record`` (replacing an earlier one of the same class)."""
+        self._by_type[type(record)] = record
+
+    def get(self, kind: type[R]) -> R | None:
+        """The record of class ``kind``, or None if no pass left one."""
+        found = self._by_type.get(kind)
+        return found if isinstance(found, kind) else None
+
+
 class PassContext:
-    """What a pass may use besides the graph.
+    """What a pass may use besides the graph (one context per pipeline run).
 
     Attributes:
         calibration: Calibration data (`CalibrationData`) or None when none was given.
+        train_data: Training data for recovery passes (``distill``), or None.
         original_model: The model the pipeline started from (read-only).
         rng: A seeded ``numpy.random.Generator``.
         seed: The seed behind ``rng``.
         logger: Logger for this pass run.
-        artifacts: Facts passes leave for later passes (e.g. pruning channel maps).
-        meta: Model-level metadata carried outside the graph (see `graph_io.ModelMeta`).
+        records: Typed facts passes leave for later passes (see `Records`).
+        meta: Model-level metadata carried outside the graph (see `onnxcomp.ir.ModelMeta`).
+        shapes_seen: Tensors shape inference was asked about (see `onnxcomp.ir.annotate_shapes`).
     """
 
     def __init__(
@@ -102,6 +132,8 @@ class PassContext:
         self.rng = np.random.default_rng(seed)
         self.logger = logger or logging.getLogger("onnxcomp")
         self.artifacts: dict[str, Any] = {}
+        self.records = Records()
+        self.shapes_seen: weakref.WeakValueDictionary[int, gs.Tensor] = weakref.WeakValueDictionary()
         self._progress = progress
         self._analyses: dict[str, Any] = {}
 
@@ -131,8 +163,15 @@ class PassContext:
         self.logger.debug(message)
 
 
-class Pass:
-    """Base class of every pass (built-in or third-party).
+OptionsT = TypeVar("OptionsT", bound=PassOptions)
+
+
+class Pass(Generic[OptionsT]):
+    """Base class of every pass (built-in or third-party), generic in its options type.
+
+    ``class PruneChannels(Pass[PruneOptions])`` makes ``self.options`` a ``PruneOptions``
+    for the type checker and sets ``Options = PruneOptions`` (a pass without options
+    subclasses plain ``Pass``).
 
     Class attributes:
         name: Registered name (set by `register_pass`).
@@ -146,12 +185,22 @@ class Pass:
     summary: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
     Options: ClassVar[type[PassOptions]] = NoOptions
+    options: OptionsT
 
-    def __init__(self, options: PassOptions | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = get_args(base) if get_origin(base) is Pass else ()
+            if args and isinstance(args[0], type):
+                cls.Options = args[0]
+
+    def __init__(self, options: OptionsT | None = None) -> None:
         opts = options if options is not None else self.Options()
         if not isinstance(opts, self.Options):
             raise UsageError(f"pass '{self.name}' expects {self.Options.__name__}, got {type(opts).__name__}")
-        self.options = opts
+        self.options = opts  # type: ignore[assignment]  # checked against Options above
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
         """Transform ``graph`` in place and report whether it changed."""
@@ -226,14 +275,20 @@ def isolated_registry() -> Iterator[None]:
 
 
 _BUILTINS_LOADED = False
+# Two runs started at once in two threads must not see a half-registered set of passes.
+_BUILTINS_LOCK = threading.RLock()
 
 
 def load_builtin_passes() -> None:
-    """Import ``onnxcomp.passes`` once, which registers the built-in passes."""
+    """Import ``onnxcomp.passes`` once, which registers the built-in passes (thread-safe)."""
     global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        import onnxcomp.passes  # noqa: F401
+    if _BUILTINS_LOADED:
+        return
+    with _BUILTINS_LOCK:
+        if not _BUILTINS_LOADED:
+            import onnxcomp.passes  # noqa: F401
+
+            _BUILTINS_LOADED = True
 
 
 # --------------------------------------------------------------------------- options

@@ -15,14 +15,13 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxcomp.ir.convert import to_graph
 from onnxcomp.ir.graph import (
-    annotate_shapes,
     cleanup_after_rewrite,
-    export_node,
     peek_values,
     remove_dead_nodes,
     tensor_map,
     toposort,
 )
+from onnxcomp.ir.shapes import annotate_shapes, export_node
 from onnxcomp.pipeline.pass_api import PassContext
 
 H17 = '<ir_version: 8, opset_import: ["" : 17]>'
