@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
 import re
 import threading
@@ -274,20 +275,24 @@ def isolated_registry() -> Iterator[None]:
         _REGISTRY.update(saved)
 
 
+#: The package of built-in passes. It is loaded by name, like a plugin: the built-in
+#: passes build on the pass API (and on ir/pruning/quantization/recovery), never the
+#: other way round.
+BUILTIN_PASSES = "onnxcomp.passes"
+
 _BUILTINS_LOADED = False
 # Two runs started at once in two threads must not see a half-registered set of passes.
 _BUILTINS_LOCK = threading.RLock()
 
 
 def load_builtin_passes() -> None:
-    """Import ``onnxcomp.passes`` once, which registers the built-in passes (thread-safe)."""
+    """Import the built-in passes once, which registers them (thread-safe)."""
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
     with _BUILTINS_LOCK:
         if not _BUILTINS_LOADED:
-            import onnxcomp.passes  # noqa: F401
-
+            importlib.import_module(BUILTIN_PASSES)
             _BUILTINS_LOADED = True
 
 
