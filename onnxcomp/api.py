@@ -11,9 +11,10 @@ import onnx
 
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.manager import ManagerOptions, PassManager, build_pipeline
+from onnxcomp.pipeline.manager import ManagerOptions, PassManager
 from onnxcomp.io.files import check_output_path, load_model, save_model
 from onnxcomp.pipeline.pass_api import Pass, load_builtin_passes
+from onnxcomp.pipeline.presets import pipeline_for
 from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
 from onnxcomp.pipeline.report import Report
 from onnxcomp.checking.verify import Tolerance
@@ -75,13 +76,13 @@ def optimize(
         check_output_path(output, [input_path] if input_path else [])
     # lazy_external: a >2 GB input keeps its weights on disk (see model_io.load_model).
     model = load_model(input_path, lazy_external=True) if input_path is not None else model_or_path
-    steps = build_pipeline(preset, passes)
+    pipeline = pipeline_for(preset, passes)
     calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
     train = CalibrationData.from_source(train_data, model, seed=seed) if train_data is not None else None
     if verify not in ("each", "final", "none"):
         raise UsageError(f"verify must be each, final or none (got {verify!r})")
     manager = PassManager(
-        steps,
+        pipeline,
         options=ManagerOptions(strict=strict, verify=verify, tolerance=Tolerance(atol, rtol), allow_unverified=allow_unverified, seed=seed),
         calibration=calib,
         train_data=train,

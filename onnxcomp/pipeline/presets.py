@@ -1,32 +1,27 @@
-"""Named pipelines. Pass names here are the stable public names."""
+"""Named pipelines. Pass and preset names here are the stable public names."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 from onnxcomp.errors import UsageError
+from onnxcomp.pipeline.pass_api import Pass
+from onnxcomp.pipeline.steps import Pipeline, build_pipeline, until_stable
 
-#: The lossless cleanup group, repeated until no pass changes the graph. Order matters
-#: only for speed: identities first expose constants, folding exposes BN/CSE chances.
+#: The lossless cleanup passes. Order matters only for speed: identities first expose
+#: constants, folding exposes BN/CSE chances.
 CLEANUP = ("eliminate-identity", "fold-constants", "fold-batchnorm", "cse", "dce")
 
+#: The cleanup group: the cleanup passes repeated until none changes the graph.
+CLEANUP_GROUP = until_stable(*CLEANUP)
 
-@dataclass(frozen=True)
-class FixedPoint:
-    """A group of passes repeated until a full sweep changes nothing (or ``max_iterations``)."""
-
-    passes: tuple[str, ...]
-    max_iterations: int = 8
-
-
-Step = "str | FixedPoint"
-
-PRESETS: dict[str, tuple[object, ...]] = {
-    "lossless": (FixedPoint(CLEANUP),),
-    "int8": (FixedPoint(CLEANUP), "quantize-int8"),
-    "prune": (FixedPoint(CLEANUP), "prune-channels", FixedPoint(CLEANUP)),
-    "prune-recover": (FixedPoint(CLEANUP), "prune-channels", "reconstruct", FixedPoint(CLEANUP)),
-    "prune-distill-int8": (FixedPoint(CLEANUP), "prune-channels", "distill", FixedPoint(CLEANUP), "quantize-int8"),
+PRESETS: dict[str, Pipeline] = {
+    "lossless": Pipeline((CLEANUP_GROUP,)),
+    "int8": Pipeline((CLEANUP_GROUP, "quantize-int8")),
+    "prune": Pipeline((CLEANUP_GROUP, "prune-channels", CLEANUP_GROUP)),
+    "prune-recover": Pipeline((CLEANUP_GROUP, "prune-channels", "reconstruct", CLEANUP_GROUP)),
+    "prune-distill-int8": Pipeline((CLEANUP_GROUP, "prune-channels", "distill", CLEANUP_GROUP, "quantize-int8")),
 }
 
 PRESET_SUMMARIES = {
@@ -38,9 +33,17 @@ PRESET_SUMMARIES = {
 }
 
 
-def preset_steps(name: str) -> tuple[object, ...]:
-    """The steps of preset ``name``."""
+def preset(name: str) -> Pipeline:
+    """The pipeline of preset ``name`` (pass names, not instances)."""
     try:
         return PRESETS[name]
     except KeyError:
         raise UsageError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def pipeline_for(preset_name: str | None, specs: Sequence["str | Pass | tuple[str, dict[str, Any]]"] = ()) -> Pipeline:
+    """The pipeline of ``--preset`` and ``-p``: the specs alone when no preset is named,
+    else the preset (``lossless`` by default) with the specs applied (see `build_pipeline`)."""
+    if specs and preset_name is None:
+        return build_pipeline(None, specs)
+    return build_pipeline(preset(preset_name or "lossless"), specs)

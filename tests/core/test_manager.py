@@ -9,7 +9,9 @@ import pytest
 import onnxcomp
 from onnxcomp import Pass, PassResult, register_pass
 from onnxcomp.errors import PassError, UnverifiedError, UsageError
-from onnxcomp.pipeline.manager import ManagerOptions, PassGroup, PassManager, build_pipeline
+from onnxcomp.pipeline.manager import ManagerOptions, PassManager, PipelineRun
+from onnxcomp.pipeline.presets import pipeline_for
+from onnxcomp.pipeline.steps import Pipeline, until_stable
 from onnxcomp.pipeline.pass_api import instantiate, isolated_registry
 
 from testutil import parse
@@ -169,7 +171,7 @@ def test_invalid_result_rolled_back_or_strict_error(relu_model, registry) -> Non
 def test_fixed_point_group_repeats_until_no_change(relu_model, registry) -> None:
     p = instantiate("count-down")
     type(p).calls = 0
-    manager = PassManager([PassGroup([p], max_iterations=8)])
+    manager = PassManager([until_stable(p, max_iterations=8)])
     out, report = manager.run(relu_model)
     assert [r.modified for r in report.passes] == [True, True, False]
     assert sum(n.op_type == "Identity" for n in out.graph.node) == 3
@@ -178,7 +180,7 @@ def test_fixed_point_group_repeats_until_no_change(relu_model, registry) -> None
 def test_fixed_point_group_bounded(relu_model, registry) -> None:
     p = instantiate("count-down")
     type(p).calls = 0
-    _, report = PassManager([PassGroup([p], max_iterations=1)]).run(relu_model)
+    _, report = PassManager([until_stable(p, max_iterations=1)]).run(relu_model)
     assert len(report.passes) == 1
 
 
@@ -212,14 +214,27 @@ def test_report_contract_keys(relu_model) -> None:
 
 
 def test_build_pipeline_semantics() -> None:
-    only = build_pipeline(None, ["dce"])
-    assert [p.name for p in only] == ["dce"]
-    default = build_pipeline(None, [])
-    assert isinstance(default[0], PassGroup) and "dce" in [p.name for p in default[0].passes]
+    only = pipeline_for(None, ["dce"])
+    assert [p.name for p in only.passes()] == ["dce"]
+    default = pipeline_for(None, [])
+    group = default.steps[0]
+    assert isinstance(group, Pipeline) and group.until_stable and "dce" in group.outline()
+    # a -p naming a pass of the preset overrides its options everywhere; others append
+    tuned = pipeline_for("prune", ["prune-channels:ratio=0.25", "quantize-int8"])
+    assert [p.options.ratio for p in tuned.passes() if p.name == "prune-channels"] == [0.25]
+    assert tuned.outline()[1:] == ["prune-channels", tuned.outline()[0], "quantize-int8"]
     with pytest.raises(UsageError, match="unknown preset"):
-        build_pipeline("nope", [])
+        pipeline_for("nope", [])
     with pytest.raises(UsageError, match="unknown pass 'nope'; known passes: .*dce"):
-        build_pipeline(None, ["nope"])
+        pipeline_for(None, ["nope"])
+
+
+def test_nested_pipelines_run_inner_groups_to_a_fixed_point(relu_model, registry) -> None:
+    p = instantiate("count-down")
+    type(p).calls = 0
+    inner = until_stable(p, max_iterations=8)
+    _, report = PassManager(Pipeline((Pipeline((inner,)),))).run(relu_model)
+    assert [r.modified for r in report.passes] == [True, True, False]
 
 
 def test_verification_uses_calibration_data(conv_model) -> None:
@@ -239,7 +254,7 @@ def test_manager_options_verify_none_requires_allow(conv_model) -> None:
 def test_failing_group_is_replayed_and_only_the_culprit_rolled_back(relu_model, registry) -> None:
     # dce (good) and break-relu (bad) in one fixed-point group: the group-level check
     # fails, the replay checks each pass alone, keeps dce and rolls back break-relu.
-    group = PassGroup([instantiate("dce"), instantiate("break-relu")], max_iterations=4)
+    group = until_stable(instantiate("dce"), instantiate("break-relu"), max_iterations=4)
     out, report = PassManager([group]).run(relu_model)
     assert [n.op_type for n in out.graph.node] == ["Relu", "Identity"]
     rows = [(r.name, r.modified, r.rolled_back) for r in report.passes]
@@ -248,12 +263,12 @@ def test_failing_group_is_replayed_and_only_the_culprit_rolled_back(relu_model, 
     assert report.verification["within_tolerance"] is True
 
 
-def test_good_group_is_checked_once(relu_model, registry) -> None:
-    group = PassGroup([instantiate("dce")], max_iterations=4)
+def test_good_group_is_checked_once(relu_model, registry, monkeypatch) -> None:
+    group = until_stable(instantiate("dce"), max_iterations=4)
     manager = PassManager([group])
     calls = []
-    original = manager._check
-    manager._check = lambda graph, lossless: calls.append(lossless) or original(graph, lossless)  # type: ignore[method-assign]
+    original = PipelineRun._check
+    monkeypatch.setattr(PipelineRun, "_check", lambda self, graph, lossless: calls.append(lossless) or original(self, graph, lossless))
     _, report = manager.run(relu_model)
     assert calls == [True]  # one check for the converged group
     assert [r.modified for r in report.passes] == [True, False]

@@ -10,7 +10,7 @@ import pytest
 from testutil import conv_model
 
 from onnxcomp.ir.convert import to_graph, to_model
-from onnxcomp.pipeline.manager import _check_structure
+from onnxcomp.checking.checker import check_structure
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, runtime_parts, structure_skeleton
 from onnxcomp.checking.verify import Verifier
@@ -57,18 +57,18 @@ def test_structure_skeleton_keeps_the_checker_strict() -> None:
     skeleton = structure_skeleton(model)
     assert [t.name for t in skeleton.graph.initializer] == ["b"]
     assert "w" in [i.name for i in skeleton.graph.input]
-    _check_structure(model, full=True)  # a valid model passes
+    check_structure(model, full=True)  # a valid model passes
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
     broken.graph.node[0].input[1] = "missing"
     with pytest.raises(Exception, match="missing"):
-        _check_structure(broken, full=True)
+        check_structure(broken, full=True)
     # A shape error involving a stripped weight is still found by full-check shape inference.
     wrong = onnx.ModelProto()
     wrong.CopyFrom(model)
     wrong.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
     with pytest.raises((onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
-        _check_structure(wrong, full=True)
+        check_structure(wrong, full=True)
 
 
 def test_structure_skeleton_of_an_old_ir_model_does_not_duplicate_inputs() -> None:
@@ -76,7 +76,7 @@ def test_structure_skeleton_of_an_old_ir_model_does_not_duplicate_inputs() -> No
     model.graph.input.append(onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [64, 3, 3, 3]))
     skeleton = structure_skeleton(model)
     assert [i.name for i in skeleton.graph.input].count("w") == 1
-    _check_structure(model, full=True)
+    check_structure(model, full=True)
 
 
 def test_export_matches_graphsurgeon_and_never_renames_the_input_tensors() -> None:

@@ -1,0 +1,226 @@
+"""`Checker`: is a pass's result valid ONNX, and does it compute what it should?
+
+The pass manager hands the checker a `onnxcomp.ir.Candidate` after every change and gets
+a `Verdict` back. The checker owns everything checking needs across a run:
+
+* ``onnx.checker`` (full check, with shape inference) on the candidate's weightless
+  skeleton; if the *input* fails the full check too, the run falls back to structural
+  checks, once, with a warning;
+* the `Verifier` (verification feeds and the input's outputs on them, computed in the
+  background while passes run);
+* the baseline: the outputs of the last accepted model, which a lossless change must
+  reproduce within tolerance (a lossy change is accepted and its fidelity against the
+  input is measured);
+* the final verification of the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.checking.metrics import summarize
+from onnxcomp.checking.verify import Outputs, Tolerance, Verifier, drift, fidelity, verification_feeds
+from onnxcomp.errors import UnverifiedError, VerificationError, one_line
+from onnxcomp.ir.candidate import Candidate
+from onnxcomp.ir.weightless import references_files, structure_skeleton
+
+log = logging.getLogger("onnxcomp")
+
+
+def check_structure(model: "onnx.ModelProto | bytes | str", full: bool, lent: Collection[str] = ()) -> None:
+    """``onnx.checker`` on a model (its weightless skeleton), serialized bytes, or a path.
+
+    A ModelProto is checked as `structure_skeleton` of it: large weights become typed
+    inputs, so the checker neither serializes nor parses gigabytes it does not look at
+    (and models over 2 GB need no spill to disk). ``lent`` names initializers that are
+    payload-free headers of an export in progress.
+    """
+    if isinstance(model, (bytes, str)):
+        onnx.checker.check_model(model, full_check=full)
+        return
+    check_skeleton(structure_skeleton(model, lent), full)
+
+
+def check_skeleton(skeleton: onnx.ModelProto, full: bool) -> None:
+    """``onnx.checker`` on a weightless skeleton (spilled to a file if it is still > 2 GB)."""
+    from onnxcomp.io.files import PROTO_LIMIT, save_model
+
+    if skeleton.ByteSize() < PROTO_LIMIT:  # cheap here: the skeleton holds no large weights
+        onnx.checker.check_model(skeleton.SerializeToString(), full_check=full)
+        return
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as d:
+        path = Path(d) / "model.onnx"
+        save_model(skeleton, path, external_data=True)
+        onnx.checker.check_model(str(path), full_check=full)
+
+
+@dataclass
+class Verdict:
+    """What checking a candidate found.
+
+    Attributes:
+        model: The complete candidate model when accepted, else None.
+        problem: Why it was rejected (invalid, cannot run, drifted), else None.
+        fidelity: For an accepted candidate checked numerically: its fidelity summary
+            against the input model (cosine, errors, ...), else None.
+    """
+
+    model: onnx.ModelProto | None
+    problem: str | None = None
+    fidelity: dict[str, Any] | None = None
+
+    @classmethod
+    def rejected(cls, problem: str) -> "Verdict":
+        """A rejected candidate."""
+        return cls(None, problem)
+
+
+class Checker:
+    """Checks the candidates of one pipeline run against its input model.
+
+    Args:
+        model: The run's input model (already structurally valid).
+        verify: ``each`` (numeric check after every change), ``final`` or ``none``.
+        tolerance: Allowed drift for lossless changes.
+        calibration: Data to verify on (else generated inputs).
+        seed: Seed of generated inputs.
+        warn: Receives warnings for the report.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        verify: Literal["each", "final", "none"],
+        tolerance: Tolerance,
+        calibration: CalibrationData | None,
+        seed: int,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.input = model
+        self._verify = verify
+        self._tolerance = tolerance
+        self._warn = warn
+        self._full_check = True
+        # Weights still on disk reach onnxruntime as a file it maps; lent arrays get copied.
+        self._lend_weights = not references_files(model)
+        self._baseline: Outputs | None = None  # last accepted outputs; None = the input's
+        self._baseline_model: onnx.ModelProto | None = None
+        self.verifier: Verifier | None = None
+        if verify != "none":
+            self.verifier = Verifier(model, verification_feeds(model, calibration, seed=seed), tolerance=tolerance)
+            if self.verifier.small:
+                # Most pipelines change something, and then the reference run is on the
+                # critical path: start it now, beside the import and the first passes.
+                # (Larger inputs start it at the first change: a wasted run costs more.)
+                self.verifier.prefetch()
+
+    def close(self) -> None:
+        """Wait for background runs and drop cached weights (also on errors)."""
+        if self.verifier is not None:
+            self.verifier.close()
+
+    def expect_check(self) -> None:
+        """A candidate is coming: start the reference run now if it has not started."""
+        if self.verifier is not None:
+            self.verifier.prefetch()
+
+    def check(self, candidate: Candidate, lossless: bool) -> Verdict:
+        """Check ``candidate``; an accepted lossless one becomes the new baseline.
+
+        Lossless changes are compared with the last accepted outputs (tolerance); lossy
+        ones are accepted and their fidelity against the input is returned.
+        """
+        try:
+            self._check_candidate_structure(candidate)
+        except Exception as e:
+            return Verdict.rejected(f"result is not valid ONNX: {one_line(e)}")
+        verifier = self.verifier
+        if verifier is None or self._verify != "each" or not verifier.may_verify:
+            return Verdict(candidate.finish())
+        if self._lend_weights:
+            wait = verifier.start_evaluate(candidate.header_model, lent=candidate.lent_arrays(verifier.cache))
+            candidate.finish()  # while onnxruntime works; wasted only if rejected
+            outs, err = wait()
+        else:  # weights on disk: onnxruntime maps them from a file (see weightless.references_files)
+            outs, err = verifier.evaluate(candidate.finish())
+        # The candidate may have started before the reference run was known to work (the
+        # two overlap); if the input itself cannot run there is nothing to compare.
+        if not verifier.can_verify:
+            return Verdict(candidate.header_model)
+        if err:
+            return Verdict.rejected(err)
+        baseline = self._baseline if self._baseline is not None else verifier.reference_outputs
+        bad = drift(baseline, outs, self._tolerance) if lossless else None
+        if bad:
+            return Verdict.rejected(bad[1])
+        self._baseline, self._baseline_model = outs, candidate.header_model
+        return Verdict(candidate.header_model, fidelity=summarize(fidelity(verifier.reference_outputs, outs)))
+
+    def _check_candidate_structure(self, candidate: Candidate) -> None:
+        skeleton = candidate.skeleton()
+        try:
+            check_skeleton(skeleton, self._full_check)
+        except Exception:
+            if not self._full_check or self._input_passes_full_check():
+                raise
+            check_skeleton(skeleton, False)
+
+    def _input_passes_full_check(self) -> bool:
+        """Full-check the input once; if it fails, fall back to structural checks for good."""
+        try:
+            check_structure(self.input, full=True)
+            return True
+        except Exception as e:
+            self._full_check = False
+            msg = f"input model fails onnx's full check ({one_line(e)}); checking structure only"
+            log.warning(msg)
+            self._warn(msg)
+            return False
+
+    def final(self, result: onnx.ModelProto, *, allow_unverified: bool, lossless: bool, context: str) -> dict[str, Any]:
+        """The ``verification`` section of the report for the run's ``result``.
+
+        Args:
+            result: The accepted result (the input itself if nothing changed).
+            allow_unverified: Accept a result whose numerics could not be checked.
+            lossless: Every accepted change was lossless (the result must then match the
+                input within tolerance).
+            context: The passes that ran, for error messages.
+        """
+        verifier = self.verifier
+        if verifier is None:
+            if not allow_unverified:
+                raise UnverifiedError("verification was disabled (--verify none); pass --allow-unverified to write an unverified model")
+            return {"verified": False, "reason": "verification disabled"}
+        if result is self.input:
+            names = [o.name for o in result.graph.output]
+            exact = {"cosine": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0}
+            return {"verified": True, "identical_to_input": True, **exact, "outputs": {n: dict(exact) for n in names}, "within_tolerance": True}
+        if not verifier.can_verify:
+            if not allow_unverified:
+                raise UnverifiedError(f"could not verify the result: {verifier.unverifiable}; pass --allow-unverified to write it anyway")
+            self._warn(f"not verified: {verifier.unverifiable}")
+            return {"verified": False, "reason": verifier.unverifiable}
+        if result is self._baseline_model and self._baseline is not None:
+            outs, err = self._baseline, None  # already evaluated when it was accepted
+        else:
+            outs, err = verifier.evaluate(result)
+        if err:
+            raise VerificationError(f"final model: {err} ({context})")
+        per = fidelity(verifier.reference_outputs, outs)
+        out = {"verified": True, **summarize(per), "outputs": {k: v.to_dict() for k, v in per.items()}}
+        if lossless:
+            bad = drift(verifier.reference_outputs, outs, self._tolerance)
+            out["within_tolerance"] = bad is None
+            if bad is not None:
+                raise VerificationError(f"lossless pipeline {bad[1]} ({context})")
+        return out
