@@ -10,14 +10,14 @@ from typing import Any, Literal
 import onnx
 
 from onnxcomp.checking.calibration import CalibrationData
-from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.manager import ManagerOptions, PassManager
-from onnxcomp.io.files import check_output_path, load_model, save_model
-from onnxcomp.pipeline.pass_api import Pass, load_builtin_passes
-from onnxcomp.pipeline.presets import pipeline_for
-from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
-from onnxcomp.pipeline.report import Report
 from onnxcomp.checking.verify import Tolerance
+from onnxcomp.errors import UsageError
+from onnxcomp.io.files import check_output_path, load_model, save_model
+from onnxcomp.pipeline.manager import ManagerOptions, PassManager
+from onnxcomp.pipeline.pass_api import Pass, load_builtin_passes
+from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
+from onnxcomp.pipeline.presets import pipeline_for
+from onnxcomp.pipeline.report import Report
 
 
 def default_output_path(input_path: str | os.PathLike[str]) -> Path:

@@ -27,7 +27,14 @@ import onnx
 
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.metrics import summarize
-from onnxcomp.checking.verify import Outputs, Tolerance, Verifier, drift, fidelity, verification_feeds
+from onnxcomp.checking.verify import (
+    Outputs,
+    Tolerance,
+    Verifier,
+    drift,
+    fidelity,
+    verification_feeds,
+)
 from onnxcomp.errors import UnverifiedError, VerificationError, one_line
 from onnxcomp.ir.candidate import Candidate
 from onnxcomp.ir.weightless import references_files, structure_skeleton

@@ -18,11 +18,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.checking.calibration import CalibrationData, generate_inputs, required_input_specs
-from onnxcomp.errors import one_line
+from onnxcomp.checking.calibration import (
+    CalibrationData,
+    generate_inputs,
+    required_input_specs,
+)
 from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity
-from onnxcomp.io.files import model_nbytes
 from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.errors import one_line
+from onnxcomp.io.files import model_nbytes
 from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, runtime_parts
 
 log = logging.getLogger("onnxcomp")

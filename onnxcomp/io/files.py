@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.io import safety
 from onnxcomp.errors import InvalidModelError, UsageError, one_line
+from onnxcomp.io import safety
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
 PROTO_LIMIT = 2**31 - 2**26

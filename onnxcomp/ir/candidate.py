@@ -17,7 +17,13 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir.convert import ModelMeta, Pending, export_parts, fill_payloads, pending_arrays
+from onnxcomp.ir.convert import (
+    ModelMeta,
+    Pending,
+    export_parts,
+    fill_payloads,
+    pending_arrays,
+)
 from onnxcomp.ir.weightless import ArrayCache, structure_skeleton
 
 

@@ -28,8 +28,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnxcomp.ir.importer import import_plain
 from onnxcomp.ir.graph import constant_nbytes, tensor_map
+from onnxcomp.ir.importer import import_plain
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
 

@@ -7,8 +7,9 @@ as 1, so FLOPs are per sample for a dynamic batch.
 
 from __future__ import annotations
 
+import functools
 import math
-
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,14 +48,25 @@ def _iter_constants(graph: gs.Graph):
                 yield t
 
 
-def _dims(t: gs.Tensor) -> list[int] | None:
-    if t.shape is None:
+#: Declared dims of variables by name (see `onnxcomp.ir.shapes.tensor_dims`).
+DimsByName = Mapping[str, Sequence[object]]
+
+
+def _dims_of(t: gs.Tensor, declared: DimsByName | None = None) -> list[int] | None:
+    """Static dims of ``t`` (symbolic or unknown dims count as 1), or None if unknown.
+
+    With ``declared``, a variable's dims come from there (a model's inferred shapes),
+    not from the tensor's own, possibly older, shape; constants always know theirs.
+    """
+    shape = t.shape if declared is None or isinstance(t, gs.Constant) else declared.get(t.name)
+    if shape is None:
         return None
-    return [d if isinstance(d, int) and d >= 0 else 1 for d in t.shape]
+    return [d if isinstance(d, int) and d >= 0 else 1 for d in shape]
 
 
-def _node_flops(node: gs.Node) -> int:
+def _node_flops(node: gs.Node, declared: DimsByName | None = None) -> int:
     op = node.op
+    _dims = functools.partial(_dims_of, declared=declared)
     try:
         if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
             w = node.inputs[1] if op != "QLinearConv" else node.inputs[3]
@@ -87,8 +99,12 @@ def _node_flops(node: gs.Node) -> int:
     return 0
 
 
-def graph_cost(graph: gs.Graph, *, flops: bool = True) -> GraphCost:
-    """Count nodes, constant parameters and bytes, and FLOPs (needs shapes on tensors)."""
+def graph_cost(graph: gs.Graph, *, flops: bool = True, declared: DimsByName | None = None) -> GraphCost:
+    """Count nodes, constant parameters and bytes, and FLOPs.
+
+    FLOPs need shapes: the tensors' own, or with ``declared`` the dims a model of this
+    graph declares (e.g. `onnxcomp.ir.shapes.tensor_dims` of `infer_shapes` of its export).
+    """
     params = 0
     nbytes = 0
     for c in _iter_constants(graph):
@@ -101,7 +117,7 @@ def graph_cost(graph: gs.Graph, *, flops: bool = True) -> GraphCost:
             nbytes += n * np.dtype(c.dtype).itemsize
         except TypeError:
             pass
-    total_flops = sum(_node_flops(n) for n in graph.nodes) if flops else 0
+    total_flops = sum(_node_flops(n, declared) for n in graph.nodes) if flops else 0
     return GraphCost(nodes=len(graph.nodes), params=params, bytes=nbytes, flops=total_flops)
 
 

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
-
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 #: Ops whose result is random: never folded, merged or removed as duplicates.
 RANDOM_OPS = frozenset(

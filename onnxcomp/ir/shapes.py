@@ -19,7 +19,13 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnxcomp.ir.graph import constant_nbytes, default_opset, onnx_elem_type, static_shape, tensor_map
+from onnxcomp.ir.graph import (
+    constant_nbytes,
+    default_opset,
+    onnx_elem_type,
+    static_shape,
+    tensor_map,
+)
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, structure_skeleton, typed_input
 
 #: A dim as declared: a size, a symbolic name, or None (unknown).
