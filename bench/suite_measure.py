@@ -4,7 +4,7 @@
   (`onnxcomp.ir.cost.model_cost`: FLOPs = 2·MACs of Conv/ConvTranspose/Gemm/MatMul; integer
   kernels such as MatMulInteger/ConvInteger/QLinear* are *not* counted, so a model that
   uses them is flagged ``flops_partial``).
-* Fidelity: `onnxcomp.perf.bench.fidelity_on` streams held-out batches through FP32 and the
+* Fidelity: `onnxcomp.perf.comparison.fidelity_on` streams held-out batches through FP32 and the
   candidate (one session each) and accumulates cosine, max/mean |diff|, SNR, top-1
   agreement and — when the data has labels (digits) — accuracy of both.
 * Latency: `onnxcomp.bench` of FP32 plus every variant that ran, interleaved in one
@@ -42,8 +42,8 @@ def cost_of(path: Path) -> Cost:
     """`Cost` of the model at ``path`` (external data included in the size)."""
     import onnx
 
-    from onnxcomp.perf.bench import model_size_bytes
     from onnxcomp.ir.cost import model_cost
+    from onnxcomp.perf.machine import model_size_bytes
 
     model = onnx.load(str(path))
     c = model_cost(model)
@@ -75,9 +75,9 @@ def fidelity_of(reference: Path, candidate: Path, setting: ModelSetting, eval_np
     Raises:
         onnxcomp.errors.OnnxcompError: A model cannot be loaded or run on the data.
     """
-    from onnxcomp.perf.bench import fidelity_on
     from onnxcomp.checking.metrics import summarize
     from onnxcomp.checking.runtime import resolve_providers
+    from onnxcomp.perf.comparison import fidelity_on
 
     outs, n, _ = fidelity_on(reference, candidate, providers=resolve_providers(config.ep), threads=config.threads,
                              data=eval_npz, batch=setting.batch, max_samples=setting.eval_samples, seed=config.seed)
@@ -126,7 +126,7 @@ def time_interleaved(paths: list[Path], setting: ModelSetting, eval_npz: Path, c
     Raises:
         onnxcomp.errors.OnnxcompError: A model cannot be loaded or run.
     """
-    from onnxcomp.perf.bench import bench
+    from onnxcomp.perf.benchmark import bench
 
     res = bench([str(p) for p in paths], ep=config.ep, threads=config.threads, batch=setting.batch, data=eval_npz,
                 warmup=config.warmup, duration_s=config.duration_s, min_rounds=config.min_rounds,

@@ -60,11 +60,11 @@ __all__ = [
 
 def __getattr__(name: str):  # lazy: bench/compare pull in more machinery
     if name == "bench":
-        from onnxcomp.perf.bench import bench
+        from onnxcomp.perf.benchmark import bench
 
         return bench
     if name == "compare":
-        from onnxcomp.perf.bench import compare
+        from onnxcomp.perf.comparison import compare
 
         return compare
     raise AttributeError(name)

@@ -1,4 +1,9 @@
-"""onnxruntime sessions: execution-provider selection, threads, and running models."""
+"""onnxruntime sessions: execution-provider selection, threads, and running models.
+
+This is the one module that builds ``ort.SessionOptions`` and ``ort.InferenceSession``:
+verification, calibration and the benchmarks (`onnxcomp.perf`) all get their sessions
+from `make_session` / `open_session`, so every session is configured in one place.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.errors import UsageError
+from onnxcomp.errors import InvalidModelError, UsageError, one_line
 from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, references_files, runtime_parts
 
 EP_ALIASES = {
@@ -27,6 +32,10 @@ EP_ALIASES = {
     "qnn": "QNNExecutionProvider",
     "xnnpack": "XnnpackExecutionProvider",
 }
+
+#: Execution providers whose tensors live in CUDA device memory: they take a ``device_id``
+#: provider option, and IO binding puts their inputs and outputs on a ``cuda`` device.
+CUDA_DEVICE_EPS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
 
 
 def resolve_providers(ep: str | Sequence[str] | None) -> list[str]:
@@ -53,6 +62,68 @@ def resolve_providers(ep: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+def parse_ep(ep: str | None) -> tuple[str, int]:
+    """``"cuda:1"`` → (``"cuda"``, 1); device 0 by default.
+
+    Raises:
+        UsageError: The device part is not a number.
+    """
+    name, _, dev = (ep or "cpu").partition(":")
+    if dev and not dev.isdigit():
+        raise UsageError(f"bad execution provider {ep!r}: expected NAME or NAME:DEVICE_ID (e.g. cuda:1)")
+    return name, int(dev or 0)
+
+
+def providers_for(ep: str) -> list[str]:
+    """`resolve_providers`, plus the CUDA EP behind TensorRT when available.
+
+    TensorRT leaves unsupported subgraphs to the next provider in the list; without CUDA
+    in between they would run on the CPU and a benchmark would mostly time copies.
+    """
+    providers = resolve_providers(ep)
+    if providers[0] == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers() \
+            and "CUDAExecutionProvider" not in providers:
+        providers.insert(1, "CUDAExecutionProvider")
+    return providers
+
+
+def provider_args(providers: Sequence[str], device_id: int | None) -> list[str | tuple[str, dict[str, str]]]:
+    """The ``providers=`` argument of an InferenceSession.
+
+    With a ``device_id``, the CUDA-memory EPs get it as a provider option; without one every
+    provider is passed by name (onnxruntime's default device).
+    """
+    if device_id is None:
+        return list(providers)
+    return [(p, {"device_id": str(device_id)}) if p in CUDA_DEVICE_EPS else p for p in providers]
+
+
+def _session_options(
+    *, threads: int | None, optimize: bool, one_shot: bool, spinning: bool, profile_prefix: str | None
+) -> ort.SessionOptions:
+    """SessionOptions for `make_session` (see its arguments)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads is not None:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    # Collected first so that one_shot and spinning=False, which share a key, set it once.
+    config: dict[str, str] = {}
+    if one_shot:
+        config["session.intra_op.allow_spinning"] = "0"
+        config["session.disable_prepacking"] = "1"
+    if not spinning:
+        config["session.intra_op.allow_spinning"] = "0"
+        config["session.inter_op.allow_spinning"] = "0"
+    for key, value in config.items():
+        so.add_session_config_entry(key, value)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
 def make_session(
     model: onnx.ModelProto | RuntimeParts | str | Path | bytes,
     *,
@@ -63,6 +134,9 @@ def make_session(
     lent: Mapping[str, np.ndarray] | None = None,
     cache: ArrayCache | None = None,
     one_shot: bool = False,
+    spinning: bool = True,
+    profile_prefix: str | None = None,
+    device_id: int | None = None,
 ) -> ort.InferenceSession:
     """Create one InferenceSession.
 
@@ -79,16 +153,14 @@ def make_session(
         one_shot: The session runs only a few times (verification): idle worker threads
             do not spin (spinning only steals the CPU from other work) and weights are not
             prepacked (a packed copy costs memory and time that one run never earns back).
+        spinning: False: neither the intra-op nor the inter-op thread pool spins while
+            idle (several sessions timed in turn would otherwise steal each other's cores).
+        profile_prefix: Turn on onnxruntime profiling, writing to files with this prefix.
+        device_id: Device of the CUDA-memory EPs (see `provider_args`); None: onnxruntime's default.
     """
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads is not None:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if one_shot:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.disable_prepacking", "1")
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so = _session_options(threads=threads, optimize=optimize, one_shot=one_shot, spinning=spinning,
+                          profile_prefix=profile_prefix)
+    pargs = provider_args(providers, device_id)
     if isinstance(model, onnx.ModelProto):
         from onnxcomp.io.files import PROTO_LIMIT
 
@@ -96,21 +168,22 @@ def make_session(
         # except weights still on disk: onnxruntime maps those from a file without a copy.
         parts = runtime_parts(model, lent, cache) if lent or not references_files(model) else None
         if parts is None or (len(parts.model_bytes) >= PROTO_LIMIT and not lent):
-            return _session_from_file(model, so, providers, workdir)
+            return _session_from_file(model, so, pargs, workdir)
         model = parts
     if isinstance(model, RuntimeParts):
         if model.names:
             so.add_external_initializers(model.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays])
-        session = ort.InferenceSession(model.model_bytes, sess_options=so, providers=list(providers))
+        session = ort.InferenceSession(model.model_bytes, sess_options=so, providers=pargs)
         session._onnxcomp_borrowed = model  # the session reads these arrays: keep them alive
         return session
     if isinstance(model, Path):
         model = str(model)
-    return ort.InferenceSession(model, sess_options=so, providers=list(providers))
+    return ort.InferenceSession(model, sess_options=so, providers=pargs)
 
 
 def _session_from_file(
-    model: onnx.ModelProto, so: ort.SessionOptions, providers: Sequence[str], workdir: Path | None
+    model: onnx.ModelProto, so: ort.SessionOptions, providers: Sequence[str | tuple[str, dict[str, str]]],
+    workdir: Path | None,
 ) -> ort.InferenceSession:
     """A session on ``model`` saved as a file (external data onnxruntime can map)."""
     from onnxcomp.io.files import serialize_for_runtime
@@ -120,6 +193,27 @@ def _session_from_file(
     # The spilled copy is only needed while the session loads it: remove it after.
     with tempfile.TemporaryDirectory(prefix="onnxcomp-ort-") as tmp:
         return ort.InferenceSession(serialize_for_runtime(model, Path(tmp)), sess_options=so, providers=list(providers))
+
+
+def open_session(
+    path: str,
+    providers: Sequence[str],
+    *,
+    threads: int | None,
+    spinning: bool,
+    device_id: int = 0,
+    profile_prefix: str | None = None,
+) -> ort.InferenceSession:
+    """A fully optimized session on a model file, as deployed (for timing); failures become one line.
+
+    Raises:
+        InvalidModelError: onnxruntime cannot load the model on these providers.
+    """
+    try:
+        return make_session(path, providers=providers, threads=threads, spinning=spinning,
+                            profile_prefix=profile_prefix, device_id=device_id)
+    except Exception as e:
+        raise InvalidModelError(f"onnxruntime cannot load {path}: {one_line(e, 300)}") from None
 
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

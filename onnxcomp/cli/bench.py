@@ -1,4 +1,4 @@
-"""``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (added to the CLI by `onnxcomp.cli.main`).
+"""``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (registered on the group by `onnxcomp.cli.main`).
 
 Exit codes: 0 success / gate pass, 1 gate regression, 2 bad input or usage (one line on
 stderr, no traceback).
@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from onnxcomp.cli.main import _State, handle_errors
+from onnxcomp.cli.common import State, handle_errors, progress_bar
 from onnxcomp.errors import UsageError
 
 _EP_HELP = "Execution provider: cpu, cuda, tensorrt, openvino, … (cuda:1 picks a device)."
@@ -38,35 +37,23 @@ def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _check_data(data: str | None) -> None:
+    """A missing ``--data`` is a usage error before any model is loaded."""
     if data is not None and not Path(data).exists():
         raise UsageError(f"--data {data} not found (expected an .npz file or a folder of them)")
 
 
 def _check_models(paths: tuple[Path, ...] | list[Path]) -> None:
+    """A missing model is a usage error before anything is loaded."""
     for p in paths:
         if not p.exists():
             raise UsageError(f"{p} not found")
 
 
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[float, str], None] | None]:
-    """A rich progress bar on stderr when it is a terminal (and not ``-q``); else nothing."""
-    if _State.quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("", total=1.0)
-        yield lambda frac, msg: bar.update(task, completed=frac, description=msg)
-
-
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    from onnxcomp.pipeline.report import _json_default, json_safe
+    """Write ``doc`` as JSON (non-finite numbers as null), atomically; ``-`` prints it."""
+    from onnxcomp.pipeline.report import json_default, json_safe
 
-    text = json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(json_safe(doc), indent=2, default=json_default, allow_nan=False)
     if str(path) == "-":
         click.echo(text)
         return
@@ -90,18 +77,18 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
           threads: int | None, warmup: int, rounds: int | None, duration: float, placement: bool | None,
           json_out: Path | None) -> None:
     """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
-    from onnxcomp.perf.bench import bench as run_bench
+    from onnxcomp.perf.benchmark import bench as run_bench
 
     _check_models(models)
     _check_data(data)
     if warmup < 0 or duration <= 0:
         raise UsageError("--warmup must be >= 0 and --duration > 0")
-    with _progress("bench") as progress:
+    with progress_bar("bench") as progress:
         result = run_bench(list(models), ep=ep, threads=threads, batch=batch, shapes=shapes, data=data, warmup=warmup,
                            rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
-    if not _State.quiet and str(json_out) != "-":
+    if not State.quiet and str(json_out) != "-":
         result.render()
 
 
@@ -120,19 +107,19 @@ def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes
             seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
             json_out: Path | None) -> None:
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
-    from onnxcomp.perf.bench import compare as run_compare
+    from onnxcomp.perf.comparison import compare as run_compare
 
     _check_models([reference, candidate])
     _check_data(data)
     if max_samples < 1 or duration <= 0:
         raise UsageError("--max-samples must be >= 1 and --duration > 0")
-    with _progress("compare") as progress:
+    with progress_bar("compare") as progress:
         result = run_compare(reference, candidate, data, ep=ep, threads=threads, batch=batch, shapes=shapes,
                              max_samples=max_samples, speed=not no_speed, rounds=rounds, duration_s=duration,
                              progress=progress, seed=seed)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
-    if not _State.quiet and str(json_out) != "-":
+    if not State.quiet and str(json_out) != "-":
         result.render()
 
 
@@ -170,8 +157,9 @@ def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None
     when above; while it straddles, measure more, up to --max-time, then decide on the
     point estimate.
     """
-    from onnxcomp.perf.gate import Budget, record_baseline
     from onnxcomp.perf.gate import gate as run_gate
+    from onnxcomp.perf.gate_record import record_baseline
+    from onnxcomp.perf.gate_stats import Budget
 
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
@@ -181,16 +169,16 @@ def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None
     if record_out is not None:
         if len(models) != 1:
             raise UsageError(f"--record takes exactly one MODEL, got {len(models)}")
-        with _progress("record") as progress:
+        with progress_bar("record") as progress:
             rec = record_baseline(models[0], record_out, ep=ep, threads=threads, batch=batch, shapes=shapes, data=data,
                                   budget=budget, warmup=warmup, progress=progress, seed=seed)
-        if not _State.quiet:
+        if not State.quiet:
             click.echo(f"recorded {models[0]}: {rec['normalized_cost']:.4f}× the reference workload "
                        f"({rec['rounds']} rounds, {rec['providers'][0]}, threads={threads}) → {record_out}", err=True)
         return
     if len(models) != 2:
         raise UsageError(f"gate takes BASELINE and CANDIDATE (or --record OUT MODEL), got {len(models)} path(s)")
-    with _progress("gate") as progress:
+    with progress_bar("gate") as progress:
         result = run_gate(models[0], models[1], max_slowdown, min_cosine=min_cosine, ep=ep, threads=threads, batch=batch,
                           shapes=shapes, data=data, confidence=confidence, budget=budget, warmup=warmup,
                           progress=progress, seed=seed)
@@ -199,7 +187,7 @@ def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None
     if md_out is not None:
         with open(md_out, "a", encoding="utf-8") as f:
             f.write(result.to_markdown())
-    if not _State.quiet and str(json_out) != "-":
+    if not State.quiet and str(json_out) != "-":
         result.render()
     sys.exit(result.exit_code)
 

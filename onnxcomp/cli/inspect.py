@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from onnxcomp.cli.main import handle_errors
+from onnxcomp.cli.common import handle_errors
 
 
 def group_rows(model_path: Path, exclude: tuple[str, ...] = (), ratio: float | None = None, round_to: int = 1) -> list[dict]:

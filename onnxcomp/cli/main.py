@@ -1,58 +1,25 @@
-"""The ``onnxcomp`` command line (click).
+"""The ``onnxcomp`` command group (click): ``optimize`` and ``passes`` here, the others registered.
 
-Every `OnnxcompError` becomes one line on stderr and its exit code (2 for bad input or
-usage, 1 for a failed pass or verification); no traceback unless ``-v``.
+``bench``, ``compare`` and ``gate`` come from `onnxcomp.cli.bench`, ``inspect`` from
+`onnxcomp.cli.inspect`; what every command shares (``-v``/``-q``, one-line errors and
+exit codes, progress) is in `onnxcomp.cli.common`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from onnxcomp._version import __version__
-from onnxcomp.errors import OnnxcompError
+from onnxcomp.cli.bench import COMMANDS as BENCH_COMMANDS
+from onnxcomp.cli.common import State, handle_errors, status_line
+from onnxcomp.cli.inspect import COMMANDS as INSPECT_COMMANDS
 
 log = logging.getLogger("onnxcomp")
-
-
-class _State:
-    verbose = 0
-    quiet = False
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors into one line and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except OnnxcompError as e:
-            if _State.verbose:
-                raise
-            click.echo(f"onnxcomp: error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("onnxcomp: interrupted; nothing written", err=True)
-            sys.exit(130)
-        except MemoryError:
-            click.echo("onnxcomp: error: out of memory; nothing written", err=True)
-            sys.exit(1)
-        except Exception as e:  # a bug: say so in one line, full traceback with -v
-            if _State.verbose:
-                raise
-            first = (str(e).strip().splitlines() or [""])[0][:300]
-            click.echo(f"onnxcomp: internal error: {type(e).__name__}: {first} (run with -v for a traceback)", err=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -61,21 +28,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the final result.")
 def main(verbose: int, quiet: bool) -> None:
     """Make ONNX models smaller and faster: verified graph passes, benchmarked side by side."""
-    _State.verbose, _State.quiet = verbose, quiet
+    State.verbose, State.quiet = verbose, quiet
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="onnxcomp: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
-
-
-def _progress_callback():
-    """A rich status line on a terminal; nothing otherwise."""
-    if _State.quiet or not sys.stderr.isatty():
-        return None, None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    status = console.status("starting")
-    status.start()
-    return status, (lambda msg: status.update(msg))
 
 
 @main.command()
@@ -102,7 +57,7 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
     from onnxcomp.api import optimize as run_optimize
 
     out = output or default_output_path(model)
-    status, progress = _progress_callback()
+    status, progress = status_line()
     try:
         _, report = run_optimize(
             model, pass_specs, preset=preset, calibration_data=calibration_data, train_data=train_data, output=out,
@@ -114,7 +69,7 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
             status.stop()
     if report_path is not None:
         report.write_json(report_path)
-    if not _State.quiet:
+    if not State.quiet:
         report.render()
     click.echo(str(out))
 
@@ -133,8 +88,8 @@ def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
     for p in plugins:
         load_plugin(p)
     described = [describe_pass(cls) for cls in registered_passes().values()]
-    presets = {name: {"summary": PRESET_SUMMARIES.get(name, ""), "steps": [list(s.passes) if hasattr(s, "passes") else s for s in steps]}
-               for name, steps in PRESETS.items()}
+    presets = {name: {"summary": PRESET_SUMMARIES.get(name, ""), "steps": pipeline.outline()}
+               for name, pipeline in PRESETS.items()}
     if as_json:
         click.echo(json.dumps({"passes": described, "presets": presets}, indent=2))
         return
@@ -154,12 +109,8 @@ def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
         console.print(f"preset [bold]{name}[/]: {info['summary']}")
 
 
-# Commands that live in their own modules.
-from onnxcomp.cli.bench import COMMANDS as _BENCH_COMMANDS  # noqa: E402
-from onnxcomp.cli.inspect import COMMANDS as _INSPECT_COMMANDS  # noqa: E402
-
-for _cmd in (*_BENCH_COMMANDS, *_INSPECT_COMMANDS):
-    main.add_command(_cmd)
+for _command in (*BENCH_COMMANDS, *INSPECT_COMMANDS):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,18 +12,11 @@ import onnxruntime as ort
 import pytest
 
 import onnxcomp
-from onnxcomp.perf import bench as benchmark
-from onnxcomp.perf.bench import (
-    IoBindingRunner,
-    PlainRunner,
-    ep_warnings,
-    make_feeds,
-    make_runner,
-    node_placement,
-    parse_shape_specs,
-    placement_from_profile,
-)
+from onnxcomp.checking.runtime import provider_args, providers_for, resolve_providers
 from onnxcomp.errors import CalibrationDataError, InvalidModelError, UsageError
+from onnxcomp.perf.feeds import make_feeds, parse_shape_specs
+from onnxcomp.perf.placement import ep_warnings, node_placement, placement_from_profile
+from onnxcomp.perf.timing import IoBindingRunner, PlainRunner, make_runner
 
 # ----------------------------------------------------------------------------- inputs
 
@@ -76,7 +69,7 @@ def test_make_feeds_from_data(model_a: Path, labelled_npz: Path, tmp_path: Path)
 
 def test_unavailable_ep_lists_available() -> None:
     with pytest.raises(UsageError, match="available:.*CPUExecutionProvider"):
-        benchmark.resolve_providers("no-such-ep")
+        resolve_providers("no-such-ep")
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA present")
@@ -159,7 +152,7 @@ def test_cuda_runner_binds_once_on_device_and_syncs_every_run() -> None:
 
 
 def test_make_runner_picks_io_binding_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(benchmark.ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda a, d, i: (d, i)))
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_numpy", staticmethod(lambda a, d, i: (d, i)))
     r = make_runner(FakeCudaSession(), {"x": np.zeros((1, 16), np.float32)}, ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert isinstance(r, IoBindingRunner) and r.inputs["x"] == ("cuda", 0)
     r2 = make_runner(FakeCudaSession(), {"x": np.zeros((1, 16), np.float32)}, ["TensorrtExecutionProvider"], 2)
@@ -308,11 +301,11 @@ def test_provider_lists_for_gpu_eps(monkeypatch: pytest.MonkeyPatch) -> None:
     # Pretend onnxruntime-gpu with TensorRT is installed: selection logic only, nothing runs.
     monkeypatch.setattr(ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert benchmark.providers_for("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert benchmark.providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert benchmark.providers_for("cpu") == ["CPUExecutionProvider"]
-    assert benchmark._provider_args(["CUDAExecutionProvider", "CPUExecutionProvider"], 1) == [
+    assert providers_for("tensorrt") == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert provider_args(["CUDAExecutionProvider", "CPUExecutionProvider"], 1) == [
         ("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(UsageError, match="tensorrt"):
-        benchmark.providers_for("tensorrt")
+        providers_for("tensorrt")

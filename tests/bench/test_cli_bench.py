@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from onnxcomp.cli.main import main
+from onnxcomp.cli import main
 
 FAST_GATE = ["--max-time", "3", "--warmup", "2"]
 

@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from onnxcomp.perf.bench import InterleavedTimer
 from onnxcomp.errors import UsageError
-from onnxcomp.perf.gate import (
+from onnxcomp.perf.gate_stats import (
     Budget,
     SlowdownEstimate,
     adaptive_measure,
@@ -19,6 +18,7 @@ from onnxcomp.perf.gate import (
     normalized_slowdown,
     paired_slowdown,
 )
+from onnxcomp.perf.timing import InterleavedTimer
 
 
 def noisy_pairs(n: int, slowdown: float, *, sigma: float = 0.05, drift: float = 0.0, outliers: int = 0,
@@ -208,7 +208,7 @@ def test_budget_validation() -> None:
 def test_reference_workload_is_fixed_and_valid() -> None:
     import onnx
 
-    from onnxcomp.perf.gate import REFERENCE_WORKLOAD, reference_workload
+    from onnxcomp.perf.gate_record import REFERENCE_WORKLOAD, reference_workload
 
     m1, m2 = reference_workload(), reference_workload()
     assert m1.SerializeToString() == m2.SerializeToString()  # same computation in every run

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcomp import __version__
-from onnxcomp.cli.main import main
+from onnxcomp.cli import main
 
 
 @pytest.fixture

@@ -1,0 +1,207 @@
+"""``bench``: latency of one or more models, interleaved, on one execution provider.
+
+How the timing works is described in `onnxcomp.perf.timing`; this module puts it together
+(sessions, warm-up, rounds, node placement) and holds the result types.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxcomp.checking.runtime import parse_ep, providers_for
+from onnxcomp.errors import UsageError
+from onnxcomp.perf.feeds import feed_shapes, parse_shape_specs
+from onnxcomp.perf.machine import environment, model_size_bytes, peak_rss_mb
+from onnxcomp.perf.placement import node_placement
+from onnxcomp.perf.prepare import prepare_models
+from onnxcomp.perf.render import default_console, fmt_g, human_bytes
+from onnxcomp.perf.timing import InterleavedTimer, LatencyStats, ProgressFn, paired_ratio, timed_rounds
+
+log = logging.getLogger("onnxcomp")
+
+
+@dataclass
+class ModelBench:
+    """Benchmark of one model."""
+
+    path: str
+    latency: LatencyStats
+    samples_ms: list[float]
+    batch: int
+    input_shapes: dict[str, list[int]]
+    size_bytes: int
+    host_memory_mb: float
+    ratio_to_first: float = 1.0
+    paired_ratio_to_first: float = 1.0
+    node_placement: dict[str, dict[str, int]] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the median latency."""
+        return self.batch * 1000.0 / self.latency.p50 if self.latency.p50 > 0 else float("inf")
+
+    def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
+        """JSON-ready dict (one entry of ``models`` in ``bench --json``); ``samples``: include ``samples_ms``."""
+        d: dict[str, Any] = {
+            "path": self.path,
+            "latency_ms": self.latency.to_dict(),
+            "ratio_to_first": self.ratio_to_first,
+            "paired_ratio_to_first": self.paired_ratio_to_first,
+            "throughput_per_s": self.throughput,
+            "batch": self.batch,
+            "input_shapes": self.input_shapes,
+            "size_bytes": self.size_bytes,
+            "host_memory_mb": self.host_memory_mb,
+            "node_placement": self.node_placement,
+            "warnings": self.warnings,
+        }
+        if samples:
+            d["samples_ms"] = self.samples_ms
+        return d
+
+
+@dataclass
+class BenchResult:
+    """Result of `bench`: one `ModelBench` per model plus the measurement conditions."""
+
+    models: list[ModelBench]
+    ep: str
+    providers: list[str]
+    threads: int | None
+    warmup: int
+    rounds: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the ``bench --json`` contract)."""
+        return {
+            "ep": self.ep,
+            "providers": self.providers,
+            "threads": self.threads,
+            "warmup": self.warmup,
+            "rounds": self.rounds,
+            "interleaved": True,
+            "seconds": self.seconds,
+            "process_peak_rss_mb": peak_rss_mb(),
+            "environment": environment(),
+            "models": [m.to_dict() for m in self.models],
+        }
+
+    def render(self, console: Any | None = None) -> None:
+        """A rich table: latency percentiles, ratio to the first model, size, memory."""
+        from rich.table import Table
+
+        console = console or default_console()
+        t = Table(title=f"latency on {self.providers[0]} · threads={self.threads or 'default'} · "
+                        f"{self.rounds} interleaved rounds", title_justify="left")
+        for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "sd ms", "× first", "samples/s", "size", "mem MB"):
+            t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
+        for m in self.models:
+            s = m.latency
+            t.add_row(Path(m.path).name, fmt_g(s.p50), fmt_g(s.p90), fmt_g(s.p99), fmt_g(s.mean), fmt_g(s.stdev),
+                      f"{m.ratio_to_first:.3f}", fmt_g(m.throughput), human_bytes(m.size_bytes), f"{m.host_memory_mb:.1f}")
+        console.print(t)
+        shapes = {Path(m.path).name: m.input_shapes for m in self.models}
+        console.print(f"inputs: {shapes}  (× first = p50 of the first model ÷ p50 of this one; > 1 is faster)")
+        for m in self.models:
+            if m.node_placement:
+                parts = "; ".join(f"{p}: " + ", ".join(f"{op}×{c}" for op, c in ops.items()) for p, ops in m.node_placement.items())
+                console.print(f"[dim]{Path(m.path).name} node placement — {parts}[/]")
+            for w in m.warnings:
+                console.print(f"[yellow]warning[/] {Path(m.path).name}: {w}")
+
+
+def bench(
+    models: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    ep: str = "cpu",
+    threads: int | None = None,
+    *,
+    batch: int | None = None,
+    shapes: Sequence[str] | Mapping[str, Sequence[int]] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    warmup: int = 10,
+    rounds: int | None = None,
+    duration_s: float = 5.0,
+    min_rounds: int = 10,
+    placement: bool | None = None,
+    progress: ProgressFn | None = None,
+    seed: int = 0,
+) -> BenchResult:
+    """Benchmark one or more models, interleaved, on one execution provider.
+
+    Args:
+        models: Model paths; the first is the reference for ``ratio_to_first``.
+        ep: ``cpu``, ``cuda``, ``tensorrt``, … or a full provider name; ``cuda:1`` picks a device.
+        threads: Intra-op threads per session (None: onnxruntime's default).
+        batch: Size of a symbolic batch dim (axis 0) in generated inputs (default 1), or
+            the batch cut from ``data``.
+        shapes: Input shapes for dynamic dims, ``["name=1x3x224x224", ...]`` or a mapping.
+        data: An ``.npz`` (keys = input names); its first batch is used instead of random inputs.
+        warmup: Untimed runs per model before timing.
+        rounds: Exact number of timed rounds; None: run for ``duration_s`` (≥ ``min_rounds``).
+        duration_s: Timed-phase length when ``rounds`` is None.
+        min_rounds: Fewest rounds when time-bounded.
+        placement: Report which EP ran each op type (onnxruntime profiling); default: on
+            for non-CPU EPs, where CPU fallback is what you want to know.
+        progress: Optional ``progress(fraction, message)`` callback.
+        seed: Seed for generated inputs.
+
+    Returns:
+        A `BenchResult`; ``to_dict()`` is the ``bench --json`` document.
+
+    Raises:
+        UsageError: Unknown/unavailable EP, bad shapes, bad counts.
+        InvalidModelError: A model cannot be read or run.
+        CalibrationDataError: ``data`` is unusable.
+    """
+    paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
+    if not paths:
+        raise UsageError("bench needs at least one model")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    if rounds is not None and rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {rounds}")
+    if batch is not None and batch < 1:
+        raise UsageError(f"--batch must be >= 1, got {batch}")
+    ep_name, device_id = parse_ep(ep)
+    providers = providers_for(ep_name)
+    shape_map = parse_shape_specs(shapes)
+    t0 = time.perf_counter()
+    prepared = prepare_models(paths, providers=providers, device_id=device_id, threads=threads, batch=batch,
+                              shapes=shape_map, data=data, warmup=warmup, seed=seed)
+    for p in prepared:
+        for w in p.warnings:
+            log.warning("%s: %s", p.path, w)
+    timer = InterleavedTimer([p.runner for p in prepared])
+    timer.warmup(2)  # once more interleaved, so the first timed round is not the first switch
+    ms = timed_rounds(timer, rounds=rounds, duration_s=duration_s, min_rounds=min_rounds, progress=progress)
+    want_placement = placement if placement is not None else providers[0] != "CPUExecutionProvider"
+    results: list[ModelBench] = []
+    first_p50 = float(np.median(ms[:, 0]))
+    for j, p in enumerate(prepared):
+        stats = LatencyStats.from_samples(ms[:, j])
+        place = None
+        if want_placement:
+            place = node_placement(p.path, providers, p.feeds, threads=threads, device_id=device_id)
+            cpu_ops = place.get("CPUExecutionProvider", {})
+            if providers[0] != "CPUExecutionProvider" and cpu_ops:
+                p.warnings.append(f"{sum(cpu_ops.values())} node(s) fell back to the CPU EP: "
+                                  + ", ".join(f"{k}×{v}" for k, v in cpu_ops.items()))
+        batch_size = int(next(iter(p.feeds.values())).shape[0]) if p.feeds and next(iter(p.feeds.values())).ndim else 1
+        results.append(ModelBench(
+            path=p.path, latency=stats, samples_ms=[float(x) for x in ms[:, j]], batch=batch_size,
+            input_shapes=feed_shapes(p.feeds), size_bytes=model_size_bytes(p.path), host_memory_mb=p.memory_mb,
+            ratio_to_first=first_p50 / stats.p50 if stats.p50 > 0 else float("inf"),
+            paired_ratio_to_first=paired_ratio(ms[:, 0], ms[:, j]), node_placement=place, warnings=list(p.warnings),
+        ))
+    return BenchResult(models=results, ep=ep, providers=list(prepared[0].session.get_providers()), threads=threads,
+                       warmup=warmup, rounds=int(ms.shape[0]), seconds=time.perf_counter() - t0)
