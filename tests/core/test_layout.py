@@ -84,11 +84,11 @@ def _edges() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in MODULES}
     for module, path in MODULES.items():
         for target, names, _ in _imports(module, path):
-            for name in names:
-                # `from onnxcomp.ir import graph` imports the submodule onnxcomp.ir.graph
-                if f"{target}.{name}" in MODULES:
-                    graph[module].add(f"{target}.{name}")
-            if target in MODULES and target != module:
+            submodules = [f"{target}.{name}" for name in names if f"{target}.{name}" in MODULES]
+            # `from onnxcomp.io import safety` depends on the submodule, not on what the
+            # package's __init__ re-exports.
+            graph[module].update(submodules)
+            if target in MODULES and target != module and len(submodules) < max(len(names), 1):
                 graph[module].add(target)
     return graph
 
