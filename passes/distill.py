@@ -12,8 +12,8 @@ same initializers: the graph structure is unchanged, only weight values move.
 Data: ``ctx.train_data`` (``--train-data``; an extra ``label`` array gives hard labels),
 else the calibration data with a warning. Teacher outputs are computed once, in one
 onnxruntime session. Feature tensors are matched by name; when pruning sliced a feature
-tensor, the teacher's copy is restricted to the kept channels (``prune-channels``
-artifact). Needs the ``torch`` extra; this module imports without it.
+tensor, the teacher's copy is restricted to the kept channels (the pruning record,
+`onnxcomp.pruning.PruneRecord`). Needs the ``torch`` extra; this module imports without it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcomp import CalibrationData, Pass, PassContext, PassOptions, PassResult, load_model, register_pass
 from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.pruning import PruneRecord
+from onnxcomp.recovery import RefitSettings, TensorTap, reconstruct
 
 _NO_TORCH = "distill needs PyTorch: pip install 'onnxcomp[torch]'"
 
@@ -104,8 +106,6 @@ def _load_data(ctx: PassContext, max_samples: int | None) -> tuple[dict[str, np.
 
 
 def _teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
-    from onnxcomp.recovery.activations import TensorTap
-
     tap = TensorTap(teacher, names)
     n = len(next(iter(inputs.values())))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
@@ -116,10 +116,11 @@ def _teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], na
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _restrict(name: str, t: np.ndarray, student_shape: tuple, kept: dict) -> np.ndarray:
+def _restrict(name: str, t: np.ndarray, student_shape: tuple, record: PruneRecord | None) -> np.ndarray:
     """The teacher's tensor restricted to the channels the student kept."""
-    if name in kept:
-        axis, idx = kept[name]
+    entry = record.channels(name) if record is not None else None
+    if entry is not None:
+        axis, idx = entry
         t = np.take(t, np.asarray(idx, dtype=np.int64), axis=axis)
     if t.shape[1:] != tuple(student_shape[1:]):
         raise UsageError(
@@ -130,27 +131,21 @@ def _restrict(name: str, t: np.ndarray, student_shape: tuple, kept: dict) -> np.
 
 
 @register_pass("distill")
-class Distill(Pass):
+class Distill(Pass[DistillOptions]):
     """Train the weights by knowledge distillation from the original model (torch extra)."""
 
     lossless = False
-    Options = DistillOptions
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        opts: DistillOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         try:
             import torch  # noqa: F401
         except ImportError:
             raise UsageError(_NO_TORCH) from None
-        from onnxcomp.recovery.distill_loop import DistillConfig, distill
-        from onnxcomp.recovery.torch_graph import OnnxModule
+        from onnxcomp.recovery import DistillConfig, OnnxModule, distill  # need torch: imported here
 
-        if opts.teacher is not None:
-            from onnxcomp.io.files import load_model
-
-            teacher = load_model(opts.teacher)
-        else:
-            teacher = ctx.original_model
+        teacher = load_model(opts.teacher) if opts.teacher is not None else ctx.original_model
+        record = ctx.records.get(PruneRecord)
         module = OnnxModule(ctx.to_model(graph))  # fails early, naming unsupported ops
         if not module.trainable_names:
             return PassResult(modified=False, stats={"params_trained": 0})
@@ -163,7 +158,7 @@ class Distill(Pass):
             raise UsageError(f"distill: tensor(s) not in the teacher model: {', '.join(missing)}")
         refit_stats: dict = {}
         if opts.refit:
-            refit_stats = self._refit(graph, ctx, opts)
+            refit_stats = self._refit(graph, ctx, teacher, record)
             if refit_stats.get("layers_refit"):
                 module = OnnxModule(ctx.to_model(graph))
 
@@ -173,12 +168,11 @@ class Distill(Pass):
         ctx.progress(f"distill: teacher outputs for {len(next(iter(inputs.values())))} samples")
         names = [output, *(opts.features if opts.beta > 0 else ())]
         targets = _teacher_outputs(teacher, inputs, names, max(opts.batch_size, 64))
-        kept = ctx.artifacts.get("prune-channels", {}).get("kept", {})
         if opts.beta > 0:
             with torch.no_grad():
                 probe = module({k: torch.from_numpy(v[:1]) for k, v in inputs.items()}, capture=opts.features)
             for f in opts.features:
-                targets[f] = _restrict(f, targets[f], tuple(probe[f].shape), kept)
+                targets[f] = _restrict(f, targets[f], tuple(probe[f].shape), record)
 
         cfg = DistillConfig(
             epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, temperature=opts.temperature, alpha=opts.alpha,
@@ -212,21 +206,16 @@ class Distill(Pass):
         return PassResult(modified=bool(changed) or bool(refit_stats.get("layers_refit")), stats=stats)
 
     @staticmethod
-    def _refit(graph: gs.Graph, ctx: PassContext, opts: DistillOptions) -> dict:
-        """Run the ``reconstruct`` refit first: training then starts near the teacher.
+    def _refit(graph: gs.Graph, ctx: PassContext, teacher: onnx.ModelProto, record: PruneRecord | None) -> dict:
+        """Run the ``reconstruct`` refit first (default settings): training then starts
+        near the teacher.
 
         After heavy pruning the student's logits are far from the teacher's (top-1 can be
         at chance); the closed-form refit recovers most of the gap in seconds, so the
         gradient steps go into the last bit of accuracy instead of re-learning scale.
+        It fits on the calibration data, else on the training data.
         """
-        from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
-
-        saved = ctx.calibration
-        if ctx.calibration is None:
-            ctx.calibration = ctx.train_data
-        if ctx.calibration is None:
+        data: CalibrationData | None = ctx.calibration if ctx.calibration is not None else ctx.train_data
+        if data is None:
             return {}
-        try:
-            return Reconstruct(ReconstructOptions(teacher=opts.teacher)).run(graph, ctx).stats
-        finally:
-            ctx.calibration = saved
+        return reconstruct(graph, data, teacher, record=record, settings=RefitSettings(), ctx=ctx)

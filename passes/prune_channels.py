@@ -7,16 +7,10 @@ and, in transformers, whole attention heads (Q/K/V columns, output-projection ro
 FFN neurons. Groups that reach a graph input or output, or an op without a pruning rule,
 are frozen, so the model's interface never changes.
 
-Contract with later passes (e.g. ``reconstruct``): after pruning,
-``ctx.artifacts["prune-channels"]`` is a dict with
-
-* ``"kept"``: ``{tensor_name: (axis, kept_indices)}`` for every activation (node
-  output) and every initializer that was sliced; ``kept_indices`` is an int64 array of
-  positions in the model as it was *before* this pass. Tensors keep their names.
-  For a tensor sliced on several axes (a Conv weight losing output and input
-  channels) this holds the lowest sliced axis; see ``"kept_axes"``.
-* ``"kept_axes"``: ``{tensor_name: {axis: kept_indices}}`` — every sliced axis.
-* ``"groups"``: ``{root weight name: (channels_before, channels_after)}`` of pruned groups.
+Contract with later passes (e.g. ``reconstruct``, ``distill``): after pruning,
+``ctx.records.get(onnxcomp.pruning.PruneRecord)`` says what each pruned group kept and,
+for every sliced tensor (activations and initializers keep their names), which positions
+of each sliced axis survived, as indices into the model as it was before this pass.
 """
 
 from __future__ import annotations
@@ -24,17 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir.cost import graph_cost
+from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.errors import PassError, UsageError
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
-from onnxcomp.pruning.allocate import allocate
-from onnxcomp.pruning.apply import apply_kept, kept_positions
-from onnxcomp.pruning.deps import ChannelGroup, analyze, infer_shapes
-from onnxcomp.pruning.importance import group_scores
-
-ARTIFACT_KEY = "prune-channels"
+from onnxcomp.ir import consumer_map, graph_cost
+from onnxcomp.pruning import GroupKept, PruneRecord, allocate, apply_kept, channel_groups, group_scores, kept_positions
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,34 +51,14 @@ class PruneChannelsOptions(PassOptions):
             raise UsageError(f"min_channels must be >= 1, got {self.min_channels}")
 
 
-def channel_groups(graph: gs.Graph, ctx: PassContext, exclude: tuple[str, ...] = ()) -> tuple[list[ChannelGroup], dict]:
-    """The channel groups of ``graph`` (cached as an analysis until the graph changes)."""
-
-    def compute() -> tuple[list[ChannelGroup], dict]:
-        shapes = infer_shapes(ctx.to_model(graph))
-        return analyze(graph, shapes, exclude=exclude), shapes
-
-    return ctx.analysis(f"pruning.channel_groups:{','.join(exclude)}", compute)
-
-
-def _consumers(graph: gs.Graph) -> dict[str, list[tuple[gs.Node, int]]]:
-    cons: dict[str, list[tuple[gs.Node, int]]] = {}
-    for n in graph.nodes:
-        for i, t in enumerate(n.inputs):
-            if t.name:
-                cons.setdefault(t.name, []).append((n, i))
-    return cons
-
-
 @register_pass("prune-channels")
-class PruneChannels(Pass):
+class PruneChannels(Pass[PruneChannelsOptions]):
     """Remove whole channels, FFN neurons and attention heads in dependency-coupled groups."""
 
     lossless = False
-    Options = PruneChannelsOptions
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        o: PruneChannelsOptions = self.options  # type: ignore[assignment]
+        o = self.options
         if o.criterion == "wanda" and ctx.calibration is None:
             raise UsageError("prune-channels: criterion 'wanda' needs calibration data (--calibration-data PATH or 'random')")
         if o.ratio == 0:
@@ -108,7 +78,7 @@ class PruneChannels(Pass):
         prunable = [g for g in groups if g.prunable]
         ctx.progress(f"prune-channels: {len(groups)} groups, {len(prunable)} prunable")
         model = ctx.to_model(graph) if o.criterion == "wanda" else None
-        consumers = _consumers(graph)
+        consumers = consumer_map(graph)
         scores = group_scores(o.criterion, prunable, consumers, rng=ctx.rng, model=model, calibration=ctx.calibration)
         removed = allocate(prunable, scores, ratio=o.ratio, allocation=o.allocation, round_to=o.round_to, min_channels=o.min_channels)
         if not removed:
@@ -122,11 +92,14 @@ class PruneChannels(Pass):
         after = graph_cost(graph)
         by_id = {g.id: g for g in groups}
         per_group = {by_id[i].root[0]: (by_id[i].size, by_id[i].size - int(r.size)) for i, r in removed.items()}
-        ctx.artifacts[ARTIFACT_KEY] = {
-            "kept": {name: (min(axes), axes[min(axes)]) for name, axes in kept.items()},
-            "kept_axes": kept,
-            "groups": per_group,
-        }
+        # For later passes: the decision (root channels each group kept) and its
+        # consequence (positions each sliced tensor kept).
+        decided = tuple(
+            GroupKept(g.root, g.size, np.setdiff1d(np.arange(g.size, dtype=np.int64), removed[g.id]))
+            for g in groups
+            if g.id in removed
+        )
+        ctx.records.put(PruneRecord(groups=decided, tensors=kept))
         ch_before = sum(g.size for g in prunable)
         ch_after = ch_before - sum(int(r.size) for r in removed.values())
         stats = {

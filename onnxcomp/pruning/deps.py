@@ -19,13 +19,15 @@ kept for ``onnxcomp inspect``.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcomp.ir import tensor_dims, to_graph, to_model
 from onnxcomp.pruning.rules import Dim, Frozen, Port, RuleEnv, lookup
 
 AxisKey = tuple[str, int]
@@ -108,6 +110,12 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
 
     Large initializers are passed as typed graph inputs instead of data: inference only
     needs their shapes, and serializing hundreds of MB of weights dominates its cost.
+
+    Not `onnxcomp.ir.infer_shapes`, on purpose: that one keeps weights under 4096 bytes
+    as initializers, and for a model of IR version < 4 shape inference ignores
+    initializers that are not graph inputs, which the pass's own constant folding adds.
+    Stripping by element count (over 64) keeps such weights' shapes known, as pruning
+    always has (with `onnxcomp.ir.infer_shapes` such groups could freeze).
     """
     light = onnx.ModelProto()
     light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions))
@@ -127,16 +135,7 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:  # inference is best effort: unknown shapes freeze groups, never guess
         inferred = model
-    shapes: dict[str, list[Dim]] = {}
-    g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
-            continue
-        dims: list[Dim] = []
-        for d in tt.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-        shapes[vi.name] = dims
+    shapes = tensor_dims(inferred)
     for init in g0.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
@@ -306,12 +305,32 @@ def analyze(graph: gs.Graph, shapes: dict[str, list[Dim]], *, exclude: tuple[str
     return groups
 
 
+class AnalysisContext(Protocol):
+    """What `channel_groups` needs of a pass context (`onnxcomp.PassContext` has it)."""
+
+    def analysis(self, key: str, compute: Callable[[], Any]) -> Any: ...
+
+    def to_model(self, graph: gs.Graph) -> onnx.ModelProto: ...
+
+
+def channel_groups(
+    graph: gs.Graph, ctx: AnalysisContext, exclude: tuple[str, ...] = ()
+) -> tuple[list[ChannelGroup], dict[str, list[Dim]]]:
+    """The channel groups of ``graph`` and the shapes they were found with.
+
+    Cached as an analysis of ``ctx`` until a pass changes the graph, so passes that
+    look at the same groups share one analysis.
+    """
+
+    def compute() -> tuple[list[ChannelGroup], dict[str, list[Dim]]]:
+        shapes = infer_shapes(ctx.to_model(graph))
+        return analyze(graph, shapes, exclude=exclude), shapes
+
+    return ctx.analysis(f"pruning.channel_groups:{','.join(exclude)}", compute)
+
+
 def analyze_model(model: onnx.ModelProto, *, exclude: tuple[str, ...] = ()) -> tuple[gs.Graph, list[ChannelGroup]]:
     """Import ``model``, fold its constants (as the pass does) and analyze it."""
-    from onnxcomp.ir.convert import to_graph
-
-    from onnxcomp.ir.convert import to_model
-
     graph, meta = to_graph(model)
     try:  # the pass folds constants first too (exact); do the same here
         graph.fold_constants().cleanup()

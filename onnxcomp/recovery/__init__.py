@@ -1,11 +1,50 @@
 """Accuracy recovery after lossy compression (pruning): the building blocks.
 
-* `lstsq` -- streamed ridge least squares (normal equations) and im2col patches, the
-  closed-form layer refit behind the ``reconstruct`` pass.
-* `activations` -- run a model in onnxruntime with chosen intermediate tensors exposed.
+* `refit` -- the closed-form layer refit (`reconstruct`, `RefitSettings`) behind the
+  ``reconstruct`` pass and the start of ``distill``.
+* `lstsq` -- streamed ridge least squares (normal equations) and im2col patches.
+* `activations` -- run a model in onnxruntime with chosen intermediate tensors exposed
+  (`TensorTap`).
 * `layers` -- which layers (Conv / Gemm / MatMul with constant weights) can be refit and
   how to turn their inputs into regression features.
 * `torch_graph` -- a small ONNX -> PyTorch interpreter whose parameters are the graph's
-  initializers (needs the ``torch`` extra; import it lazily).
-* `distill_loop` -- the knowledge-distillation training loop (``torch`` extra).
+  initializers (`OnnxModule`; needs the ``torch`` extra).
+* `distill_loop` -- the knowledge-distillation training loop (`distill`, `DistillConfig`;
+  ``torch`` extra).
+
+Passes import these names from ``onnxcomp.recovery`` itself. The ``torch`` ones load on
+first use, so this namespace imports without PyTorch.
 """
+
+from typing import TYPE_CHECKING, Any
+
+from onnxcomp.recovery.activations import TensorTap
+from onnxcomp.recovery.refit import RefitContext, RefitSettings, reconstruct
+
+if TYPE_CHECKING:
+    from onnxcomp.recovery.distill_loop import DistillConfig, DistillResult, distill
+    from onnxcomp.recovery.torch_graph import OnnxModule
+
+__all__ = [
+    "DistillConfig",
+    "DistillResult",
+    "OnnxModule",
+    "RefitContext",
+    "RefitSettings",
+    "TensorTap",
+    "distill",
+    "reconstruct",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: they need PyTorch (the ``torch`` extra).
+    if name in ("DistillConfig", "DistillResult", "distill"):
+        from onnxcomp.recovery import distill_loop
+
+        return getattr(distill_loop, name)
+    if name == "OnnxModule":
+        from onnxcomp.recovery.torch_graph import OnnxModule
+
+        return OnnxModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

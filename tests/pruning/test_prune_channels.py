@@ -1,4 +1,4 @@
-"""The ``prune-channels`` pass end to end: options, ratio 0, artifacts, reference models, inspect."""
+"""The ``prune-channels`` pass end to end: options, ratio 0, its record, reference models, inspect."""
 
 from __future__ import annotations
 
@@ -71,22 +71,31 @@ def test_criteria_prune_half_and_keep_interface(criterion):
     assert stats["params_after"] < stats["params_before"]  # (no value_info here: FLOPs unknown)
 
 
-def test_artifacts_contract_and_exclude():
+def test_record_contract_and_exclude():
     from onnxcomp.ir.convert import to_graph
     from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.pruning import PruneRecord
 
     m = tiny_cnn()
     graph, meta = to_graph(m)
     ctx = PassContext(original_model=m, meta=meta)
     res = instantiate("prune-channels:ratio=0.25").run(graph, ctx)
     assert res.modified and res.stats["per_group"]
-    kept = ctx.artifacts["prune-channels"]["kept"]
+    record = ctx.records.get(PruneRecord)
+    assert record is not None
     for name in ("c1", "r1", "c2", "add", "gap", "flat", "c1.w", "c2.w", "fc.w"):
-        axis, idx = kept[name]
+        axis, idx = record.channels(name)
         assert idx.dtype == np.int64 and idx.size == 12, name
-    assert kept["fc.w"][0] == 1 and kept["c1"][0] == 1
-    assert np.array_equal(kept["c1"][1], kept["c2"][1])  # residual: same indices
-    assert set(ctx.artifacts["prune-channels"]["kept_axes"]["c2.w"]) == {0, 1}
+    assert record.channels("fc.w")[0] == 1 and record.channels("c1")[0] == 1
+    assert np.array_equal(record.channels("c1")[1], record.channels("c2")[1])  # residual: same indices
+    assert set(record.tensors["c2.w"]) == {0, 1}
+    assert record.channels("x") is None  # the graph input is never pruned
+    # One group (c1, c2 and the residual Add) lost 4 of 16 channels; its record says which stayed.
+    (group,) = record.groups
+    assert group.size == 16 and group.kept.size == 12
+    assert np.array_equal(np.union1d(group.kept, group.removed), np.arange(16))
+    assert not group.kept.flags.writeable  # records are immutable
+    assert res.stats["per_group"] == {group.root[0]: "16->12"}
 
     for pattern in ("n_c2", "c1.*"):  # a node name, or a weight name
         graph, meta = to_graph(m)

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.ir.convert import ModelMeta
 from onnxcomp.pipeline.pass_api import PassContext
+from onnxcomp.pruning import PruneRecord
 
 
 def conv_net(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray | None, *, fc: np.ndarray | None = None,
@@ -51,7 +52,11 @@ def conv_net(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray | No
 
 def make_ctx(teacher: onnx.ModelProto, student: onnx.ModelProto, feeds: dict[str, np.ndarray], *,
              kept: dict | None = None, train: dict[str, np.ndarray] | None = None, batch_size: int = 16) -> PassContext:
-    """A PassContext as the manager would build it (teacher = the run's original model)."""
+    """A PassContext as the manager would build it (teacher = the run's original model).
+
+    ``kept`` (``{tensor: (axis, kept indices)}``) becomes the pruning record
+    prune-channels would have left.
+    """
     ctx = PassContext(
         original_model=teacher,
         meta=ModelMeta(),
@@ -60,7 +65,7 @@ def make_ctx(teacher: onnx.ModelProto, student: onnx.ModelProto, feeds: dict[str
         seed=0,
     )
     if kept is not None:
-        ctx.artifacts["prune-channels"] = {"kept": kept}
+        ctx.records.put(PruneRecord(groups=(), tensors={name: {axis: idx} for name, (axis, idx) in kept.items()}))
     return ctx
 
 

@@ -117,6 +117,17 @@ def test_refit_first_starts_training_near_the_teacher(rng: np.random.Generator) 
     assert _kl(_logits(teacher, x_test), _logits(to_model(graph, meta), x_test)) < _kl(_logits(teacher, x_test), _logits(student, x_test))
 
 
+def test_refit_uses_training_data_without_calibration(rng: np.random.Generator) -> None:
+    teacher, student = _pair(rng)
+    x = rng.standard_normal((64, 3, 6, 6)).astype(np.float32)
+    graph, _ = to_graph(student)
+    ctx = make_ctx(teacher, student, {"x": x}, train={"x": x})
+    ctx.calibration = None
+    res = Distill(DistillOptions(epochs=1)).run(graph, ctx)
+    assert res.stats["layers_refit"] >= 1
+    assert ctx.calibration is None  # the context is left as it was
+
+
 def test_falls_back_to_calibration_with_warning(rng: np.random.Generator, caplog: pytest.LogCaptureFixture) -> None:
     teacher, student = _pair(rng)
     x = rng.standard_normal((32, 3, 6, 6)).astype(np.float32)

@@ -12,6 +12,8 @@ from onnxcomp.errors import UsageError
 from onnxcomp.ir.convert import to_graph, to_model
 from onnxcomp.pipeline.pass_api import instantiate
 from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
+from onnxcomp.pruning import PruneRecord
+from onnxcomp.recovery import RefitSettings, reconstruct
 
 from .conftest import conv_net, make_ctx
 
@@ -138,6 +140,33 @@ def test_options_validated() -> None:
     with pytest.raises(UsageError):
         instantiate("reconstruct:ridge=-1")
     assert instantiate("reconstruct:scope=all,max_rows=10").options.max_rows == 10
+
+
+def test_pass_defaults_are_the_refit_defaults() -> None:
+    """``distill`` refits with `RefitSettings()`: the same defaults the pass documents."""
+    assert ReconstructOptions().settings() == RefitSettings()
+    opts = ReconstructOptions(ridge=0.5, scope="pruned", max_samples=7, max_rows=9, exclude=("a",), teacher="t.onnx")
+    assert opts.settings() == RefitSettings(ridge=0.5, scope="pruned", max_samples=7, max_rows=9, exclude=("a",))
+
+
+def test_function_takes_its_data_and_record_as_arguments(rng: np.random.Generator) -> None:
+    """The refit itself needs no calibration in the context: what the pass does, the plain
+    function does with the data and record it is given (how ``distill`` calls it)."""
+    teacher, student, kept = _duplicate_channel_pair(rng, fc=True)
+    x = rng.standard_normal((48, 3, 6, 6)).astype(np.float32)
+    by_pass, meta = to_graph(student)
+    ctx = make_ctx(teacher, student, {"x": x}, kept=kept)
+    expected = Reconstruct(ReconstructOptions(ridge=0.0)).run(by_pass, ctx).stats
+
+    direct, _ = to_graph(student)
+    other = make_ctx(teacher, student, {"x": x}, kept=kept)
+    data, record = other.calibration, other.records.get(PruneRecord)
+    other.calibration = None
+    stats = reconstruct(direct, data, teacher, record=record, settings=RefitSettings(ridge=0.0), ctx=other)
+    assert stats == expected and stats["layers_refit"] >= 1
+    assert other.calibration is None
+    for a, b in zip(to_model(by_pass, meta).graph.initializer, to_model(direct, meta).graph.initializer):
+        assert a == b
 
 
 def _mlp(w1: np.ndarray, w2: np.ndarray, fc: np.ndarray) -> onnx.ModelProto:
