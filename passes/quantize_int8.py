@@ -27,14 +27,28 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
-from onnxcomp.quantization.calibrators import CALIBRATORS, QParams, activation_qparams, calibrate_range, weight_qparams
-from onnxcomp.quantization.collect import collect_stats
-from onnxcomp.quantization.insert import materialize, weight_params
-from onnxcomp.quantization.rules import DYNAMIC_RULES, STATIC_RULES, QuantPlan, RuleOptions, build_plan
-from onnxcomp.quantization.sensitivity import Evaluator, fallback
-from onnxcomp.quantization.smoothquant import find_sites, smooth
+from onnxcomp.ir import default_opset
+from onnxcomp.quantization import (
+    CALIBRATORS,
+    DYNAMIC_RULES,
+    STATIC_RULES,
+    Evaluator,
+    QParams,
+    QuantPlan,
+    RuleOptions,
+    activation_qparams,
+    build_plan,
+    calibrate_range,
+    collect_stats,
+    fallback,
+    find_sites,
+    materialize,
+    smooth,
+    weight_params,
+    weight_qparams,
+)
 
 NEEDS_DATA = "quantize-int8 needs --calibration-data (an .npz, a folder of them, or 'random')"
 
@@ -105,25 +119,18 @@ def is_transformer_like(graph: gs.Graph) -> bool:
     return attn > 0 and mm >= ops.count("Conv")
 
 
-def _default_opset(graph: gs.Graph) -> int:
-    for d in graph.import_domains or []:
-        if d.domain in ("", "ai.onnx"):
-            return int(d.version)
-    return int(graph.opset)
-
-
 @register_pass("quantize-int8")
-class QuantizeInt8(Pass):
+class QuantizeInt8(Pass[QuantizeInt8Options]):
     """INT8 post-training quantization (static QDQ or dynamic MatMul) with calibration."""
 
     lossless = False
-    Options = QuantizeInt8Options
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        o: QuantizeInt8Options = self.options  # type: ignore[assignment]
-        if ctx.calibration is None:
+        o = self.options
+        calibration = ctx.calibration
+        if calibration is None:
             raise UsageError(NEEDS_DATA)
-        opset = _default_opset(graph)
+        opset = default_opset(graph)
         if opset < 13:
             # Per-channel DequantizeLinear (axis) needs opset 13; upgrade first with
             # onnx.version_converter (documented) rather than silently rewriting opsets.
@@ -134,7 +141,7 @@ class QuantizeInt8(Pass):
         batches = o.calibration_batches
 
         def data() -> Iterator[dict[str, np.ndarray]]:
-            for i, feeds in enumerate(ctx.calibration):
+            for i, feeds in enumerate(calibration):
                 if batches is not None and i >= batches:
                     return
                 yield feeds
@@ -210,7 +217,7 @@ class QuantizeInt8(Pass):
             if kept:
                 evaluator = Evaluator(None, [k["feeds"] for k in kept], [k["outputs"] for k in kept])
             else:
-                evaluator = Evaluator(float_model, ctx.calibration.first_batches(o.eval_batches))
+                evaluator = Evaluator(float_model, calibration.first_batches(o.eval_batches))
             # The scoring batches are also the calibration batches, so their cosine
             # overestimates unseen data a little: hold back part of the error budget
             # (0.99 with the default 0.2 aims at 0.992).
@@ -235,7 +242,6 @@ class QuantizeInt8(Pass):
             graph.nodes, graph.inputs, graph.outputs = g.nodes, g.inputs, g.outputs
         else:
             plan = quantize_into(graph, excluded_layers)
-        ctx.artifacts["quantize-int8"] = {"mode": mode, "float_layers": sorted(excluded_layers), "layers": list(plan.layers)}
         stats_out = {
             "mode": mode,
             "layers_quantized": len(plan.layers),

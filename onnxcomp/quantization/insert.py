@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import QParams, quantize_bias, quantize_weight, weight_qparams
 from onnxcomp.quantization.rules import QuantPlan
-from onnxcomp.ir.graph import remove_dead_nodes, toposort
+from onnxcomp.ir import consumer_map, remove_dead_nodes, toposort
 
 
 @dataclass
@@ -61,13 +61,14 @@ class _Namer:
         return name
 
 
-def _rewire(consumers: list[gs.Node], old: gs.Tensor, new: gs.Tensor, only: set[int] | None) -> None:
-    for node in consumers:
+def _rewire(readers: list[tuple[gs.Node, int]], old: gs.Tensor, new: gs.Tensor, only: set[int] | None) -> None:
+    """Make ``readers`` (from `consumer_map`) that still read ``old`` read ``new``; with
+    ``only``, just the nodes with those ids."""
+    for node, i in readers:
         if only is not None and id(node) not in only:
             continue
-        for i, t in enumerate(node.inputs):
-            if t is old:
-                node.inputs[i] = new
+        if node.inputs[i] is old:
+            node.inputs[i] = new
 
 
 def weight_params(plan: QuantPlan, tensors: dict[str, gs.Tensor]) -> dict[str, QParams]:
@@ -92,11 +93,7 @@ def materialize(
     stats = InsertStats()
     name = _Namer(graph)
     tensors = graph.tensors()
-    consumers: dict[str, list[gs.Node]] = {}
-    for n in graph.nodes:
-        for t in n.inputs:
-            if t.name:
-                consumers.setdefault(t.name, []).append(n)
+    consumers = consumer_map(graph)
     new_nodes: list[gs.Node] = []
 
     # Weights: int8 initializer -> DequantizeLinear -> the consumers that asked for it.

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.quantization.calibrators import TensorStats
-from onnxcomp.ir.graph import toposort
+from onnxcomp.ir import consumer_map, toposort
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,7 @@ def smooth(
     graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float, *, outlier_ratio: float = OUTLIER_RATIO
 ) -> int:
     """Migrate scales at every site with outlier channels; returns how many were smoothed."""
-    consumers: dict[str, int] = {}
-    for n in graph.nodes:
-        for t in n.inputs:
-            if t.name:
-                consumers[t.name] = consumers.get(t.name, 0) + 1
+    consumers = consumer_map(graph)
     outputs = {t.name for t in graph.outputs}
     done = 0
     for site in sites:
@@ -103,7 +99,7 @@ def smooth(
         producer = x.inputs[0] if x.inputs else None
         foldable = (
             producer is not None and producer.op == "LayerNormalization" and producer.attrs.get("axis", -1) == -1
-            and consumers.get(x.name, 0) == len(site.layers) and x.name not in outputs
+            and len(consumers.get(x.name, ())) == len(site.layers) and x.name not in outputs
             and all(isinstance(t, gs.Constant) for t in producer.inputs[1:] if t.name)
         )
         if foldable:
