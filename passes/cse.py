@@ -34,8 +34,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.errors import UsageError
-from onnxcomp.ir.graph import (
+from onnxcomp.ir import (
     RANDOM_OPS,
     cleanup_after_rewrite,
     constant_nbytes,
@@ -47,7 +48,6 @@ from onnxcomp.ir.graph import (
     tensor_map,
     toposort,
 )
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,14 +126,13 @@ def _attr_key(v: Any) -> Any:
 
 
 @register_pass("cse")
-class EliminateCommonSubexpressions(Pass):
+class EliminateCommonSubexpressions(Pass[CSEOptions]):
     """Merge duplicate nodes (same op, attributes and inputs) and duplicate constants."""
 
     lossless = True
-    Options = CSEOptions
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        opts: CSEOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         constants_merged = self._merge_constants(graph, opts.max_constant_bytes)
         nodes_merged = self._merge_nodes(graph)
         modified = bool(constants_merged or nodes_merged)

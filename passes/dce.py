@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir.graph import count_nodes, remove_dead_nodes
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassResult, register_pass
+from onnxcomp import Pass, PassContext, PassResult, register_pass
+from onnxcomp.ir import count_nodes, remove_dead_nodes
 
 
 def _used_domains(graph: gs.Graph) -> set[str]:

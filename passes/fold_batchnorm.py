@@ -51,8 +51,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxcomp.ir.graph import (
+from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.ir import (
+    annotate_shapes,
     bypass,
+    can_add_initializers,
     cleanup_after_rewrite,
     constant_value,
     is_graph_output,
@@ -62,8 +65,6 @@ from onnxcomp.ir.graph import (
     toposort,
     unique_namer,
 )
-from onnxcomp.ir.shapes import annotate_shapes, can_add_initializers
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,14 +362,13 @@ _FOLDERS = {"Conv": _fold_conv, "ConvTranspose": _fold_conv, "Gemm": _fold_gemm,
 
 
 @register_pass("fold-batchnorm")
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(Pass[FoldBatchNormOptions]):
     """Fold inference BatchNormalization into Conv/ConvTranspose/Gemm/MatMul weights."""
 
     lossless = True
-    Options = FoldBatchNormOptions
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        opts: FoldBatchNormOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         has_bn = any(n.op == "BatchNormalization" for n in graph.nodes)
         if not can_add_initializers(ctx):  # IR < 4: new weights would need new graph inputs
             return PassResult(modified=False, stats={"folded": 0, "decomposed": 0, "bias_folded": 0})
