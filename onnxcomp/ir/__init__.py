@@ -42,6 +42,7 @@ from onnxcomp.ir.graph import (
     unique_namer,
 )
 from onnxcomp.ir.shapes import Dim, annotate_shapes, can_add_initializers, dims_of, export_node, infer_shapes, tensor_dims
+from onnxcomp.ir.rules import OpRule, OpRules
 
 __all__ = [
     "RANDOM_OPS",
@@ -83,4 +84,6 @@ __all__ = [
     "to_model",
     "toposort",
     "unique_namer",
+    "OpRule",
+    "OpRules",
 ]
