@@ -9,7 +9,18 @@ from exactness import run, zeroed_and_pruned
 
 from onnxcomp.pruning.deps import analyze, infer_shapes
 from onnxcomp.pruning.indexmap import contract, expand, shift
-from onnxcomp.pruning.rules import lookup
+from onnxcomp.pruning.rules import (
+    RULES,
+    conv_rule,
+    expand_rule,
+    lookup,
+    registered_ops,
+    reshape_rule,
+    slice_rule,
+    softmax_rule,
+    softmax_rule_v1,
+    unary_rule,
+)
 
 
 def groups_of(model: onnx.ModelProto):
@@ -50,6 +61,19 @@ def test_registry_lookup_respects_opset_range():
     assert lookup("", "Conv", 17) is not None
     assert lookup("com.example", "Conv", 17) is None
     assert lookup("", "NoSuchOp", 17) is None
+
+
+def test_every_rule_family_is_reachable_from_the_rules_module():
+    """The families live in rules_linear / rules_pointwise / rules_layout; importing
+    onnxcomp.pruning.rules alone must register all of them, with their opset ranges."""
+    assert lookup("", "Conv", 17) is conv_rule
+    assert lookup("ai.onnx", "Relu", 17) is unary_rule
+    assert lookup("", "Reshape", 5) is reshape_rule
+    assert lookup("", "Slice", 9) is None and lookup("", "Slice", 10) is slice_rule
+    assert lookup("", "Expand", 7) is None and lookup("", "Expand", 8) is expand_rule
+    assert lookup("", "Softmax", 12) is softmax_rule_v1 and lookup("", "Softmax", 13) is softmax_rule
+    assert {("", "Gemm"), ("", "Add"), ("", "ReduceMean"), ("", "Concat"), ("", "Shape")} <= set(registered_ops())
+    assert registered_ops() == RULES.ops()
 
 
 def test_conv_relu_conv_couples_out_and_in_channels(builder):
