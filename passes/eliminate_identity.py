@@ -37,7 +37,10 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir.graph import (
+from onnxcomp import Pass, PassContext, PassResult, register_pass
+from onnxcomp.ir import (
+    OpRules,
+    annotate_shapes,
     bypass,
     cleanup_after_rewrite,
     constant_value,
@@ -47,27 +50,18 @@ from onnxcomp.ir.graph import (
     same_dtype,
     static_shape,
 )
-from onnxcomp.ir.shapes import annotate_shapes
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassResult, register_pass
 
 #: A rule returns the input tensor the node's first output equals, or None (not a no-op).
 _Rule = Callable[[gs.Node, int], "gs.Tensor | None"]
-_RULES: dict[tuple[str, str], list[tuple[int, int | None, _Rule]]] = {}
-
-
-def _rule(op: str, *, domain: str = "", since: int = 1, until: int | None = None) -> Callable[[_Rule], _Rule]:
-    def deco(fn: _Rule) -> _Rule:
-        _RULES.setdefault((domain, op), []).append((since, until, fn))
-        return fn
-
-    return deco
+#: The no-op tests, keyed by (domain, op type, opset range).
+_RULES: OpRules[_Rule] = OpRules("eliminate-identity no-op tests")
+_rule = _RULES.register
 
 
 def _find(node: gs.Node, opset: int) -> _Rule | None:
-    for since, until, fn in _RULES.get((node.domain or "", node.op), ()):
-        if since <= opset and (until is None or opset <= until):
-            return fn
-    return None
+    # The table reads "ai.onnx" as the default domain; nodes spelled that way were never
+    # bypassed by a table rule here (domains used to be compared verbatim), and still are not.
+    return _RULES.lookup(node.domain, node.op, opset) if node.domain != "ai.onnx" else None
 
 
 def _const(t: gs.Tensor) -> np.ndarray | None:
@@ -145,8 +139,7 @@ def _reshape_read_only_by_reshapes(node: gs.Node, opset: int = 0) -> gs.Tensor |
     return node.inputs[0]
 
 
-for _op in ("Flatten", "Squeeze", "Unsqueeze"):
-    _rule(_op)(_reshape_read_only_by_reshapes)
+_rule("Flatten", "Squeeze", "Unsqueeze")(_reshape_read_only_by_reshapes)
 
 
 _rule("Reshape", since=5)(_reshape_any)
@@ -232,8 +225,7 @@ def _reduce_over_unit_axes(node: gs.Node, opset: int) -> gs.Tensor | None:
     return node.inputs[0] if all(shape_in[a] == 1 for a in axes) else None
 
 
-for _op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd"):
-    _rule(_op)(_reduce_over_unit_axes)
+_rule("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")(_reduce_over_unit_axes)
 
 
 def _neutral(value: float, commutative: bool) -> _Rule:

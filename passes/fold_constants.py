@@ -48,13 +48,18 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.errors import UsageError
-from onnxcomp.ir.graph import (
+from onnxcomp.ir import (
     RANDOM_OPS,
+    OpRules,
+    annotate_shapes,
+    can_add_initializers,
     cleanup_after_rewrite,
     constant_nbytes,
     constant_node_value,
     default_opset,
+    dims_of,
     has_subgraph,
     is_standard,
     np_dtype,
@@ -63,8 +68,6 @@ from onnxcomp.ir.graph import (
     static_shape,
     toposort,
 )
-from onnxcomp.ir.shapes import annotate_shapes, can_add_initializers
-from onnxcomp.pipeline.pass_api import Pass, PassContext, PassOptions, PassResult, register_pass
 
 #: Ops that are never evaluated at compile time (besides random ops and subgraph ops).
 _NEVER = frozenset(
@@ -106,32 +109,15 @@ class _Eval:
 
 _Rule = Callable[[gs.Node, list, _Eval], list[np.ndarray]]
 
-
-@dataclass(frozen=True)
-class _RuleEntry:
-    since: int
-    until: int | None
-    fn: _Rule
-
-
-_RULES: dict[tuple[str, str], list[_RuleEntry]] = {}
-
-
-def _rule(op: str, *, domain: str = "", since: int = 1, until: int | None = None) -> Callable[[_Rule], _Rule]:
-    """Register a numpy evaluation rule for ``(domain, op)`` valid in opsets [since, until]."""
-
-    def deco(fn: _Rule) -> _Rule:
-        _RULES.setdefault((domain, op), []).append(_RuleEntry(since, until, fn))
-        return fn
-
-    return deco
+#: The numpy evaluation rules, keyed by (domain, op type, opset range).
+_RULES: OpRules[_Rule] = OpRules("fold-constants numpy evaluation")
+_rule = _RULES.register
 
 
 def _find_rule(node: gs.Node, opset: int) -> _Rule | None:
-    for entry in _RULES.get((node.domain or "", node.op), ()):
-        if entry.since <= opset and (entry.until is None or opset <= entry.until):
-            return entry.fn
-    return None
+    # The table reads "ai.onnx" as the default domain; nodes spelled that way always went
+    # to onnxruntime here (domains used to be compared verbatim), and still do.
+    return _RULES.lookup(node.domain, node.op, opset) if node.domain != "ai.onnx" else None
 
 
 def _ints(a: np.ndarray | None) -> list[int]:
@@ -398,14 +384,13 @@ def _foldable_op(node: gs.Node) -> bool:
 
 
 @register_pass("fold-constants")
-class FoldConstants(Pass):
+class FoldConstants(Pass[FoldConstantsOptions]):
     """Evaluate constant subexpressions (incl. static shape arithmetic) at compile time."""
 
     lossless = True
-    Options = FoldConstantsOptions
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        opts: FoldConstantsOptions = self.options  # type: ignore[assignment]
+        opts = self.options
         if not can_add_initializers(ctx):
             return PassResult(modified=False, stats={"nodes_folded": 0, "skipped": "IR version < 4"})
         if opts.shapes:
@@ -580,13 +565,14 @@ class FoldConstants(Pass):
             return batch
         sizes: dict[str, int] = {}
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-            tt = vi.type.tensor_type
-            if tt.elem_type and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            elem = vi.type.tensor_type.elem_type
+            dims = dims_of(vi)
+            if elem and dims is not None and all(isinstance(d, int) for d in dims):
                 try:
-                    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+                    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).itemsize
                 except (TypeError, KeyError, ValueError):
                     itemsize = 8  # strings and exotic types: a conservative guess
-                sizes[vi.name] = math.prod(d.dim_value for d in tt.shape.dim) * itemsize
+                sizes[vi.name] = math.prod(dims) * itemsize
         dropped: set[int] = set()
         keep: list[gs.Node] = []
         for n in batch:

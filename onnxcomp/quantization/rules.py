@@ -1,6 +1,7 @@
 """Per-op QDQ placement rules: handlers *mark* tensors; `insert.py` materialises Q/DQ.
 
-A rule is a stateless function ``rule(node, view, plan) -> bool`` registered for
+A rule is a stateless function ``rule(node, view, plan) -> bool`` registered in an
+`onnxcomp.ir.OpRules` table (`STATIC_RULES`, `DYNAMIC_RULES`) for
 ``(domain, op_type, opset range)``. It records in the `QuantPlan` which inputs of ``node``
 read quantized values, which constant weights/biases become int8/int32, which output must
 be followed by a Q (so onnxruntime can fuse ``DQ -> op -> Q`` into an integer kernel) and
@@ -33,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
+from onnxcomp.ir import OpRules, consumer_map
 
 #: Ops whose output, when it follows a quantized op with no other consumer, carries the Q.
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -126,11 +129,7 @@ class GraphView:
     def __init__(self, graph: gs.Graph, options: RuleOptions) -> None:
         self.graph = graph
         self.options = options
-        self.consumers: dict[str, list[gs.Node]] = {}
-        for n in graph.nodes:
-            for t in n.inputs:
-                if t.name:
-                    self.consumers.setdefault(t.name, []).append(n)
+        self.consumers = consumer_map(graph)
         self.outputs = {t.name for t in graph.outputs}
 
     @staticmethod
@@ -148,7 +147,7 @@ class GraphView:
     def fused_output(self, node: gs.Node) -> gs.Tensor:
         """The tensor a Q should follow: past a lone Relu/Clip consumer, else the output."""
         out = node.outputs[0]
-        users = self.consumers.get(out.name, [])
+        users = [n for n, _ in self.consumers.get(out.name, ())]
         if len(users) == 1 and out.name not in self.outputs and users[0].op in FUSABLE_ACTIVATIONS:
             act = users[0]
             if act.op == "Relu" or all(isinstance(t, gs.Constant) for t in act.inputs[1:] if t.name):
@@ -158,41 +157,10 @@ class GraphView:
 
 Rule = Callable[[gs.Node, GraphView, QuantPlan], bool]
 
-
-@dataclass(frozen=True)
-class _Entry:
-    domain: str
-    op_type: str
-    since: int
-    until: int
-    rule: Rule
-
-
-class RuleRegistry:
-    """QDQ rules keyed by (domain, op_type, opset range)."""
-
-    def __init__(self) -> None:
-        self._rules: dict[tuple[str, str], list[_Entry]] = {}
-
-    def register(self, op_type: str, *, domain: str = "", since: int = 1, until: int = 10_000) -> Callable[[Rule], Rule]:
-        def deco(fn: Rule) -> Rule:
-            self._rules.setdefault((domain, op_type), []).append(_Entry(domain, op_type, since, until, fn))
-            return fn
-
-        return deco
-
-    def lookup(self, domain: str, op_type: str, opset: int) -> Rule | None:
-        for e in self._rules.get((domain or "", op_type), []):
-            if e.since <= opset <= e.until:
-                return e.rule
-        return None
-
-    def op_types(self) -> set[str]:
-        return {k[1] for k in self._rules}
-
-
-STATIC_RULES = RuleRegistry()
-DYNAMIC_RULES = RuleRegistry()
+#: Placement rules of the static scheme (QDQ around integer kernels).
+STATIC_RULES: OpRules[Rule] = OpRules("static QDQ placement")
+#: Rules of the dynamic scheme (dynamic-activation integer MatMul; int8 embedding tables).
+DYNAMIC_RULES: OpRules[Rule] = OpRules("dynamic quantization")
 
 
 def _conv_like(node: gs.Node, view: GraphView, plan: QuantPlan, axis: int | None) -> bool:
@@ -258,8 +226,7 @@ def matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     return True
 
 
-@STATIC_RULES.register("Add", since=7)
-@STATIC_RULES.register("Mul", since=7)
+@STATIC_RULES.register("Add", "Mul", since=7)
 def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     """Add/Mul of two activations (QLinearAdd/QLinearMul); constants operands decline."""
     a, b = node.inputs
@@ -307,10 +274,8 @@ def _own_scale(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     return False
 
 
-for _op in PASS_THROUGH:
-    STATIC_RULES.register(_op)(_pass_through)
-STATIC_RULES.register("AveragePool")(_own_scale)
-STATIC_RULES.register("GlobalAveragePool")(_own_scale)
+STATIC_RULES.register(*PASS_THROUGH)(_pass_through)
+STATIC_RULES.register("AveragePool", "GlobalAveragePool")(_own_scale)
 
 
 def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
@@ -365,7 +330,7 @@ def dynamic_gemm_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
 
 def build_plan(
     graph: gs.Graph,
-    registry: RuleRegistry,
+    registry: OpRules[Rule],
     options: RuleOptions,
     *,
     opset: int,
@@ -377,7 +342,9 @@ def build_plan(
     for node in graph.nodes:
         if skip(node):
             continue
-        rule = registry.lookup(node.domain or "", node.op, opset)
+        # The table reads "ai.onnx" as the default domain; nodes spelled that way were
+        # never quantized here (domains used to be compared verbatim), and still are not.
+        rule = registry.lookup(node.domain, node.op, opset) if node.domain != "ai.onnx" else None
         if rule is not None and rule(node, view, plan):
             plan.layers.append(node.name)
     return plan

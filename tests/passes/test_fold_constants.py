@@ -104,6 +104,26 @@ def test_size_limit_blocks_huge_constant_of_shape_and_expand() -> None:
     assert "ConstantOfShape" not in ops(out_big) and "Expand" not in ops(out_big)
 
 
+def test_size_limit_blocks_an_oversized_onnxruntime_node_before_it_runs() -> None:
+    """MatMul has no numpy rule: its output size comes from shape inference on the batch."""
+    m = parse(HEADER + """
+    g (float[1000,1000] x) => (float[1000,1000] y) {
+      sa = Constant<value = int64[2] {1000, 1}>()
+      a = ConstantOfShape<value = float[1] {0.5}>(sa)
+      sb = Constant<value = int64[2] {1, 1000}>()
+      b = ConstantOfShape<value = float[1] {2.0}>(sb)
+      mm = MatMul(a, b)
+      y = Add(x, mm)
+    }""")
+    out, res = run_pass(m, "fold-constants")
+    assert res.stats["declined_too_large"] == 1
+    assert res.stats["onnxruntime_runs"] == 0  # dropped from the batch, never evaluated
+    assert ops(out) == {"MatMul": 1, "Add": 1}
+    out_big, res_big = run_pass(m, "fold-constants", max_size_bytes=8 << 20)
+    assert res_big.stats["onnxruntime_runs"] == 1 and ops(out_big) == {"Add": 1}
+    assert_same_outputs(m, out_big)
+
+
 def test_random_ops_are_never_folded() -> None:
     m = parse(HEADER + """
     g (float[2,3] x) => (float[2,3] y) {
