@@ -12,9 +12,9 @@ regression features, its output batch into targets, and how to write a solved
 * **MatMul** ``Y = A · B`` with a 2-D constant ``B``: rows of ``A`` (leading axes flattened),
   no intercept (a following ``Add`` owns the bias, and its input is what we match).
 
-Rules live in a registry keyed by ``(domain, op_type)`` with a minimum opset, as
-stateless functions ``rule(node) -> LinearLayer | None``; a rule returns None (and says
-why in a comment) when a node is outside what it can refit exactly.
+Rules live in `RULES`, an `onnxcomp.ir.OpRules` table keyed by ``(domain, op_type)`` and
+opset range, as stateless functions ``rule(node, opset) -> LinearLayer | None``; a rule
+returns None (and says why in a comment) when a node is outside what it can refit exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxcomp.ir import OpRules
 from onnxcomp.recovery.lstsq import ConvGeometry, conv_patches, conv_targets
 
 
@@ -177,11 +178,8 @@ def _set_or_add_bias(node: gs.Node, index: int, values: np.ndarray, name: str) -
 
 Rule = Callable[[gs.Node, int], "LinearLayer | None"]
 
-
-@dataclass(frozen=True)
-class _RuleEntry:
-    min_opset: int
-    rule: Rule
+#: The refit rules, keyed by (domain, op type, opset range).
+RULES: OpRules[Rule] = OpRules("refittable layers")
 
 
 def _is_const(t: object) -> bool:
@@ -197,6 +195,7 @@ def _activation(t: gs.Tensor) -> bool:
     return isinstance(t, gs.Variable) and bool(t.name)
 
 
+@RULES.register("Conv")
 def _conv_rule(node: gs.Node, opset: int) -> LinearLayer | None:
     if len(node.inputs) < 2 or not _activation(node.inputs[0]) or not _is_const(node.inputs[1]):
         return None
@@ -226,6 +225,7 @@ def _conv_rule(node: gs.Node, opset: int) -> LinearLayer | None:
     )
 
 
+@RULES.register("Gemm")
 def _gemm_rule(node: gs.Node, opset: int) -> LinearLayer | None:
     if len(node.inputs) < 2 or not _activation(node.inputs[0]) or not _is_const(node.inputs[1]):
         return None
@@ -249,6 +249,7 @@ def _gemm_rule(node: gs.Node, opset: int) -> LinearLayer | None:
     )
 
 
+@RULES.register("MatMul")
 def _matmul_rule(node: gs.Node, opset: int) -> LinearLayer | None:
     if len(node.inputs) != 2 or not _activation(node.inputs[0]) or not _is_const(node.inputs[1]):
         return None
@@ -264,17 +265,7 @@ def _matmul_rule(node: gs.Node, opset: int) -> LinearLayer | None:
     )
 
 
-RULES: dict[tuple[str, str], _RuleEntry] = {
-    ("", "Conv"): _RuleEntry(1, _conv_rule),
-    ("", "Gemm"): _RuleEntry(1, _gemm_rule),
-    ("", "MatMul"): _RuleEntry(1, _matmul_rule),
-}
-
-
 def match_layer(node: gs.Node, opset: int) -> LinearLayer | None:
     """The refittable view of ``node``, or None when no rule covers it."""
-    domain = "" if node.domain in (None, "", "ai.onnx") else node.domain
-    entry = RULES.get((domain, node.op))
-    if entry is None or opset < entry.min_opset:
-        return None
-    return entry.rule(node, opset)
+    rule = RULES.lookup(node.domain, node.op, opset)
+    return None if rule is None else rule(node, opset)

@@ -1,7 +1,7 @@
 """A small ONNX -> PyTorch interpreter whose parameters *are* the graph's initializers.
 
 `OnnxModule(model)` walks the (topologically sorted) ONNX nodes in ``forward`` and calls
-one stateless torch function per node from `OPS`, a registry keyed by
+one stateless torch function per node from `OPS`, an `onnxcomp.ir.OpRules` table keyed by
 ``(domain, op_type)`` with a minimum opset. Float initializers that act as weights
 (inputs of Conv / Gemm / MatMul, BatchNormalization and LayerNormalization scale and
 bias, and non-scalar operands of Add / Sub / Mul) become ``nn.Parameter``s; every other
@@ -20,10 +20,8 @@ An op without a rule raises `UsageError` naming it, before any training starts.
 from __future__ import annotations
 
 import functools
-
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,30 +32,20 @@ from onnx import numpy_helper
 from torch import nn
 
 from onnxcomp.errors import UsageError
+from onnxcomp.ir import OpRules
 
 Tensor = torch.Tensor
+#: ``fn(inputs, attributes, opset) -> output(s)``; absent optional inputs are None.
 OpFn = Callable[[list["Tensor | None"], dict[str, Any], int], "Tensor | Sequence[Tensor]"]
 
-
-@dataclass(frozen=True)
-class OpRule:
-    """A torch implementation of one ONNX op from ``min_opset`` on."""
-
-    min_opset: int
-    fn: OpFn
-
-
-OPS: dict[tuple[str, str], OpRule] = {}
+#: Torch implementations of ONNX ops, each from a minimum opset on (no upper bound: a
+#: function that must follow a later opset's change reads the opset it is given).
+OPS: OpRules[OpFn] = OpRules("torch interpreter")
 
 
 def op(name: str, min_opset: int = 1, domain: str = "") -> Callable[[OpFn], OpFn]:
-    """Register ``fn`` as the implementation of ``(domain, name)``."""
-
-    def deco(fn: OpFn) -> OpFn:
-        OPS[(domain, name)] = OpRule(min_opset, fn)
-        return fn
-
-    return deco
+    """Register ``fn`` as the implementation of ``(domain, name)`` from ``min_opset`` on."""
+    return OPS.register(name, domain=domain, since=min_opset)
 
 
 def _ints(t: Tensor | None) -> list[int]:
@@ -504,8 +492,7 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         if node.op_type == "Constant":
             continue
-        rule = OPS.get((node.domain if node.domain not in ("ai.onnx",) else "", node.op_type))
-        if rule is None or opset < rule.min_opset:
+        if OPS.lookup(node.domain, node.op_type, opset) is None:
             bad.add(node.op_type if not node.domain else f"{node.domain}.{node.op_type}")
     return sorted(bad)
 
@@ -546,15 +533,16 @@ class OnnxModule(nn.Module):
             else:
                 self.register_buffer(key, t, persistent=False)
         self._constants: dict[str, Tensor] = {}
-        self._nodes: list[tuple[OpRule, list[str], list[str], dict[str, Any], str]] = []
+        self._nodes: list[tuple[OpFn, list[str], list[str], dict[str, Any], str]] = []
         for node in model.graph.node:
             if node.op_type == "Constant":
                 attrs = _attrs(node)
                 value = next((attrs[k] for k in ("value", "value_float", "value_int", "value_floats", "value_ints") if k in attrs), None)
                 self._constants[node.output[0]] = torch.from_numpy(np.array(value))
                 continue
-            rule = OPS[("" if node.domain in ("", "ai.onnx") else node.domain, node.op_type)]
-            self._nodes.append((rule, list(node.input), list(node.output), _attrs(node), node.op_type))
+            fn = OPS.lookup(node.domain, node.op_type, self.opset)
+            assert fn is not None  # unsupported_ops() found a rule for every other node
+            self._nodes.append((fn, list(node.input), list(node.output), _attrs(node), node.op_type))
         init_names = {t.name for t in model.graph.initializer}
         self.input_names = [i.name for i in model.graph.input if i.name not in init_names]
         self.output_names = [o.name for o in model.graph.output]
@@ -579,9 +567,9 @@ class OnnxModule(nn.Module):
         for name in self._key:
             env[name] = self.tensor(name)
         env.update(feeds)
-        for rule, ins, outs, attrs, op_type in self._nodes:
+        for fn, ins, outs, attrs, op_type in self._nodes:
             args = [env[n] if n else None for n in ins]
-            result = rule.fn(args, attrs, self.opset)
+            result = fn(args, attrs, self.opset)
             if isinstance(result, torch.Tensor):
                 env[outs[0]] = result
             else:

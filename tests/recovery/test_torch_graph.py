@@ -11,7 +11,12 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch")
 
 from onnxcomp.errors import UsageError  # noqa: E402
-from onnxcomp.recovery.torch_graph import OnnxModule, trainable_initializers, write_initializers  # noqa: E402
+from onnxcomp.recovery.torch_graph import (  # noqa: E402
+    OnnxModule,
+    trainable_initializers,
+    unsupported_ops,
+    write_initializers,
+)
 
 from .conftest import conv_net  # noqa: E402
 
@@ -116,3 +121,15 @@ def test_unsupported_op_is_named() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UsageError, match="Einsum, NonZero"):
         OnnxModule(model)
+
+
+@pytest.mark.parametrize(("opset", "expected"), [(17, ["Gelu"]), (20, [])])
+def test_an_op_is_supported_from_its_minimum_opset_on(opset: int, expected: list[str]) -> None:
+    nodes = [helper.make_node("Gelu", ["x"], ["g"]), helper.make_node("Relu", ["g"], ["y"], domain="ai.onnx")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    # Gelu is implemented from opset 20 on; "ai.onnx" is the default domain spelled out.
+    assert unsupported_ops(model) == expected
