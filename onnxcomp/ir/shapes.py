@@ -53,8 +53,12 @@ def dims_of(vi: onnx.ValueInfoProto) -> list[Dim] | None:
 def infer_shapes(model: onnx.ModelProto, *, data_prop: bool = True) -> onnx.ModelProto:
     """ONNX shape inference on ``model`` without its large weights (best effort: on failure,
     ``model`` itself is returned). Read the facts with `dims_of` over ``graph.value_info``."""
+    skeleton = structure_skeleton(model)
+    # Below IR 4 inference ignores initializers that are not graph inputs, and passes add
+    # such constants (the exporter does not list them as inputs).
+    skeleton.ir_version = max(skeleton.ir_version, 4)
     try:
-        return onnx.shape_inference.infer_shapes(structure_skeleton(model), data_prop=data_prop)
+        return onnx.shape_inference.infer_shapes(skeleton, data_prop=data_prop)
     except Exception:  # inference is an aid: unknown shapes make passes cautious, never wrong
         return model
 

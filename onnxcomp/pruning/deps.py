@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxcomp.ir import infer_shapes as ir_infer_shapes
 from onnxcomp.ir import tensor_dims, to_graph, to_model
 from onnxcomp.pruning.rules import Dim, Frozen, Port, RuleEnv, lookup
 
@@ -106,37 +107,10 @@ class ChannelGroup:
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, list[Dim]]:
-    """Static shapes of every tensor (name -> dims) via ONNX shape inference.
-
-    Large initializers are passed as typed graph inputs instead of data: inference only
-    needs their shapes, and serializing hundreds of MB of weights dominates its cost.
-
-    Not `onnxcomp.ir.infer_shapes`, on purpose: that one keeps weights under 4096 bytes
-    as initializers, and for a model of IR version < 4 shape inference ignores
-    initializers that are not graph inputs, which the pass's own constant folding adds.
-    Stripping by element count (over 64) keeps such weights' shapes known, as pruning
-    always has (with `onnxcomp.ir.infer_shapes` such groups could freeze).
-    """
-    light = onnx.ModelProto()
-    light.CopyFrom(onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, functions=model.functions))
-    g0 = model.graph
-    lg = light.graph
-    lg.name = g0.name
-    lg.node.extend(g0.node)
-    lg.input.extend(g0.input)
-    lg.output.extend(g0.output)
-    lg.value_info.extend(g0.value_info)
-    for init in g0.initializer:
-        if len(init.dims) and int(np.prod(init.dims)) > 64:
-            lg.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        else:
-            lg.initializer.append(init)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    except Exception:  # inference is best effort: unknown shapes freeze groups, never guess
-        inferred = model
-    shapes = tensor_dims(inferred)
-    for init in g0.initializer:
+    """Static shapes of every tensor (name -> dims) via ONNX shape inference on the
+    weightless model (`onnxcomp.ir.infer_shapes`), initializers' own dims included."""
+    shapes = tensor_dims(ir_infer_shapes(model))
+    for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
 
