@@ -46,7 +46,8 @@ def _passes_only(model: onnx.ModelProto) -> onnx.ModelProto:
     checker): import, the passes with the manager's cleanup and sort between them, export."""
     from onnxcomp.ir.convert import to_graph, to_model
     from onnxcomp.ir.graph import remove_dead_nodes, toposort
-    from onnxcomp.pipeline.pass_api import PassContext, instantiate
+    from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.pipeline.registry import instantiate
     from onnxcomp.pipeline.presets import CLEANUP
 
     graph, meta = to_graph(model)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 import onnxcomp  # noqa: E402
 from onnxcomp.ir.cost import model_cost  # noqa: E402
-from onnxcomp.pipeline.pass_api import registered_passes  # noqa: E402
+from onnxcomp.pipeline.registry import registered_passes  # noqa: E402
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:

@@ -27,10 +27,8 @@ from onnxcomp.pipeline.pass_api import (
     PassContext,
     PassOptions,
     PassResult,
-    get_pass,
-    register_pass,
-    registered_passes,
 )
+from onnxcomp.pipeline.registry import get_pass, register_pass, registered_passes
 from onnxcomp.pipeline.report import Report
 
 __all__ = [

@@ -14,9 +14,10 @@ from onnxcomp.checking.verify import Tolerance
 from onnxcomp.errors import UsageError
 from onnxcomp.io.files import check_output_path, load_model, save_model
 from onnxcomp.pipeline.manager import ManagerOptions, PassManager
-from onnxcomp.pipeline.pass_api import Pass, load_builtin_passes
+from onnxcomp.pipeline.pass_api import Pass
 from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
 from onnxcomp.pipeline.presets import pipeline_for
+from onnxcomp.pipeline.registry import load_builtin_passes
 from onnxcomp.pipeline.report import Report
 
 

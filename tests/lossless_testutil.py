@@ -10,7 +10,8 @@ import onnx.parser
 
 from onnxcomp.checking.calibration import generate_inputs
 from onnxcomp.ir.convert import to_graph, to_model
-from onnxcomp.pipeline.pass_api import PassContext, PassResult, instantiate
+from onnxcomp.pipeline.pass_api import PassContext, PassResult
+from onnxcomp.pipeline.registry import instantiate
 from onnxcomp.checking.verify import evaluate
 
 

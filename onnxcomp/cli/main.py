@@ -80,7 +80,7 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
 @handle_errors
 def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
     """List passes with their summaries and options (types, defaults)."""
-    from onnxcomp.pipeline.pass_api import describe_pass, registered_passes
+    from onnxcomp.pipeline.registry import describe_pass, registered_passes
     from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
     from onnxcomp.pipeline.presets import PRESET_SUMMARIES, PRESETS
 

@@ -17,12 +17,14 @@ from onnxcomp.pipeline.pass_api import (
     PassOptions,
     PassResult,
     Records,
+)
+from onnxcomp.pipeline.presets import PRESETS, pipeline_for, preset
+from onnxcomp.pipeline.registry import (
     get_pass,
     instantiate,
     register_pass,
     registered_passes,
 )
-from onnxcomp.pipeline.presets import PRESETS, pipeline_for, preset
 from onnxcomp.pipeline.report import PassRecord, Report
 from onnxcomp.pipeline.steps import Pipeline, build_pipeline, until_stable
 

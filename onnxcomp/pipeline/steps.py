@@ -11,7 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from onnxcomp.pipeline.pass_api import Pass, instantiate
+from onnxcomp.pipeline.pass_api import Pass
+from onnxcomp.pipeline.registry import instantiate
 
 #: A step of a pipeline: a pass (a name in presets, an instance once built) or a pipeline.
 Step = Union[str, Pass, "Pipeline"]

@@ -84,7 +84,7 @@ def test_bad_model_files(tmp_path: Path, content: bytes, message: str) -> None:
 def test_passes_lists_every_registered_pass_with_options() -> None:
     r = _run("passes", "--json")
     data = json.loads(r.output)
-    from onnxcomp.pipeline.pass_api import registered_passes
+    from onnxcomp.pipeline.registry import registered_passes
 
     assert {p["name"] for p in data["passes"]} == set(registered_passes())
     assert "lossless" in data["presets"]

@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 
 import onnxcomp
-from onnxcomp.pipeline.pass_api import isolated_registry
+from onnxcomp.pipeline.registry import isolated_registry
 from testutil import parse
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from onnxcomp.errors import PassError, UnverifiedError, UsageError
 from onnxcomp.pipeline.manager import ManagerOptions, PassManager, PipelineRun
 from onnxcomp.pipeline.presets import pipeline_for
 from onnxcomp.pipeline.steps import Pipeline, until_stable
-from onnxcomp.pipeline.pass_api import instantiate, isolated_registry
+from onnxcomp.pipeline.registry import instantiate, isolated_registry
 
 from testutil import parse
 

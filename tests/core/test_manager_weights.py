@@ -18,7 +18,7 @@ from onnxcomp import Pass, PassResult, register_pass
 from onnxcomp.errors import PassError
 from onnxcomp.pipeline.manager import PassManager
 from onnxcomp.pipeline.steps import until_stable
-from onnxcomp.pipeline.pass_api import instantiate, isolated_registry
+from onnxcomp.pipeline.registry import instantiate, isolated_registry
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES
 

@@ -9,7 +9,8 @@ import pytest
 
 from onnxcomp import Pass, PassOptions, PassResult, register_pass
 from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.pass_api import describe_pass, get_pass, instantiate, isolated_registry, make_options, split_spec
+from onnxcomp.pipeline.registry import describe_pass, get_pass, instantiate, isolated_registry
+from onnxcomp.pipeline.options import make_options, split_spec
 
 
 @dataclass(frozen=True, kw_only=True)

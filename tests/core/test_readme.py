@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 import onnxcomp
-from onnxcomp.pipeline.pass_api import isolated_registry
+from onnxcomp.pipeline.registry import isolated_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -129,7 +129,8 @@ def test_weights_are_sampled_once_per_payload(monkeypatch: pytest.MonkeyPatch) -
     # A fixed-point loop runs cse every sweep over the same (never changing) weights of the
     # input model: the second run must not load them again, yet still merge equal ones.
     from onnxcomp.ir.convert import to_graph
-    from onnxcomp.pipeline.pass_api import PassContext, instantiate
+    from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.pipeline.registry import instantiate
 
     rng = np.random.default_rng(1)
     w0, w1 = rng.standard_normal((2, 64, 64)).astype(np.float32)

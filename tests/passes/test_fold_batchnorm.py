@@ -9,7 +9,8 @@ from lossless_testutil import assert_same_outputs, ops, run_pass
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxcomp.ir.convert import to_graph, to_model
-from onnxcomp.pipeline.pass_api import PassContext, instantiate
+from onnxcomp.pipeline.pass_api import PassContext
+from onnxcomp.pipeline.registry import instantiate
 
 RNG = np.random.default_rng(0)
 

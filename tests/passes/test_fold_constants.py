@@ -150,7 +150,8 @@ def test_custom_domain_is_left_alone() -> None:
 
 def run_pass_nocheck(model: onnx.ModelProto):
     from onnxcomp.ir.convert import to_graph, to_model
-    from onnxcomp.pipeline.pass_api import PassContext, instantiate
+    from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.pipeline.registry import instantiate
 
     graph, meta = to_graph(model)
     res = instantiate("fold-constants").run(graph, PassContext(original_model=model, meta=meta))
@@ -217,7 +218,7 @@ def test_nothing_to_fold_reports_unmodified() -> None:
 
 def test_negative_max_size_is_a_usage_error() -> None:
     from onnxcomp.errors import UsageError
-    from onnxcomp.pipeline.pass_api import instantiate
+    from onnxcomp.pipeline.registry import instantiate
 
     with pytest.raises(UsageError):
         instantiate("fold-constants:max_size_bytes=-1")
@@ -246,7 +247,8 @@ def _with_raw_weight(model: onnx.ModelProto, name: str, value: np.ndarray) -> on
 
 def test_shape_of_a_weight_folds_without_loading_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from onnxcomp.ir.convert import to_graph
-    from onnxcomp.pipeline.pass_api import PassContext, instantiate
+    from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.pipeline.registry import instantiate
 
     m = _with_raw_weight(parse(HEADER + """
     g (int64[6] x) => (int64[2,3] y) <float[2,3] w = {1, 2, 3, 4, 5, 6}> {
@@ -271,7 +273,8 @@ def test_shape_of_a_weight_folds_without_loading_it(monkeypatch: pytest.MonkeyPa
 
 def test_folded_view_of_a_weight_owns_its_payload() -> None:
     from onnxcomp.ir.convert import to_graph
-    from onnxcomp.pipeline.pass_api import PassContext, instantiate
+    from onnxcomp.pipeline.pass_api import PassContext
+    from onnxcomp.pipeline.registry import instantiate
 
     m = _with_raw_weight(parse(HEADER + """
     g (float[3,2] x) => (float[3,2] y) <float[2,3] w = {1, 2, 3, 4, 5, 6}, int64[2] s = {3, 2}> {

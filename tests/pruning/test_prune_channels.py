@@ -14,7 +14,7 @@ from exactness import run, zeroed_and_pruned
 import onnxcomp
 from onnxcomp.checking.calibration import generate_inputs
 from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.pass_api import instantiate
+from onnxcomp.pipeline.registry import instantiate
 
 
 def tiny_cnn() -> onnx.ModelProto:

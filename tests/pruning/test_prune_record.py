@@ -9,7 +9,8 @@ import pytest
 from conftest import Builder
 
 from onnxcomp.ir import to_graph, to_model
-from onnxcomp.pipeline.pass_api import PassContext, instantiate
+from onnxcomp.pipeline.pass_api import PassContext
+from onnxcomp.pipeline.registry import instantiate
 from onnxcomp.pruning import GroupKept, PruneRecord, analyze, apply_kept, infer_shapes, kept_positions
 
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 
 import onnxcomp
 from onnxcomp.errors import UsageError
-from onnxcomp.pipeline.pass_api import instantiate
+from onnxcomp.pipeline.registry import instantiate
 from onnxcomp.passes.quantize_int8 import NEEDS_DATA, QuantizeInt8Options
 from onnxcomp.quantization.calibrators import TensorStats
 from onnxcomp.quantization.collect import collect_stats

@@ -12,7 +12,7 @@ pytest.importorskip("sklearn")
 models = pytest.importorskip("models")
 
 import onnxcomp  # noqa: E402
-from onnxcomp.pipeline.pass_api import registered_passes  # noqa: E402
+from onnxcomp.pipeline.registry import registered_passes  # noqa: E402
 
 pytestmark = pytest.mark.skipif("prune-channels" not in registered_passes(), reason="prune-channels not available")
 

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 
 from onnxcomp.errors import UsageError  # noqa: E402
 from onnxcomp.ir.convert import to_graph, to_model  # noqa: E402
-from onnxcomp.pipeline.pass_api import instantiate  # noqa: E402
+from onnxcomp.pipeline.registry import instantiate  # noqa: E402
 from onnxcomp.passes.distill import Distill, DistillOptions  # noqa: E402
 
 from .conftest import conv_net, make_ctx  # noqa: E402

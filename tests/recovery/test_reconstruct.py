@@ -10,7 +10,7 @@ import pytest
 import onnxcomp
 from onnxcomp.errors import UsageError
 from onnxcomp.ir.convert import to_graph, to_model
-from onnxcomp.pipeline.pass_api import instantiate
+from onnxcomp.pipeline.registry import instantiate
 from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
 from onnxcomp.pruning import PruneRecord
 from onnxcomp.recovery import RefitSettings, reconstruct

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcomp.cli.main import main
-from onnxcomp.pipeline.pass_api import load_builtin_passes, registered_passes
+from onnxcomp.pipeline.registry import load_builtin_passes, registered_passes
 from onnxcomp.pipeline.presets import CLEANUP
 
 
