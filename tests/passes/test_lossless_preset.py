@@ -44,7 +44,7 @@ def test_cli_removes_all_batchnorm_and_identity_of_raw_torch_export(tmp_path: Pa
     from click.testing import CliRunner
 
     from onnxcomp.checking.calibration import generate_inputs
-    from onnxcomp.cli.main import main
+    from onnxcomp.cli import main
     from onnxcomp.checking.verify import evaluate
 
     src = tmp_path / "mbv2.onnx"

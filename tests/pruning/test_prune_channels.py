@@ -129,7 +129,7 @@ def test_round_to_and_global_allocation():
 
 
 def test_inspect_lists_groups_and_frozen_reasons(tmp_path):
-    from onnxcomp.cli.main import main
+    from onnxcomp.cli import main
 
     p = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), p)

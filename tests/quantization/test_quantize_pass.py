@@ -141,7 +141,7 @@ def test_pipeline_preset_int8_verifies_and_writes(tmp_path):
 
 
 def test_cli_without_calibration_data_is_one_line_exit_2(tmp_path):
-    from onnxcomp.cli.main import main
+    from onnxcomp.cli import main
 
     src = tmp_path / "m.onnx"
     onnx.save(conv_relu_concat_model(), src)

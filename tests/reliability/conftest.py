@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from onnxcomp.cli.main import main
+from onnxcomp.cli import main
 from onnxcomp.pipeline.registry import load_builtin_passes, registered_passes
 from onnxcomp.pipeline.presets import CLEANUP
 
