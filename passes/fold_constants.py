@@ -12,8 +12,7 @@ How values are computed — two evaluators, chosen per node:
   Unsqueeze, Slice, Cast, integer/float Add/Sub/Mul, ConstantOfShape, Expand, Range, …).
   They run in-process with no session overhead, and the "expanding" ones compute their
   output size *before* allocating, so a ``ConstantOfShape([1e5, 1e5])`` is declined
-  without ever being materialised. Rules are a registry keyed by (domain, op_type, opset
-  range) of stateless functions.
+  without ever being materialised. The rules live in `onnxcomp.ir.constant_eval`.
 * **onnxruntime** for everything else (MatMul of two weights, Sqrt, Pow, …): all such nodes
   of one sweep are put into ONE small model (their constant inputs as initializers, all
   their outputs as graph outputs) and run by one session. Chains of such nodes evaluate
@@ -40,7 +39,6 @@ is cheap compared with the risk. (Constants of the main graph that bodies read d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,22 +47,27 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp.checking import make_session
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import (
     RANDOM_OPS,
-    OpRules,
+    EvalContext,
+    EvalDeclined,
+    EvalTooLarge,
     annotate_shapes,
     can_add_initializers,
     cleanup_after_rewrite,
     constant_nbytes,
-    constant_node_value,
     default_opset,
     dims_of,
+    find_eval_rule,
     has_subgraph,
+    is_numeric_dtype,
     is_standard,
     np_dtype,
     onnx_elem_type,
     peek_values,
+    shape_op_value,
     static_shape,
     toposort,
 )
@@ -80,268 +83,6 @@ _NEVER = frozenset(
 ) | RANDOM_OPS
 
 _MAX_SWEEPS = 16
-
-
-class _Decline(Exception):
-    """A numpy rule cannot evaluate this node (unsupported case): leave it to onnxruntime."""
-
-
-class _TooLarge(Exception):
-    """The node's output would exceed the size limit: do not fold it at all."""
-
-
-@dataclass
-class _Eval:
-    """Per-node evaluation context handed to numpy rules."""
-
-    opset: int
-    max_bytes: int
-    input_bytes: int
-
-    def check(self, shape: tuple[int, ...] | list[int], dtype: np.dtype) -> None:
-        """Raise `_TooLarge` if a tensor of ``shape``/``dtype`` breaks the size limit."""
-        if any(int(d) < 0 for d in shape):
-            raise _Decline("negative dimension")
-        nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
-        if nbytes > self.max_bytes and nbytes > self.input_bytes:
-            raise _TooLarge(f"{nbytes} bytes")
-
-
-_Rule = Callable[[gs.Node, list, _Eval], list[np.ndarray]]
-
-#: The numpy evaluation rules, keyed by (domain, op type, opset range).
-_RULES: OpRules[_Rule] = OpRules("fold-constants numpy evaluation")
-_rule = _RULES.register
-
-
-def _find_rule(node: gs.Node, opset: int) -> _Rule | None:
-    # The table reads "ai.onnx" as the default domain; nodes spelled that way always went
-    # to onnxruntime here (domains used to be compared verbatim), and still do.
-    return _RULES.lookup(node.domain, node.op, opset) if node.domain != "ai.onnx" else None
-
-
-def _ints(a: np.ndarray | None) -> list[int]:
-    return [] if a is None else [int(v) for v in np.asarray(a).reshape(-1)]
-
-
-def _axes(node: gs.Node, inputs: list, pos: int) -> list[int] | None:
-    """Axes from the attribute (old opsets) or the input at ``pos`` (opset 13+)."""
-    if "axes" in node.attrs:
-        return list(node.attrs["axes"])
-    if len(inputs) > pos and inputs[pos] is not None:
-        return _ints(inputs[pos])
-    return None
-
-
-_NUMERIC = (np.bool_, np.integer, np.floating)
-
-
-def _numeric(*arrays: np.ndarray) -> None:
-    for a in arrays:
-        if not issubclass(a.dtype.type, _NUMERIC):
-            raise _Decline("non-numeric dtype")
-
-
-@_rule("Constant")
-def _constant(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    value = constant_node_value(node)
-    if value is None:
-        raise _Decline("sparse or string constant")
-    return [value]
-
-
-@_rule("Identity")
-def _identity(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    return [inputs[0]]
-
-
-@_rule("Shape")
-def _shape_of_constant(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    return [_shape_slice(node, inputs[0].shape)]
-
-
-def _shape_slice(node: gs.Node, shape: tuple[int, ...]) -> np.ndarray:
-    """``Shape`` semantics including opset-15 ``start``/``end`` (clamped like Python slices)."""
-    start = int(node.attrs.get("start", 0))
-    end = node.attrs.get("end")
-    return np.array(shape[start:None if end is None else int(end)], dtype=np.int64)
-
-
-@_rule("Size")
-def _size_of_constant(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    return [np.array(inputs[0].size, dtype=np.int64)]
-
-
-@_rule("Cast")
-def _cast(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    _numeric(inputs[0])
-    to = int(node.attrs["to"])
-    if to in (onnx.TensorProto.STRING, onnx.TensorProto.BFLOAT16) or to >= onnx.TensorProto.FLOAT8E4M3FN:
-        raise _Decline("target type without an exact numpy equivalent")
-    if to == onnx.TensorProto.FLOAT16 or inputs[0].dtype == np.float16:
-        raise _Decline("float16 rounding: leave to onnxruntime")
-    return [inputs[0].astype(onnx.helper.tensor_dtype_to_np_dtype(to))]
-
-
-@_rule("CastLike", since=15)
-def _cast_like(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    _numeric(inputs[0], inputs[1])
-    if np.float16 in (inputs[0].dtype, inputs[1].dtype):
-        raise _Decline("float16 rounding: leave to onnxruntime")
-    return [inputs[0].astype(inputs[1].dtype)]
-
-
-@_rule("Unsqueeze")
-def _unsqueeze(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    axes = _axes(node, inputs, 1)
-    if axes is None:
-        raise _Decline("no axes")
-    out_rank = inputs[0].ndim + len(axes)
-    axes = sorted(a + out_rank if a < 0 else a for a in axes)
-    out = inputs[0]
-    for a in axes:
-        out = np.expand_dims(out, a)
-    return [out]
-
-
-@_rule("Squeeze")
-def _squeeze(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    axes = _axes(node, inputs, 1)
-    x = inputs[0]
-    if axes is None:
-        return [np.squeeze(x)]
-    axes = tuple(a + x.ndim if a < 0 else a for a in axes)
-    if any(x.shape[a] != 1 for a in axes):
-        raise _Decline("squeezing a dim that is not 1")
-    return [np.squeeze(x, axis=axes)]
-
-
-@_rule("Concat")
-def _concat(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    parts = [a for a in inputs if a is not None]
-    return [np.concatenate(parts, axis=int(node.attrs["axis"]))]
-
-
-@_rule("Gather")
-def _gather(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    data, idx = inputs[0], inputs[1]
-    axis = int(node.attrs.get("axis", 0))
-    dim = data.shape[axis]
-    if idx.size and (idx.min() < -dim or idx.max() >= dim):
-        raise _Decline("index out of range")
-    ev.check(data.shape[:axis] + idx.shape + data.shape[axis + 1 :], data.dtype)
-    return [np.take(data, idx.astype(np.int64), axis=axis)]
-
-
-@_rule("Reshape", since=5)
-def _reshape(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    x, shape = inputs[0], _ints(inputs[1])
-    if not node.attrs.get("allowzero", 0):
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return [x.reshape(shape)]
-
-
-@_rule("Slice", since=10)
-def _slice(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    x = inputs[0]
-    starts, ends = _ints(inputs[1]), _ints(inputs[2])
-    axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-    steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
-    index = [slice(None)] * x.ndim
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        if st == 0:
-            raise _Decline("zero step")
-        # Python slicing clamps and wraps negative indices exactly as ONNX Slice specifies.
-        index[a + x.ndim if a < 0 else a] = slice(s, e, st)
-    return [x[tuple(index)].copy()]
-
-
-def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], same_dtype: bool = True) -> _Rule:
-    def rule(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-        a, b = inputs[0], inputs[1]
-        _numeric(a, b)
-        if a.dtype == np.float16 or a.dtype != b.dtype:
-            raise _Decline("float16 or mixed dtypes")
-        ev.check(np.broadcast_shapes(a.shape, b.shape), a.dtype)
-        with np.errstate(all="ignore"):
-            out = np.asarray(fn(a, b))
-        if same_dtype and out.dtype != a.dtype:
-            raise _Decline("numpy changed the dtype")
-        return [out]
-
-    return rule
-
-
-for _op, _fn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply)):
-    _rule(_op, since=7)(_binary(_fn))
-_rule("Equal", since=7)(_binary(np.equal, same_dtype=False))
-_rule("Less", since=7)(_binary(np.less, same_dtype=False))
-_rule("Greater", since=7)(_binary(np.greater, same_dtype=False))
-
-
-@_rule("Div", since=7)
-def _div(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    # ONNX integer Div truncates toward zero; numpy floors. Only floats are done here.
-    if not (np.issubdtype(inputs[0].dtype, np.floating) and inputs[0].dtype in (np.float32, np.float64)):
-        raise _Decline("integer division: leave to onnxruntime")
-    return _binary(np.divide)(node, inputs, ev)
-
-
-@_rule("Where", since=9)
-def _where(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    c, x, y = inputs
-    ev.check(np.broadcast_shapes(c.shape, x.shape, y.shape), x.dtype)
-    return [np.where(c, x, y)]
-
-
-@_rule("Transpose")
-def _transpose(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    perm = node.attrs.get("perm")
-    return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
-
-
-@_rule("ConstantOfShape", since=9)
-def _constant_of_shape(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    shape = _ints(inputs[0])
-    value = node.attrs.get("value")
-    fill = peek_values(value).reshape(-1) if isinstance(value, gs.Constant) else np.zeros(1, np.float32)
-    ev.check(shape, fill.dtype)
-    return [np.full(shape, fill[0], dtype=fill.dtype)]
-
-
-@_rule("Range", since=11)
-def _range(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    start, limit, delta = (np.asarray(a).reshape(()) for a in inputs)
-    if not np.issubdtype(start.dtype, np.integer):
-        raise _Decline("float Range accumulates differently: leave to onnxruntime")
-    if int(delta) == 0:
-        raise _Decline("zero delta")
-    n = max(math.ceil((int(limit) - int(start)) / int(delta)), 0)
-    ev.check((n,), start.dtype)
-    return [np.arange(int(start), int(start) + n * int(delta), int(delta), dtype=start.dtype)[:n]]
-
-
-@_rule("Expand", since=8)
-def _expand(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    x, shape = inputs[0], _ints(inputs[1])
-    try:
-        out_shape = np.broadcast_shapes(x.shape, tuple(shape))
-    except ValueError:
-        raise _Decline("shapes do not broadcast") from None
-    ev.check(out_shape, x.dtype)
-    return [np.broadcast_to(x, out_shape).copy()]
-
-
-@_rule("Tile", since=6)
-def _tile(node: gs.Node, inputs: list, ev: _Eval) -> list[np.ndarray]:
-    x, reps = inputs[0], _ints(inputs[1])
-    if len(reps) != x.ndim:
-        raise _Decline("repeats rank mismatch")
-    ev.check([d * r for d, r in zip(x.shape, reps)], x.dtype)
-    return [np.tile(x, reps)]
-
-
-# --------------------------------------------------------------------------- the pass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -423,7 +164,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
             if opts.shapes and node.op in ("Shape", "Size") and node.inputs and not isinstance(node.inputs[0], gs.Constant):
                 shape = static_shape(node.inputs[0])
                 if shape is not None:
-                    value = _shape_slice(node, shape) if node.op == "Shape" else np.array(math.prod(shape), dtype=np.int64)
+                    value = shape_op_value(node, shape) if node.op == "Shape" else np.array(math.prod(shape), dtype=np.int64)
                     self._apply(node, [value], stats)
                     stats["shape_nodes_folded"] += 1
                 continue
@@ -432,7 +173,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 like = np_dtype(node.inputs[1].dtype)
                 if like is not None and not isinstance(node.inputs[1], gs.Constant):
                     src = peek_values(node.inputs[0])
-                    if issubclass(src.dtype.type, _NUMERIC) and issubclass(like.type, _NUMERIC) and np.float16 not in (src.dtype, like):
+                    if is_numeric_dtype(src.dtype) and is_numeric_dtype(like) and np.float16 not in (src.dtype, like):
                         self._apply(node, [src.astype(like)], stats)
                         continue
             present = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
@@ -446,17 +187,17 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                     pending.update(id(t) for t in node.outputs)
                 continue
             input_bytes = sum(constant_nbytes(t) for t in present)
-            rule = _find_rule(node, opset)
+            rule = find_eval_rule(node, opset)
             if any(np_dtype(t.dtype) is None for t in present):
                 rule = None  # bfloat16/float8 constants load as float32 in numpy: onnxruntime only
             if rule is not None:
                 values = [_value_of(t, node.op) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
                 try:
-                    outs = rule(node, values, _Eval(opset, opts.max_size_bytes, input_bytes))
-                except _TooLarge:
+                    outs = rule(node, values, EvalContext(opset, opts.max_size_bytes, input_bytes))
+                except EvalTooLarge:
                     stats["_declined"].add(id(node))
                     continue
-                except (_Decline, ValueError, IndexError, TypeError, KeyError) as e:
+                except (EvalDeclined, ValueError, IndexError, TypeError, KeyError) as e:
                     ctx.logger.debug("fold-constants: numpy rule declined %s (%s): %s", node.name, node.op, e)
                     outs = None
                 if outs is not None:
@@ -512,12 +253,9 @@ class FoldConstants(Pass[FoldConstantsOptions]):
             return
         model = self._batch_model(graph, batch, ctx)
         try:
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = 1
-            so.log_severity_level = 3
-            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            # One intra-op thread: a batch of small constant nodes, run once. The inter-op
+            # setting stays onnxruntime's default, as this pass has always had it.
+            sess = make_session(model.SerializeToString(), threads=1, pin_inter_op=False)
             names = [o.name for o in sess.get_outputs()]
             results = dict(zip(names, sess.run(names, {})))
         except Exception as e:  # an op or dtype onnxruntime lacks: fold nothing from this batch

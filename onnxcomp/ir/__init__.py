@@ -7,7 +7,9 @@
 * `onnxcomp.ir.weightless`: models without their large weights, for the checker, shape
   inference and onnxruntime;
 * `onnxcomp.ir.rules`: tables of per-op rules keyed by (domain, op type, opset range);
-* `onnxcomp.ir.cost`: nodes, parameters, bytes and FLOPs.
+* `onnxcomp.ir.cost`: nodes, parameters, bytes and FLOPs;
+* `onnxcomp.ir.constant_eval`: numpy evaluation of standard ops on constants, with size
+  checks before allocating.
 
 Passes (built-in and third-party) import these names from ``onnxcomp.ir`` itself.
 """
@@ -43,6 +45,14 @@ from onnxcomp.ir.graph import (
 )
 from onnxcomp.ir.shapes import Dim, annotate_shapes, can_add_initializers, dims_of, export_node, infer_shapes, tensor_dims
 from onnxcomp.ir.rules import OpRule, OpRules
+from onnxcomp.ir.constant_eval import (
+    EvalContext,
+    EvalDeclined,
+    EvalTooLarge,
+    find_eval_rule,
+    is_numeric_dtype,
+    shape_op_value,
+)
 
 __all__ = [
     "RANDOM_OPS",
@@ -86,4 +96,10 @@ __all__ = [
     "unique_namer",
     "OpRule",
     "OpRules",
+    "EvalContext",
+    "EvalDeclined",
+    "EvalTooLarge",
+    "find_eval_rule",
+    "is_numeric_dtype",
+    "shape_op_value",
 ]

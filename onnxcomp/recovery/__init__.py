@@ -8,7 +8,8 @@
 * `layers` -- which layers (Conv / Gemm / MatMul with constant weights) can be refit and
   how to turn their inputs into regression features.
 * `torch_graph` -- a small ONNX -> PyTorch interpreter whose parameters are the graph's
-  initializers (`OnnxModule`; needs the ``torch`` extra).
+  initializers (`OnnxModule`; needs the ``torch`` extra); `torch_ops` holds the torch
+  implementations of ONNX ops it runs.
 * `distill_loop` -- the knowledge-distillation training loop (`distill`, `DistillConfig`;
   ``torch`` extra).
 
