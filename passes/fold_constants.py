@@ -253,9 +253,8 @@ class FoldConstants(Pass[FoldConstantsOptions]):
             return
         model = self._batch_model(graph, batch, ctx)
         try:
-            # One intra-op thread: a batch of small constant nodes, run once. The inter-op
-            # setting stays onnxruntime's default, as this pass has always had it.
-            sess = make_session(model.SerializeToString(), threads=1, pin_inter_op=False)
+            # One thread: a batch of small constant nodes, run once.
+            sess = make_session(model.SerializeToString(), threads=1)
             names = [o.name for o in sess.get_outputs()]
             results = dict(zip(names, sess.run(names, {})))
         except Exception as e:  # an op or dtype onnxruntime lacks: fold nothing from this batch

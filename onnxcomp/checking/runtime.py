@@ -99,16 +99,14 @@ def provider_args(providers: Sequence[str], device_id: int | None) -> list[str |
 
 
 def _session_options(
-    *, threads: int | None, optimize: bool, one_shot: bool, spinning: bool, profile_prefix: str | None,
-    pin_inter_op: bool,
+    *, threads: int | None, optimize: bool, one_shot: bool, spinning: bool, profile_prefix: str | None
 ) -> ort.SessionOptions:
     """SessionOptions for `make_session` (see its arguments)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads is not None:
         so.intra_op_num_threads = threads
-        if pin_inter_op:
-            so.inter_op_num_threads = 1
+        so.inter_op_num_threads = 1
     # Collected first so that one_shot and spinning=False, which share a key, set it once.
     config: dict[str, str] = {}
     if one_shot:
@@ -139,7 +137,6 @@ def make_session(
     spinning: bool = True,
     profile_prefix: str | None = None,
     device_id: int | None = None,
-    pin_inter_op: bool = True,
 ) -> ort.InferenceSession:
     """Create one InferenceSession.
 
@@ -160,12 +157,9 @@ def make_session(
             idle (several sessions timed in turn would otherwise steal each other's cores).
         profile_prefix: Turn on onnxruntime profiling, writing to files with this prefix.
         device_id: Device of the CUDA-memory EPs (see `provider_args`); None: onnxruntime's default.
-        pin_inter_op: With ``threads`` given, also set one inter-op thread; False leaves
-            the inter-op setting at onnxruntime's default (only parallel execution mode
-            reads it).
     """
     so = _session_options(threads=threads, optimize=optimize, one_shot=one_shot, spinning=spinning,
-                          profile_prefix=profile_prefix, pin_inter_op=pin_inter_op)
+                          profile_prefix=profile_prefix)
     pargs = provider_args(providers, device_id)
     if isinstance(model, onnx.ModelProto):
         from onnxcomp.io.files import PROTO_LIMIT
