@@ -162,3 +162,29 @@ def test_passes_use_only_the_public_api() -> None:
 def test_module_size(module: str) -> None:
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= 600, f"{module} has {lines} lines: split it by what its parts do"
+
+
+#: Packages of onnxcomp from the bottom up: a package may import its own layer and those
+#: below, never one above (``errors`` and ``_version`` are available to all).
+LAYERS = [
+    {"io"},
+    {"ir"},
+    {"checking"},
+    {"pruning", "quantization", "recovery", "perf", "pipeline"},
+    {"api"},
+    {"cli"},
+]
+
+
+def test_packages_import_only_their_layer_and_below() -> None:
+    layer_of = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+    bad = []
+    for module, path in MODULES.items():
+        parts = module.split(".")
+        if len(parts) < 2 or parts[1] not in layer_of:
+            continue  # the package root, errors, _version, __main__, the passes
+        for target, _, line in _imports(module, path):
+            tparts = target.split(".")
+            if len(tparts) > 1 and tparts[1] in layer_of and layer_of[tparts[1]] > layer_of[parts[1]]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} ({parts[1]}) imports {target} from a higher layer")
+    assert not bad, "\n".join(bad)
