@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.errors import CalibrationDataError
+from onnxcomp.ir.shapes import dims_of
 
 log = logging.getLogger("onnxcomp")
 LABEL_KEY = "label"
@@ -66,17 +67,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if tt is None:
             specs.append(InputSpec(vi.name, None, None, 0))
             continue
-        shape: tuple[int | str | None, ...] | None = None
-        if tt.HasField("shape"):
-            dims: list[int | str | None] = []
-            for d in tt.shape.dim:
-                if d.HasField("dim_value"):
-                    dims.append(int(d.dim_value))
-                elif d.HasField("dim_param"):
-                    dims.append(d.dim_param)
-                else:
-                    dims.append(None)
-            shape = tuple(dims)
+        dims = dims_of(vi)
+        shape = tuple(dims) if dims is not None else None
         specs.append(InputSpec(vi.name, _ONNX_TO_NP.get(tt.elem_type), shape, tt.elem_type))
     return specs
 

@@ -113,6 +113,8 @@ def _typed_variable(vi: onnx.ValueInfoProto) -> gs.Variable:
     tt = vi.type.tensor_type
     shape = None
     if tt.HasField("shape"):
+        # Not `onnxcomp.ir.dims_of`: this must be exactly graphsurgeon's reading (an empty
+        # dim_param stays ""), which the importer's equivalence test holds it to.
         shape = [
             d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
         ]
