@@ -155,22 +155,23 @@ class Checker:
             return Verdict(candidate.finish())
         if self._lend_weights:
             wait = verifier.start_evaluate(candidate.header_model, lent=candidate.lent_arrays(verifier.cache))
-            candidate.finish()  # while onnxruntime works; wasted only if rejected
+            model = candidate.finish()  # while onnxruntime works; wasted only if rejected
             outs, err = wait()
         else:  # weights on disk: onnxruntime maps them from a file (see weightless.references_files)
-            outs, err = verifier.evaluate(candidate.finish())
+            model = candidate.finish()
+            outs, err = verifier.evaluate(model)
         # The candidate may have started before the reference run was known to work (the
         # two overlap); if the input itself cannot run there is nothing to compare.
         if not verifier.can_verify:
-            return Verdict(candidate.header_model)
+            return Verdict(model)
         if err:
             return Verdict.rejected(err)
         baseline = self._baseline if self._baseline is not None else verifier.reference_outputs
         bad = drift(baseline, outs, self._tolerance) if lossless else None
         if bad:
             return Verdict.rejected(bad[1])
-        self._baseline, self._baseline_model = outs, candidate.header_model
-        return Verdict(candidate.header_model, fidelity=summarize(fidelity(verifier.reference_outputs, outs)))
+        self._baseline, self._baseline_model = outs, model
+        return Verdict(model, fidelity=summarize(fidelity(verifier.reference_outputs, outs)))
 
     def _check_candidate_structure(self, candidate: Candidate) -> None:
         skeleton = candidate.skeleton()

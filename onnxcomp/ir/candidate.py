@@ -45,11 +45,6 @@ class Candidate:
         return cls(model, pending)
 
     @property
-    def pending_names(self) -> frozenset[str]:
-        """Initializers whose payload is still held back."""
-        return frozenset(self._pending)
-
-    @property
     def header_model(self) -> onnx.ModelProto:
         """The model as it is now: complete after `finish`, else with payload-free headers
         for the pending weights (what onnxruntime reads together with `lent_arrays`)."""

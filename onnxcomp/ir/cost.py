@@ -7,12 +7,12 @@ as 1, so FLOPs are per sample for a dynamic batch.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 
@@ -52,7 +52,7 @@ def _iter_constants(graph: gs.Graph):
 DimsByName = Mapping[str, Sequence[object]]
 
 
-def _dims_of(t: gs.Tensor, declared: DimsByName | None = None) -> list[int] | None:
+def _dims(t: gs.Tensor, declared: DimsByName | None) -> list[int] | None:
     """Static dims of ``t`` (symbolic or unknown dims count as 1), or None if unknown.
 
     With ``declared``, a variable's dims come from there (a model's inferred shapes),
@@ -66,27 +66,26 @@ def _dims_of(t: gs.Tensor, declared: DimsByName | None = None) -> list[int] | No
 
 def _node_flops(node: gs.Node, declared: DimsByName | None = None) -> int:
     op = node.op
-    _dims = functools.partial(_dims_of, declared=declared)
     try:
         if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
             w = node.inputs[1] if op != "QLinearConv" else node.inputs[3]
-            ws = _dims(w)
+            ws = _dims(w, declared)
             if ws is None:
                 return 0
             if op == "ConvTranspose":
-                x = _dims(node.inputs[0])
+                x = _dims(node.inputs[0], declared)
                 if not x:
                     return 0
                 return 2 * int(np.prod(x)) * int(np.prod(ws[1:])) * int(node.attrs.get("group", 1))
-            y = _dims(node.outputs[0])
+            y = _dims(node.outputs[0], declared)
             if not y:
                 return 0
             # Each output element needs (Cin/group)·k multiply-adds = prod(weight[1:]).
             return 2 * int(np.prod(y)) * int(np.prod(ws[1:]))
         if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
             a = node.inputs[0]
-            y = _dims(node.outputs[0])
-            ad = _dims(a)
+            y = _dims(node.outputs[0], declared)
+            ad = _dims(a, declared)
             if not y or not ad:
                 return 0
             if op == "Gemm":
@@ -121,15 +120,15 @@ def graph_cost(graph: gs.Graph, *, flops: bool = True, declared: DimsByName | No
     return GraphCost(nodes=len(graph.nodes), params=params, bytes=nbytes, flops=total_flops)
 
 
-def model_cost(model) -> GraphCost:
-    """`graph_cost` of a ModelProto, inferring shapes first (no-op if they are present)."""
-    import onnx
+def model_cost(model: onnx.ModelProto, graph: gs.Graph | None = None) -> GraphCost:
+    """`graph_cost` of a ModelProto, FLOPs with the shapes inference finds on it.
 
+    Shape inference runs on the weightless model (`onnxcomp.ir.shapes.infer_shapes`).
+    ``graph``: the model's graph when it is already in hand (it is imported otherwise).
+    """
     from onnxcomp.ir.convert import to_graph
+    from onnxcomp.ir.shapes import infer_shapes, tensor_dims
 
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        inferred = model
-    graph, _ = to_graph(inferred)
-    return graph_cost(graph)
+    if graph is None:
+        graph, _ = to_graph(model)
+    return graph_cost(graph, declared=tensor_dims(infer_shapes(model)))

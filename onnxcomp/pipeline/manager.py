@@ -44,9 +44,8 @@ from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, one_lin
 from onnxcomp.io.hygiene import normalize
 from onnxcomp.ir.candidate import Candidate
 from onnxcomp.ir.convert import to_graph
-from onnxcomp.ir.cost import GraphCost, graph_cost
+from onnxcomp.ir.cost import GraphCost, graph_cost, model_cost
 from onnxcomp.ir.graph import remove_dead_nodes, toposort
-from onnxcomp.ir.shapes import infer_shapes, tensor_dims
 from onnxcomp.pipeline.pass_api import Pass, PassContext, PassResult
 from onnxcomp.pipeline.report import PassRecord, Report
 from onnxcomp.pipeline.steps import Pipeline, Step
@@ -91,11 +90,6 @@ def fingerprint(graph: gs.Graph) -> int:
         shapes = tuple([tuple(t.shape) for t in ins if type(t) is constant])
         h += hash((n.op, n.domain, tuple(map(id, ins)), tuple(map(id, n.outputs)), tuple(attrs), tuple(map(id, attrs.values())), shapes))
     return h & 0xFFFFFFFFFFFFFFFF
-
-
-def flops(graph: gs.Graph, model: onnx.ModelProto) -> int:
-    """FLOPs of ``graph``, with the shapes shape inference finds on ``model``, its export."""
-    return graph_cost(graph, declared=tensor_dims(infer_shapes(model))).flops
 
 
 class PassManager:
@@ -284,8 +278,8 @@ class PipelineRun:
             if verdict.model is not None:
                 # FLOPs need shapes: inferred on the models (without weights), counted on
                 # the graphs in hand (the snapshot is the graph of the last accepted model).
-                record.flops_before = self._flops or flops(snapshot, self.last_model or self.input)
-                record.flops_after = self._flops = flops(graph, verdict.model)
+                record.flops_before = self._flops or model_cost(self.last_model or self.input, snapshot).flops
+                record.flops_after = self._flops = model_cost(verdict.model, graph).flops
         self.last_model = verdict.model
         return graph, True
 
