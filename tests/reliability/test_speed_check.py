@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxcomp.cli import main
 from onnxcomp.perf.speed_check import SLOWER_BELOW, slower_warning
 from onnxcomp.pipeline.registry import isolated_registry
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: MatMuls by a 256×256 identity: exact results, ~1 ms of work against a Relu's microseconds.
 CHAIN = 60
@@ -88,7 +93,17 @@ def _optimize(tmp_path: Path, model: onnx.ModelProto, *args: str) -> tuple[int, 
 
 
 def test_slower_lossy_result_warns_and_reports_the_ratio(tmp_path: Path) -> None:
-    _, report, stderr = _optimize(tmp_path, _model(0), "-p", "add-identity-chain")
+    # A real process: the warning must reach the user's stderr through the CLI's logging.
+    src = tmp_path / "in.onnx"
+    src.write_bytes(_model(0).SerializeToString())
+    plugin = tmp_path / "chain_plugin_subprocess.py"
+    plugin.write_text(_PLUGIN.format(chain=CHAIN))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "onnxcomp", "optimize", str(src), "-o", str(tmp_path / "out.onnx"),
+                           "--plugin", str(plugin), "-p", "add-identity-chain", "--report", str(tmp_path / "r.json")],
+                          check=False, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report, stderr = json.loads((tmp_path / "r.json").read_text()), proc.stderr
     speed = report["speed"]
     assert speed["ep"] == "CPUExecutionProvider" and speed["rounds"] >= 5
     assert 0 < speed["ratio"] < 0.5, speed  # ~60 MatMuls against one Relu
