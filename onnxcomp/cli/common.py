@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 
@@ -42,6 +42,8 @@ class State:
 
     verbose = 0
     quiet = False
+    #: Outputs this command has already put in place (named if it is interrupted afterwards).
+    written: ClassVar[list[str]] = []
 
 
 class Terminated(KeyboardInterrupt):
@@ -73,6 +75,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        State.written = []
         try:
             with sigterm_as_interrupt():
                 return fn(*args, **kwargs)
@@ -82,7 +85,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"onnxcomp: error: {e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:
-            click.echo("onnxcomp: interrupted; nothing written", err=True)
+            done = f"only {', '.join(State.written)} was written" if State.written else "nothing written"
+            click.echo(f"onnxcomp: interrupted; {done}", err=True)
             sys.exit(128 + signal.SIGTERM if isinstance(e, Terminated) else 130)
         except MemoryError:
             click.echo("onnxcomp: error: out of memory; nothing written", err=True)

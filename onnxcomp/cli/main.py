@@ -73,6 +73,7 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
     finally:
         if status is not None:
             status.stop()
+    State.written.append(str(out))
     if report_path is not None:
         try:
             report.write_json(report_path)

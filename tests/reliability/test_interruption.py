@@ -133,3 +133,17 @@ def test_only_our_stale_temps_of_dead_processes_are_removed(tmp_path: Path) -> N
     assert sorted(removed) == sorted([stale_dir, stale_file])
     assert not stale_dir.exists() and not stale_file.exists()
     assert all((k / "out.onnx").read_bytes() == b"keep me" for k in kept) and (odd / "sub").is_dir()
+
+
+def test_interrupt_after_the_model_is_written_names_it(tmp_path: Path, monkeypatch) -> None:
+    from onnxcomp.pipeline.report import Report
+
+    def interrupted(self, path):  # Ctrl-C while the report is being written
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Report, "write_json", interrupted)
+    src = save(relu_model(), tmp_path)
+    out = tmp_path / "out.onnx"
+    res = run_cli("optimize", src, "-o", out, "--report", tmp_path / "r.json", *lossless_args())
+    assert res.exit_code == 130
+    assert res.stderr.strip().splitlines()[-1] == f"onnxcomp: interrupted; only {out} was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out.onnx"]
