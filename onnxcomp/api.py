@@ -43,6 +43,7 @@ def optimize(
     allow_unverified: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    speed_check: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     """Optimize a model with a pipeline of passes; verify; optionally write the result.
 
@@ -64,6 +65,9 @@ def optimize(
         allow_unverified: Accept a result that could not be checked numerically.
         seed: Seed for everything random (deterministic output).
         progress: Callback receiving progress messages.
+        speed_check: When a lossy pass changed the model, time result vs input on the CPU
+            EP for about a second (`onnxcomp.perf.speed_check`): ``report.speed`` and, when
+            the result is slower, a warning. Off by default here, on in the CLI.
 
     Returns:
         The optimized model and the report.
@@ -91,6 +95,14 @@ def optimize(
     )
     result, report = manager.run(model)
     report.input = str(input_path) if input_path else None
+    if speed_check and any(r.modified and not r.lossless for r in report.passes):
+        from onnxcomp.perf.speed_check import check_speed
+
+        if progress:
+            progress("speed check: timing the result against the input")
+        report.speed, slower = check_speed(model, result, data=calibration_data, seed=seed)
+        if slower:
+            report.warnings.append(slower)
     if output is not None:
         written = save_model(result, output, protect=[input_path] if input_path else [])
         report.output = str(written)

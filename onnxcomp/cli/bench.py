@@ -16,6 +16,7 @@ import click
 
 from onnxcomp.cli.common import State, handle_errors, progress_bar
 from onnxcomp.errors import UsageError
+from onnxcomp.io.outputs import check_output_paths, write_text_atomic
 
 _EP_HELP = "Execution provider: cpu, cuda, tensorrt, openvino, … (cuda:1 picks a device)."
 
@@ -42,11 +43,12 @@ def _check_data(data: str | None) -> None:
         raise UsageError(f"--data {data} not found (expected an .npz file or a folder of them)")
 
 
-def _check_models(paths: tuple[Path, ...] | list[Path]) -> None:
-    """A missing model is a usage error before anything is loaded."""
+def _check_models(paths: tuple[Path, ...] | list[Path], outputs: tuple[tuple[str, Path | None], ...] = ()) -> None:
+    """A missing model, or an output that cannot be written, is a usage error before anything is loaded."""
     for p in paths:
         if not p.exists():
             raise UsageError(f"{p} not found")
+    check_output_paths(outputs, protect=paths)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -57,9 +59,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     if str(path) == "-":
         click.echo(text)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, text + "\n")
 
 
 @click.command()
@@ -79,7 +79,7 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
     """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
     from onnxcomp.perf.benchmark import bench as run_bench
 
-    _check_models(models)
+    _check_models(models, (("--json", json_out),))
     _check_data(data)
     if warmup < 0 or duration <= 0:
         raise UsageError("--warmup must be >= 0 and --duration > 0")
@@ -109,7 +109,7 @@ def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
     from onnxcomp.perf.comparison import compare as run_compare
 
-    _check_models([reference, candidate])
+    _check_models([reference, candidate], (("--json", json_out),))
     _check_data(data)
     if max_samples < 1 or duration <= 0:
         raise UsageError("--max-samples must be >= 1 and --duration > 0")
@@ -163,7 +163,7 @@ def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None
 
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
-    _check_models(models)
+    _check_models(models, (("--json", json_out), ("--markdown", md_out), ("--record", record_out)))
     _check_data(data)
     budget = Budget(min_rounds=min_rounds, max_rounds=max_rounds, max_time_s=max_time)
     if record_out is not None:

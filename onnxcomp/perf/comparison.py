@@ -17,7 +17,7 @@ from onnxcomp.errors import CalibrationDataError, InvalidModelError, UsageError,
 from onnxcomp.io.files import load_model
 from onnxcomp.perf.benchmark import BenchResult, bench
 from onnxcomp.perf.feeds import feed_shapes, make_feeds, parse_shape_specs
-from onnxcomp.perf.render import default_console
+from onnxcomp.perf.render import default_console, elide_middle, fit_table, table
 from onnxcomp.perf.timing import ProgressFn
 
 
@@ -66,18 +66,21 @@ class CompareResult:
 
     def render(self, console: Any | None = None) -> None:
         """A rich table of per-output fidelity and the latency line."""
-        from rich.table import Table
-
         console = console or default_console()
-        t = Table(title=f"{Path(self.candidate).name} vs {Path(self.reference).name} on {self.samples} samples ({self.data})",
-                  title_justify="left")
-        for col in ("output", "cosine", "max |diff|", "mean |diff|", "SNR dB", "top-1 agree", "accuracy ref → cand"):
-            t.add_column(col, justify="left" if col == "output" else "right")
-        for name, f in self.outputs.items():
-            acc = (f"{f.accuracy_reference:.4f} → {f.accuracy_candidate:.4f}"
-                   if f.accuracy_candidate is not None and f.accuracy_reference is not None else "–")
-            t.add_row(name, f"{f.cosine:.6f}", f"{f.max_abs_diff:.3g}", f"{f.mean_abs_diff:.3g}", f"{f.snr_db:.1f}",
-                      f"{f.top1_agreement:.4f}" if f.top1_agreement is not None else "–", acc)
+        title = f"{Path(self.candidate).name} vs {Path(self.reference).name} on {self.samples} samples ({self.data})"
+
+        def build(width: int) -> Any:
+            t = table(title, console)
+            for col in ("output", "cosine", "max |diff|", "mean |diff|", "SNR dB", "top-1", "accuracy"):
+                t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
+            for name, f in self.outputs.items():
+                acc = (f"{f.accuracy_reference:.4f}→{f.accuracy_candidate:.4f}"
+                       if f.accuracy_candidate is not None and f.accuracy_reference is not None else "–")
+                t.add_row(elide_middle(name, width), f"{f.cosine:.6f}", f"{f.max_abs_diff:.3g}", f"{f.mean_abs_diff:.3g}",
+                          f"{f.snr_db:.1f}", f"{f.top1_agreement:.4f}" if f.top1_agreement is not None else "–", acc)
+            return t
+
+        t = fit_table(build, console, max((len(n) for n in self.outputs), default=1))
         console.print(t)
         if self.bench is not None:
             ref, cand = self.bench.models

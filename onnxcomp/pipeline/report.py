@@ -45,6 +45,8 @@ class Report:
     check_seconds: float = 0.0
     onnxcomp_version: str = ""
     seed: int = 0
+    #: Result vs input speed when ``optimize`` timed them (`onnxcomp.perf.speed_check`).
+    speed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict with the contract keys (``passes``, ``verification``)."""
@@ -58,14 +60,14 @@ class Report:
             "passes": [asdict(p) for p in self.passes],
             "verification": self.verification,
             "warnings": self.warnings,
+            "speed": self.speed,
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
         """Write the report as JSON (atomically)."""
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(json_safe(self.to_dict()), indent=2, default=json_default, allow_nan=False))
-        os.replace(tmp, p)
+        from onnxcomp.io.outputs import write_text_atomic
+
+        write_text_atomic(path, json.dumps(json_safe(self.to_dict()), indent=2, default=json_default, allow_nan=False))
 
     def render(self, console: Any | None = None) -> None:
         """Print a readable table of the passes and the verification (rich)."""
