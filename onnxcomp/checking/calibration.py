@@ -36,7 +36,7 @@ import onnx
 
 from onnxcomp.checking.data_sources import ArraysSource, Chunk, GeneratedSource, NpzFilesSource, ReaderSource, SampleSource
 from onnxcomp.checking.data_validate import LABEL_KEY, InputSpec, take
-from onnxcomp.checking.generated import generate_inputs, input_specs, required_input_specs
+from onnxcomp.checking.generated import generate_inputs, input_specs, required_input_specs, runnable_plan
 from onnxcomp.errors import CalibrationDataError
 
 log = logging.getLogger("onnxcomp")
@@ -140,7 +140,8 @@ class CalibrationData:
         known = {s.name for s in input_specs(model)}  # inputs with an initializer default may be fed too
         if isinstance(source, str) and source == "random":
             log.warning("using random %s data: statistics will not reflect real inputs", role)
-            gen = GeneratedSource(lambda s: generate_inputs(model, seed=s), random_samples, seed, specs, role)
+            plan, _ = runnable_plan(model, seed=seed, batch=batch_size)
+            gen = GeneratedSource(lambda s: plan.feeds(model, s), random_samples, seed, specs, role)
             return cls(gen, specs=specs, batch_size=batch_size, generated=True, label="random inputs", kind="generated")
         if isinstance(source, Mapping):
             return cls(ArraysSource(source, specs, role, sample_axes, known), specs=specs, batch_size=batch_size)
