@@ -12,6 +12,7 @@ turn (a few at most); if none runs, the error says what was tried and asks for d
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,8 +27,9 @@ from onnxcomp.ir.shapes import dims_of
 #: Feeds of one run: ``{input name: array}``.
 Feeds = dict[str, np.ndarray]
 
-#: Candidate sizes for free spatial dims of image inputs, and for other free dims, tried
-#: in order (the i-th candidate takes the i-th of each list).
+#: Candidate sizes for free spatial dims of image inputs (after a size the metadata
+#: declares), and for other free dims, tried in order (the i-th candidate takes the i-th of
+#: each list).
 IMAGE_SIZES = (224, 320, 32, 640, 48, 96)
 OTHER_SIZES = (16, 512, 64, 256, 1024, 8)
 
@@ -154,6 +156,16 @@ def _image_axes(spec: InputSpec) -> tuple[int, ...]:
     return ()
 
 
+def _declared_image_size(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """The image size a model's metadata declares (Ultralytics exports: ``imgsz`` ``[320, 320]``)."""
+    for prop in model.metadata_props:
+        if prop.key in ("imgsz", "image_size", "img_size"):
+            sizes = [int(t) for t in re.findall(r"\d+", prop.value)][:2]
+            if sizes and all(0 < n <= 8192 for n in sizes):
+                return (sizes[0], sizes[-1])
+    return None
+
+
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Small constant tensors of the main graph (initializers and Constant nodes)."""
     out = {t.name: t for t in model.graph.initializer if np.prod(t.dims, dtype=np.int64) <= 16}
@@ -206,12 +218,13 @@ class SizePlan:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     #: Whole shapes the user gave (``--shape``), also for inputs of unknown rank.
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    #: Keys the plan chose (not the user), by role: ``batch``, ``image`` or ``other``.
+    #: Keys the plan chose (not the user), by role: ``batch``, ``height``, ``width``, ``other``.
     roles: dict[str, str] = field(default_factory=dict)
 
     def resized(self, batch: int, image: int, other: int) -> "SizePlan":
         """The plan with chosen batch sizes times ``batch`` and other free dims grown."""
-        grow = {"batch": lambda v: v * batch, "image": lambda v: v + image, "other": lambda v: v + other}
+        grow = {"batch": lambda v: v * batch, "height": lambda v: v + image, "width": lambda v: v + image,
+                "other": lambda v: v + other}
         sizes = {k: grow[self.roles[k]](v) if k in self.roles else v for k, v in self.sizes.items()}
         return SizePlan(sizes, self.values, self.shapes, self.roles)
 
@@ -245,11 +258,14 @@ def candidate_plans(
                 continue
             key = _dim_key(spec, i, d)
             name = (dim_name(d) or "").lower()
-            role = "batch" if i == axis or "batch" in name else "image" if i in _image_axes(spec) else "other"
+            spatial = _image_axes(spec)
+            role = "batch" if i == axis or "batch" in name else ("height", "width")[spatial.index(i)] if i in spatial else "other"
             roles.setdefault(key, role)
     plans = []
-    for image, other in itertools.islice(zip(IMAGE_SIZES, OTHER_SIZES), count):
-        pick = {"batch": batch, "image": image, "other": other}
+    declared = _declared_image_size(model)
+    images = ([declared] if declared else []) + [(n, n) for n in IMAGE_SIZES if (n, n) != declared]
+    for (height, width), other in itertools.islice(zip(images, OTHER_SIZES), count):
+        pick = {"batch": batch, "height": height, "width": width, "other": other}
         chosen = {k: r for k, r in roles.items() if k not in user}
         given = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
         plan = SizePlan({k: pick[r] for k, r in chosen.items()} | user, dict(values), given, chosen)
@@ -335,6 +351,10 @@ def runnable_inputs(
     out = [plan.feeds(model, seed)]
     if count <= 1:
         return out
+    if batch is None and runs is None and set(plan.roles.values()) == {"batch"}:
+        # Only batch dims are free (nothing was tried): batch 2, as any batched model takes.
+        bigger = plan.resized(2, 0, 0)
+        return out + [bigger.feeds(model, seed + 1 + i) for i in range(count - 1)]
     tries = [] if batch is not None or runs is None else [plan.resized(2, 32, 8), plan.resized(2, 0, 0)]
     for other in tries:
         if other.sizes != plan.sizes:

@@ -128,7 +128,7 @@ def fidelity_on(
     ref_names = [o.name for o in rs.get_outputs()]
     mapping = align_outputs(ref_names, [o.name for o in cs.get_outputs()])
     if data is not None:
-        calib = CalibrationData.from_source(data, ref_model, batch_size=batch)
+        calib = CalibrationData.from_source(data, ref_model, batch_size=batch, role="eval")
         batches: Any = calib.iter_with_labels(max_samples=max_samples)
     else:
         # Two batches of 8 (where the batch dim is symbolic): enough samples for top-1 agreement

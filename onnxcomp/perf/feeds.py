@@ -68,7 +68,7 @@ def make_feeds(
     """
     specs = required_input_specs(model)
     if data is not None:
-        calib = CalibrationData.from_source(data, model, batch_size=batch)
+        calib = CalibrationData.from_source(data, model, batch_size=batch, role="benchmark")
         first = calib.first_batches(1)
         if not first:
             raise CalibrationDataError(f"{data} has no complete batch for this model (batch size {calib.batch_size})")
