@@ -200,7 +200,7 @@ def sample_count(role: str, where: str, shapes: Mapping[str, tuple[int, ...]], a
     return next(iter(counts.values()), 1)
 
 
-def take(arr: np.ndarray, axis: int | None, index: "slice | np.ndarray") -> np.ndarray:
+def take(arr: np.ndarray, axis: int | None, index: slice | np.ndarray) -> np.ndarray:
     """``arr`` restricted to samples ``index`` on ``axis`` (a shared array as is)."""
     if axis is None:
         return arr

@@ -20,7 +20,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxcomp.checking.data_validate import InputSpec, default_sample_axis, dim_name, is_fixed
+from onnxcomp.checking.data_validate import (
+    InputSpec,
+    default_sample_axis,
+    dim_name,
+    is_fixed,
+)
 from onnxcomp.errors import CalibrationDataError, one_line
 from onnxcomp.ir.shapes import dims_of
 
@@ -221,7 +226,7 @@ class SizePlan:
     #: Keys the plan chose (not the user), by role: ``batch``, ``height``, ``width``, ``other``.
     roles: dict[str, str] = field(default_factory=dict)
 
-    def resized(self, batch: int, image: int, other: int) -> "SizePlan":
+    def resized(self, batch: int, image: int, other: int) -> SizePlan:
         """The plan with chosen batch sizes times ``batch`` and other free dims grown."""
         grow = {"batch": lambda v: v * batch, "height": lambda v: v + image, "width": lambda v: v + image,
                 "other": lambda v: v + other}

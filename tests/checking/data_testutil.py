@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 from onnx import TensorProto as T

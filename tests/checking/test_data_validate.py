@@ -10,7 +10,11 @@ import pytest
 from data_testutil import image_model, relu_model, silero_feed, silero_like
 
 from onnxcomp.checking.calibration import CalibrationData
-from onnxcomp.checking.data_validate import SAMPLE_AXES_KEY, InputSpec, default_sample_axis
+from onnxcomp.checking.data_validate import (
+    SAMPLE_AXES_KEY,
+    InputSpec,
+    default_sample_axis,
+)
 from onnxcomp.errors import CalibrationDataError
 
 MODEL = relu_model(["N", 3, 8])
@@ -148,3 +152,17 @@ def test_folder_of_complete_feeds_is_fed_file_by_file(tmp_path: Path) -> None:
 def test_minus_one_and_unnamed_dims_are_free() -> None:
     data = CalibrationData.from_source({"x": np.zeros((5, 3, 64, 64), np.float32)}, image_model(64))
     assert data.batch_size == 8 and [b["x"].shape[0] for b in data] == [5]
+
+
+def test_batches_merge_on_their_sample_axes() -> None:
+    rng = np.random.default_rng(0)
+    data = CalibrationData.from_source(
+        {"input": rng.standard_normal((6, 512)).astype(np.float32),
+         "state": rng.standard_normal((2, 6, 128)).astype(np.float32), "sr": np.array(16000, np.int64)},
+        silero_like(), batch_size=2)
+    batches = list(data)
+    assert data.sample_axes == {"input": 0, "state": 1, "sr": None}
+    assert [data.samples_in(b) for b in batches] == [2, 2, 2]
+    merged = data.merge(batches)
+    assert merged["input"].shape == (6, 512) and merged["state"].shape == (2, 6, 128) and merged["sr"].shape == ()
+    assert data.samples_in(merged) == 6

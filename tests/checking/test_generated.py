@@ -10,7 +10,12 @@ import pytest
 from data_testutil import image_model, relu_model, silero_like, string_model
 
 from onnxcomp.checking.calibration import CalibrationData
-from onnxcomp.checking.generated import candidate_plans, generate_inputs, implied_values, runnable_inputs
+from onnxcomp.checking.generated import (
+    candidate_plans,
+    generate_inputs,
+    implied_values,
+    runnable_inputs,
+)
 from onnxcomp.errors import CalibrationDataError
 from onnxcomp.perf.feeds import make_feeds
 
