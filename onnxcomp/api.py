@@ -83,7 +83,7 @@ def optimize(
     model = load_model(input_path, lazy_external=True) if input_path is not None else model_or_path
     pipeline = pipeline_for(preset, passes)
     calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
-    train = CalibrationData.from_source(train_data, model, seed=seed) if train_data is not None else None
+    train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None
     if verify not in ("each", "final", "none"):
         raise UsageError(f"verify must be each, final or none (got {verify!r})")
     manager = PassManager(

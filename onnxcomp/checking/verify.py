@@ -20,9 +20,10 @@ import onnx
 
 from onnxcomp.checking.calibration import (
     CalibrationData,
-    generate_inputs,
     required_input_specs,
 )
+from onnxcomp.checking.data_validate import is_fixed
+from onnxcomp.checking.generated import runnable_inputs
 from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.errors import one_line
@@ -63,7 +64,7 @@ def _as_array(v: Any) -> np.ndarray:
 
 
 def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
-    return any(any(not isinstance(d, int) for d in (s.shape or ())) for s in required_input_specs(model))
+    return any(any(not is_fixed(d) for d in (s.shape or ())) for s in required_input_specs(model))
 
 
 def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | None, *, seed: int = 0, batches: int = 2) -> Outputs:
@@ -72,10 +73,8 @@ def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | No
         feeds = calibration.first_batches(batches)
         if feeds:
             return feeds
-    feeds = [generate_inputs(model, dim_value=2, seed=seed)]
-    if _has_symbolic_dims(model):
-        feeds.append(generate_inputs(model, dim_value=3, seed=seed + 1))
-    return feeds
+    # Sizes the model runs on (tried in one session), a second feed at other sizes.
+    return runnable_inputs(model, seed=seed, count=2 if _has_symbolic_dims(model) else 1)
 
 
 def evaluate(
@@ -212,7 +211,7 @@ class Verifier:
         except Cancelled:
             pass
         except Exception as e:
-            self._unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
+            self._unverifiable = f"onnxruntime cannot run the input model on the verification inputs ({one_line(e)[:240]})"
             log.warning("cannot verify numerics: %s", self._unverifiable)
 
     @property

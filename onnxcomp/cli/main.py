@@ -39,7 +39,8 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
 @click.option("--preset", help="Named pipeline: lossless (default), int8, prune, prune-recover, prune-distill-int8.")
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="A pass with options; repeat in pipeline order.")
-@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on axis 0), a folder of them, or 'random'.")
+@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on each input's batch axis, scalars shared), a folder of them "
+              "or of complete feeds (one .npz per sample), or 'random'. Validated before any work.")
 @click.option("--train-data", metavar="PATH", help="Training data for distill (same format; optional 'label' array).")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE_OR_FILE", help="Import passes from a module or .py file (repeatable).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")

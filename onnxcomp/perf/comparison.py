@@ -131,12 +131,12 @@ def fidelity_on(
     ref_names = [o.name for o in rs.get_outputs()]
     mapping = align_outputs(ref_names, [o.name for o in cs.get_outputs()])
     if data is not None:
-        calib = CalibrationData.from_source(data, ref_model, batch_size=batch)
+        calib = CalibrationData.from_source(data, ref_model, batch_size=batch, role="eval")
         batches: Any = calib.iter_with_labels(max_samples=max_samples)
     else:
         # Two batches of 8 (where the batch dim is symbolic): enough samples for top-1 agreement
         # to mean something, cheap enough for a CI job.
-        symbolic = any(s.shape and not isinstance(s.shape[0], int) for s in required_input_specs(ref_model))
+        symbolic = any(s.shape and s.fixed_batch is None for s in required_input_specs(ref_model))
         fb = batch or (8 if symbolic else None)
         batches = [(make_feeds(ref_model, batch=fb, shapes=shapes, seed=seed + i), None) for i in range(2)]
     accs: dict[str, FidelityAccumulator] = {}
