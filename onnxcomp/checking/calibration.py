@@ -152,6 +152,7 @@ class CalibrationData:
         batch_size: int | None = None,
         random_samples: int = 8,
         seed: int = 0,
+        role: str = "calibration",  # STUB(h2): H1's validation takes the role
     ) -> "CalibrationData":
         """Build from a path, ``"random"``, a dict of arrays or a ``CalibrationDataReader``."""
         names = [s.name for s in required_input_specs(model)]
@@ -198,6 +199,12 @@ class CalibrationData:
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for feeds, _ in self.iter_with_labels():
             yield feeds
+
+    description = "calibration data"  # STUB(h2): H1 defines it
+
+    def holdout(self, n: int | None = None) -> tuple[CalibrationData, CalibrationData] | None:
+        """STUB(h2): H1 implements the split."""
+        return None
 
     def first_batches(self, n: int) -> list[dict[str, np.ndarray]]:
         """The first ``n`` batches (for verification)."""
