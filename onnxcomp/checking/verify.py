@@ -94,13 +94,9 @@ class VerificationData:
 
 
 def _data_name(data: CalibrationData) -> str:
-    """The source's name ("calib.npz"), for descriptions of the part verification used."""
-    if getattr(data, "generated", False):
-        return "random data"
-    name = getattr(data, "name", None)
-    if name:
-        return str(name)
-    return str(getattr(data, "description", "calibration data")).rpartition(" of ")[2]
+    """The source's name ("calib.npz" of "32 samples of calib.npz"), to describe the part
+    of it that verification used."""
+    return data.description.rpartition(" of ")[2]
 
 
 def _batches(data: CalibrationData, max_batches: int | None, max_samples: int | None) -> tuple[Outputs, list[np.ndarray | None], int]:
@@ -156,8 +152,10 @@ def select_verification_data(
             desc = f"{n} samples of {_data_name(calibration)}"
             if lossy and not calibration.generated:
                 desc += ", the data the passes were fitted on (too few samples to hold any out)"
+                msg = f"verified on {desc}: the fidelity reported is optimistic; pass --eval-data for an honest figure"
+                log.warning(msg)
                 if warn is not None:
-                    warn(f"verified on {desc}: the fidelity reported is optimistic; pass --eval-data for an honest figure")
+                    warn(msg)
             return VerificationData(feeds, labels, desc, calibration, False)
     feeds = [generate_inputs(model, dim_value=2, seed=seed)]
     if _has_symbolic_dims(model):
