@@ -123,6 +123,8 @@ def optimize(
         raise UsageError(f"verify must be each, final or none (got {verify!r})")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise UsageError(f"min_cosine must be between -1 and 1 (got {min_cosine})")
+    if min_cosine is not None and verify == "none":
+        raise UsageError("--min-cosine needs verification; it cannot be combined with --verify none")
     splits = channel_splits(model, channels)
     calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
     train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None

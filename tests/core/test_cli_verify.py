@@ -124,6 +124,11 @@ def test_min_cosine_fails_with_nothing_written(detector: Path, det_calib: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "det.onnx"]
 
 
+def test_min_cosine_needs_verification(detector: Path, tmp_path: Path) -> None:
+    r = _run("optimize", detector, "-o", tmp_path / "o.onnx", "--verify", "none", "--allow-unverified", "--min-cosine", "0.5")
+    assert r.exit_code == 2 and "--min-cosine" in r.output and not (tmp_path / "o.onnx").exists()
+
+
 @pytest.mark.parametrize("spec", ["nope:1", "out:7", "out:1=4,5", "out"])
 def test_bad_channel_specs_exit_2(detector: Path, tmp_path: Path, spec: str) -> None:
     r = _run("optimize", detector, "-o", tmp_path / "o.onnx", "--channels", spec)
