@@ -58,6 +58,8 @@ class SampleSource:
     def __init__(self, specs: list[InputSpec], role: str, axes: Mapping[str, int | None] | None) -> None:
         self.specs, self.role = specs, role
         self.explicit_axes = dict(axes or {})
+        #: Each input's sample axis (of the first file, where a file names its own).
+        self.axes = sample_axes(specs, self.explicit_axes)
 
     def sizes(self) -> list[int] | None:
         """Samples per chunk, in order (None when unknown until read: a reader)."""
@@ -138,6 +140,8 @@ class NpzFilesSource(SampleSource):
             explicit.update(parse_sample_axes(self._read(f)[SAMPLE_AXES_KEY], f"{self.role} data{where}"))
         check_keys(self.role, where, headers.keys(), self.specs, self.known)
         axes = sample_axes(self.specs, explicit)
+        if f == self.files[0]:
+            self.axes = axes
         for spec in self.specs:
             dtype, shape = headers[spec.name]
             check_header(self.role, where, spec, axes[spec.name], dtype, shape)
@@ -178,6 +182,7 @@ class ArraysSource(SampleSource):
                  known: Container[str] = ()) -> None:
         super().__init__(specs, role, axes)
         self._chunk = self.make_chunk(arrays, "", known=known)
+        self.axes = self._chunk.axes
         self.has_labels = LABEL_KEY in self._chunk.arrays
 
     def sizes(self) -> list[int] | None:

@@ -6,9 +6,8 @@ runs, naming the data's role, the input, what the model expects and what was fou
 
 Layout of an array (the command-line contract, see the README "Calibration data" section):
 each input's samples are stacked on its **sample axis**, the model's batch axis for that
-input. By default that is the first dim the model does not fix (symbolic, unnamed or -1):
-axis 0 for ``images[batch, 3, H, W]``, axis 1 for silero's ``state[2, ?, 128]``; axis 0 when
-the model fixes every dim. Rank-0 inputs (silero's ``sr``) have no sample axis: they hold one
+input (see `default_sample_axis`): axis 0 for ``images[batch, 3, H, W]`` and ``x[1, 3, H, W]``,
+axis 1 for silero's ``state[2, ?, 128]`` (a dim fixed to more than 1 is no batch). Rank-0 inputs (silero's ``sr``) have no sample axis: they hold one
 value shared by every sample. An ``.npz`` may override the axes with the reserved array
 `SAMPLE_AXES_KEY`, strings ``"NAME=AXIS"`` (``"NAME=none"``: shared).
 """
@@ -69,11 +68,21 @@ class InputSpec:
 
 
 def default_sample_axis(spec: InputSpec) -> int | None:
-    """The axis samples are stacked on: the first free dim, else 0; None for rank-0 inputs."""
+    """The axis samples are stacked on (None for rank-0 inputs).
+
+    A dim named like a batch (``batch``, ``batch_size``, ``N``); else axis 0 when the model
+    leaves it free or fixes it to 1; else the first free dim (an LSTM state
+    ``[layers, batch, hidden]`` fixes axis 0 to the layer count); else axis 0.
+    """
     if spec.shape is None:
         return 0
     if len(spec.shape) == 0:
         return None
+    named = [i for i, d in enumerate(spec.shape) if isinstance(d, str) and ("batch" in d.lower() or d == "N")]
+    if named:
+        return named[0]
+    if not is_fixed(spec.shape[0]) or spec.shape[0] == 1:
+        return 0
     return next((i for i, d in enumerate(spec.shape) if not is_fixed(d)), 0)
 
 
@@ -191,7 +200,7 @@ def sample_count(role: str, where: str, shapes: Mapping[str, tuple[int, ...]], a
     return next(iter(counts.values()), 1)
 
 
-def take(arr: np.ndarray, axis: int | None, index: "slice | np.ndarray") -> np.ndarray:
+def take(arr: np.ndarray, axis: int | None, index: slice | np.ndarray) -> np.ndarray:
     """``arr`` restricted to samples ``index`` on ``axis`` (a shared array as is)."""
     if axis is None:
         return arr

@@ -24,11 +24,11 @@ def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the three commands: EP, threads, inputs."""
     opts = [
         click.option("--ep", default="cpu", show_default=True, help=_EP_HELP),
-        click.option("--batch", type=int, help="Size of a symbolic batch dim (axis 0) of generated inputs (default 1)."),
+        click.option("--batch", type=int, help="Size of a free batch dim (symbolic, unnamed or -1) of generated inputs (default 1)."),
         click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx…",
                      help="Shape of an input with dynamic dims, e.g. input=1x3x224x224 (repeatable)."),
         click.option("--data", type=str, metavar="PATH",
-                     help=".npz (keys = input names, samples on axis 0; optional 'label') or a folder of them."),
+                     help=".npz (keys = input names, samples on each input's batch axis; optional 'label') or a folder of them."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs."),
     ]
     for o in reversed(opts):

@@ -38,7 +38,8 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
 @click.option("--preset", help="Named pipeline: lossless (default), int8, prune, prune-recover, prune-distill-int8.")
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="A pass with options; repeat in pipeline order.")
-@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on axis 0), a folder of them, or 'random'.")
+@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on each input's batch axis, scalars shared), a folder of them "
+              "or of complete feeds (one .npz per sample), or 'random'. Validated before any work.")
 @click.option("--train-data", metavar="PATH", help="Training data for distill (same format; optional 'label' array).")
 @click.option("--eval-data", metavar="PATH", help="Verify on this data (same format; no pass sees it). Default for lossy pipelines: "
               "a held-out part of the calibration data.")

@@ -138,7 +138,7 @@ def fidelity_on(
     else:
         # Two batches of 8 (where the batch dim is symbolic): enough samples for top-1 agreement
         # to mean something, cheap enough for a CI job.
-        symbolic = any(s.shape and not isinstance(s.shape[0], int) for s in required_input_specs(ref_model))
+        symbolic = any(s.shape and s.fixed_batch is None for s in required_input_specs(ref_model))
         fb = batch or (8 if symbolic else None)
         batches = [(make_feeds(ref_model, batch=fb, shapes=shapes, seed=seed + i), None) for i in range(2)]
     accs: dict[str, FidelityAccumulator] = {}
