@@ -24,6 +24,8 @@ PLUGIN = str(Path(__file__).with_name("verify_plugin.py"))
 
 
 def _save(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray], path: Path) -> Path:
+    for i, node in enumerate(nodes):
+        node.name = node.name or f"{node.op_type.lower()}{i}"
     g = h.make_graph(nodes, "g", inputs, outputs, [nh.from_array(v, k) for k, v in inits.items()])
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     m.ir_version = 8
@@ -112,6 +114,20 @@ def test_broken_small_range_part_of_a_concat_is_reported(detector: Path, det_cal
              "--channels", "out:1=4,4", "--report", report)
     v = json.loads(report.read_text())["verification"]
     assert v["worst"]["channel"] == "4-7" and "out channels 4-7 (axis 1)" in r.output
+
+
+def test_int8_keeps_the_small_range_part_within_target(detector: Path, det_calib: Path, tmp_path: Path) -> None:
+    """quantize-int8's fallback scores candidates with the same per-channel worst cosine: the
+    layer feeding the probabilities stays float and the held-out worst channel meets 0.99."""
+    report = tmp_path / "r.json"
+    r = _run("optimize", detector, "-o", tmp_path / "det.int8.onnx", "--preset", "int8", "--calibration-data", det_calib,
+             "--report", report)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    stats = next(p["stats"] for p in rep["passes"] if p["name"] == "quantize-int8")
+    assert stats["layers_float"] >= 1 and stats["target_met"] is True
+    assert rep["verification"]["cosine"] > 0.99 and rep["degraded"] is False
+    assert rep["verification"]["data"] == "8 held-out samples of calib.npz"
 
 
 def test_min_cosine_fails_with_nothing_written(detector: Path, det_calib: Path, tmp_path: Path) -> None:
