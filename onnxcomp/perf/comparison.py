@@ -132,6 +132,9 @@ def fidelity_on(
     cs = open_session(str(candidate), providers, threads=threads, spinning=False, device_id=device_id)
     ref_names = [o.name for o in rs.get_outputs()]
     mapping = align_outputs(ref_names, [o.name for o in cs.get_outputs()])
+    unknown = sorted(set(channels or {}) - set(ref_names))
+    if unknown:
+        raise UsageError(f"--channels: the reference has no output {unknown[0]!r} (outputs: {', '.join(ref_names)})")
     if data is not None:
         calib = CalibrationData.from_source(data, ref_model, batch_size=batch, role="eval")
         batches: Any = calib.iter_with_labels(max_samples=max_samples)

@@ -256,3 +256,17 @@ def test_report_fits_80_columns() -> None:
     for r in rep.passes:
         assert any(line.lstrip().startswith(r.name + " ") for line in text.splitlines()), r.name
     assert "rolled back" in text and "verified on 8 held-out samples of calib.npz" in text
+
+
+def test_compare_judges_channels_too(detector: Path, det_calib: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "det.int8.onnx"
+    assert _run("optimize", detector, "-o", broken, "-p", "quantize-int8:target_cosine=none",
+                "--calibration-data", det_calib).exit_code == 0
+    out = tmp_path / "c.json"
+    r = _run("compare", detector, broken, "--no-speed", "--channels", "out:1=4,4", "--json", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["outputs"]["out"]["output_cosine"] > 0.99 and doc["overall"]["cosine"] < 0.9
+    assert doc["overall"]["worst"]["where"] == "out channels 4-7 (axis 1)" and "worst: out channels 4-7" in r.output
+    r = _run("compare", detector, broken, "--no-speed", "--channels", "nope:1")
+    assert r.exit_code == 2 and "--channels" in r.output
