@@ -29,6 +29,12 @@ def default_output_path(input_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + ".opt.onnx")
 
 
+def _same_file(a: Any, b: Any) -> bool:
+    """Both are paths naming the same file or folder."""
+    paths = (str, os.PathLike)
+    return isinstance(a, paths) and isinstance(b, paths) and Path(a).resolve() == Path(b).resolve()
+
+
 def channel_splits(model: onnx.ModelProto, channels: Sequence[str] | Mapping[str, ChannelSplit]) -> dict[str, ChannelSplit]:
     """Parse and check ``--channels`` specs against the model's outputs (before any work).
 
@@ -125,14 +131,15 @@ def optimize(
         raise UsageError(f"min_cosine must be between -1 and 1 (got {min_cosine})")
     if min_cosine is not None and verify == "none":
         raise UsageError("--min-cosine needs verification; it cannot be combined with --verify none")
+    if _same_file(eval_data, calibration_data) or _same_file(eval_data, train_data):
+        raise UsageError(f"--eval-data {eval_data} is also the calibration or training data: passes are fitted on it")
     splits = channel_splits(model, channels)
     calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
-    train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None
+    if train_data is not None and _same_file(train_data, calibration_data):
+        train = calib  # one object: the manager then holds the verification part out of training too
+    else:
+        train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None
     evaluation = CalibrationData.from_source(eval_data, model, seed=seed, role="eval") if eval_data is not None else None
-    if evaluation is not None and isinstance(eval_data, (str, os.PathLike)):
-        fitted = [d for d in (calibration_data, train_data) if isinstance(d, (str, os.PathLike)) and Path(d).resolve() == Path(eval_data).resolve()]
-        if fitted:
-            raise UsageError(f"--eval-data {eval_data} is also the calibration or training data: passes are fitted on it")
     manager = PassManager(
         pipeline,
         options=ManagerOptions(

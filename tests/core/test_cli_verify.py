@@ -270,3 +270,16 @@ def test_compare_judges_channels_too(detector: Path, det_calib: Path, tmp_path: 
     assert doc["overall"]["worst"]["where"] == "out channels 4-7 (axis 1)" and "worst: out channels 4-7" in r.output
     r = _run("compare", detector, broken, "--no-speed", "--channels", "nope:1")
     assert r.exit_code == 2 and "--channels" in r.output
+
+
+
+def test_training_on_the_calibration_file_leaves_the_held_out_part_alone(convnet: Path, tmp_path: Path) -> None:
+    """The same file as --train-data and --calibration-data: training gets the fit part only."""
+    calib = _npz(tmp_path / "calib.npz", 32, 1)
+    report = tmp_path / "r.json"
+    r = _run("optimize", convnet, "-o", tmp_path / "a.onnx", "-p", "test-note-fit-data", "--plugin", PLUGIN,
+             "--calibration-data", calib, "--train-data", calib, "--report", report)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    assert rep["passes"][0]["stats"]["train_data"] == "24 fit samples of calib.npz"
+    assert rep["verification"]["data"] == "8 held-out samples of calib.npz"
