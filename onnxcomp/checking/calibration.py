@@ -9,7 +9,8 @@ Format (the command-line contract; the README "Calibration data" section says th
   (strings ``"NAME=AXIS"`` or ``"NAME=none"``) overrides the axes;
 * a folder of such files, read one at a time. A file holding at most one batch is fed as
   is, so a folder of *complete feeds* (one ``.npz`` per sample, arrays exactly as the model
-  takes them: scalars as scalars, states with their batch of 1) needs no stacking;
+  takes them: scalars as scalars, states with their batch of 1) needs no stacking; a file
+  whose inputs disagree on the sample count is a complete feed too (fed as given);
 * the word ``random`` (generated inputs, with a warning);
 * through the API also a dict of arrays, or an onnxruntime ``CalibrationDataReader`` (any
   object with ``get_next() -> dict | None``), whose batches are complete feeds.
@@ -75,7 +76,7 @@ class CalibrationData:
         num_samples: Samples available (None for a reader: unknown until read).
         name: The source, e.g. ``"calib.npz"`` or ``"calib/"`` (a folder).
         description: What the data is, for consoles and reports: ``"32 samples of calib.npz"``,
-            ``"8 held-out samples of calib.npz"``, ``"8 generated samples"``.
+            ``"8 held-out samples of calib.npz"``, ``"8 generated samples of random inputs"``.
     """
 
     def __init__(

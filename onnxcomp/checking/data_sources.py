@@ -88,7 +88,7 @@ class SampleSource:
         if LABEL_KEY in arrays:
             out[LABEL_KEY] = np.asarray(arrays[LABEL_KEY])
         n = sample_count(self.role, where, {k: v.shape for k, v in out.items()}, axes)
-        return Chunk(out, axes, n, where, complete)
+        return Chunk(out, axes, 1 if n is None else n, where, complete or n is None)
 
 
 def npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -146,7 +146,8 @@ class NpzFilesSource(SampleSource):
             dtype, shape = headers[spec.name]
             check_header(self.role, where, spec, axes[spec.name], dtype, shape)
         shapes = {k: headers[k][1] for k in [s.name for s in self.specs] + ([LABEL_KEY] if LABEL_KEY in headers else [])}
-        return sample_count(self.role, where, shapes, axes)
+        n = sample_count(self.role, where, shapes, axes)
+        return 1 if n is None else n  # inputs that disagree: one complete feed
 
     def validate(self) -> None:
         """Every file's headers, then every file's values (one file in memory at a time).

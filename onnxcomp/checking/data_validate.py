@@ -180,24 +180,29 @@ def check_keys(role: str, where: str, keys: Iterable[str], specs: list[InputSpec
         )
 
 
-def sample_count(role: str, where: str, shapes: Mapping[str, tuple[int, ...]], axes: Mapping[str, int | None]) -> int:
+def sample_count(role: str, where: str, shapes: Mapping[str, tuple[int, ...]], axes: Mapping[str, int | None]) -> int | None:
     """How many samples the arrays hold (the same on every input's sample axis).
 
     Arrays without a sample axis (shared) do not count; a file of only shared arrays is
-    one sample. Labels hold their samples on axis 0.
+    one sample. None when the inputs disagree: the file is then a *complete feed*, fed
+    exactly as given in one batch (a model input such as a target shape ``[2]`` has no
+    batch axis at all).
 
     Raises:
-        CalibrationDataError: The inputs disagree.
+        CalibrationDataError: The inputs agree but the ``label`` array (samples on axis 0)
+            holds another number of samples.
     """
-    counts = {}
-    for name, shape in shapes.items():
-        axis = 0 if name == LABEL_KEY else axes.get(name)
-        if axis is not None and axis < len(shape):
-            counts[name] = shape[axis]
+    counts = {k: shape[axes[k]] for k, shape in shapes.items()  # type: ignore[index]
+              if k != LABEL_KEY and axes.get(k) is not None and axes[k] < len(shape)}  # type: ignore[operator]
     if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{k} {v} (axis {0 if k == LABEL_KEY else axes.get(k)})" for k, v in counts.items())
-        raise CalibrationDataError(f"{role} data{where}: arrays hold different numbers of samples: {detail}")
-    return next(iter(counts.values()), 1)
+        return None
+    n = next(iter(counts.values()), 1)
+    labels = shapes.get(LABEL_KEY)
+    if labels is not None and counts and (len(labels) == 0 or labels[0] != n):
+        raise CalibrationDataError(
+            f"{role} data{where}: '{LABEL_KEY}' holds {labels[0] if labels else 0} labels for {n} samples"
+        )
+    return n
 
 
 def take(arr: np.ndarray, axis: int | None, index: slice | np.ndarray) -> np.ndarray:

@@ -115,9 +115,12 @@ def test_state_with_batch_on_axis_1_and_a_shared_scalar(tmp_path: Path) -> None:
     assert [b["state"].shape for b in batches] == [(2, 4, 128), (2, 4, 128), (2, 2, 128)]
     np.testing.assert_array_equal(batches[1]["state"], state[:, 4:8])
     assert all(b["sr"].shape == () and b["sr"] == 16000 for b in batches)
-    # Disagreeing sample counts are named with their axes.
-    msg = _error({"input": x, "state": state[:, :9], "sr": np.array(16000, np.int64)}, silero_like())
-    assert "different numbers of samples: input 10 (axis 0), state 9 (axis 1)" in msg
+    # Inputs that disagree on a sample count make a complete feed: fed as given, in one batch.
+    odd = CalibrationData.from_source({"input": x, "state": state[:, :9], "sr": np.array(16000, np.int64)}, silero_like())
+    assert odd.num_samples == 1 and [b["state"].shape for b in odd] == [(2, 9, 128)]
+    # Labels must match the samples they label.
+    assert "'label' holds 9 labels for 10 samples" in _error(
+        {"input": x, "state": state, "sr": np.array(16000, np.int64), "label": np.arange(9)}, silero_like())
     # A per-sample sr is no scalar.
     msg = _error({"input": x, "state": state, "sr": np.full(10, 16000, np.int64)}, silero_like())
     assert msg == "calibration data: input 'sr': expected int64 [], found int64 [10]"
