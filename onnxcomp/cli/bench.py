@@ -101,11 +101,13 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
 @click.option("--rounds", type=int, help="Exact number of timed rounds (default: run for --duration).")
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds of timed rounds.")
 @click.option("--no-speed", is_flag=True, help="Fidelity only; skip timing.")
+@click.option("--channels", "channel_specs", multiple=True, metavar="OUTPUT:AXIS[=N1,N2,..]",
+              help="How fidelity splits an output into channels (as for optimize; repeatable).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
 @handle_errors
 def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None,
             seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
-            json_out: Path | None) -> None:
+            channel_specs: tuple[str, ...], json_out: Path | None) -> None:
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
     from onnxcomp.perf.comparison import compare as run_compare
 
@@ -113,10 +115,16 @@ def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes
     _check_data(data)
     if max_samples < 1 or duration <= 0:
         raise UsageError("--max-samples must be >= 1 and --duration > 0")
+    from onnxcomp.checking.metrics import parse_channel_spec
+
+    try:
+        channels = dict(parse_channel_spec(c) for c in channel_specs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     with progress_bar("compare") as progress:
         result = run_compare(reference, candidate, data, ep=ep, threads=threads, batch=batch, shapes=shapes,
                              max_samples=max_samples, speed=not no_speed, rounds=rounds, duration_s=duration,
-                             progress=progress, seed=seed)
+                             progress=progress, seed=seed, channels=channels)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
     if not State.quiet and str(json_out) != "-":
