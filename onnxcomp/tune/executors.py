@@ -1,0 +1,147 @@
+"""Where trials run: in this process, in local worker processes, or as Ray tasks.
+
+Every executor maps a batch of configurations to results **in order** (so the sampler
+is told results in the order it asked, whatever finishes first), and every worker times
+its candidates against its own copy of the original (`onnxcomp.tune.trial.Worker`).
+
+Local workers (``--workers N``) are spawned processes. Worker *i* is pinned to its own
+cores with ``os.sched_setaffinity`` (Linux): cores ``[i*T, (i+1)*T)`` modulo the cores
+this process may use, where ``T = --threads`` (1 when not given), and its onnxruntime
+sessions use ``T`` intra-op threads. So ``--workers 2 --threads 1`` on 2 cores gives
+each worker one core, and the original and candidate of a trial always share the
+same core(s): both are slowed alike by anything else on the machine, and the latency
+ratio stays fair. Asking for more workers × threads than there are cores is allowed
+(the cores are shared round-robin) but makes the ratios noisier; the CLI warns.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from onnxcomp.errors import UsageError
+from onnxcomp.tune.metrics import is_file_source
+from onnxcomp.tune.trial import TrialJob, run_trial
+
+log = logging.getLogger("onnxcomp")
+
+
+class InProcess:
+    """Trials one after another in this process."""
+
+    parallel = 1
+
+    def __init__(self, job: TrialJob) -> None:
+        self.job = job
+
+    def map(self, configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Results of ``configs``, in order."""
+        return [run_trial(self.job, c) for c in configs]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def usable_cores() -> list[int]:
+    """The cores this process may run on."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def _pin_worker(counter: Any, threads: int, cores: list[int]) -> None:
+    """Initializer of a local worker process: take the next index, pin to its cores."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    mine = {cores[(index * threads + k) % len(cores)] for k in range(threads)}
+    try:
+        os.sched_setaffinity(0, mine)
+    except (AttributeError, OSError):  # not Linux, or not allowed: threads stay pinned by count only
+        pass
+
+
+class LocalProcesses:
+    """``--workers N``: spawned processes, each pinned to its own cores (see the module doc)."""
+
+    def __init__(self, job: TrialJob, workers: int) -> None:
+        self.job = job
+        self.parallel = workers
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("i", 0)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pin_worker,
+                                        initargs=(counter, job.threads or 1, usable_cores()))
+
+    def map(self, configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Results of ``configs``, in order."""
+        futures = [self.pool.submit(run_trial, self.job, c) for c in configs]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stop the worker processes (pending trials are cancelled)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shipped(job: TrialJob) -> TrialJob:
+    """The job with its model and data files attached, for workers on other machines."""
+    files: dict[str, tuple[str, bytes]] = {}
+    for role in ("model", "calibration_data", "eval_data", "train_data"):
+        src = getattr(job, role)
+        if src is None or src == "random":
+            continue
+        if not is_file_source(src):
+            raise UsageError(f"--ray needs files it can send to the workers; {role.replace('_', '-')} {src} is not a file")
+        with open(src, "rb") as f:
+            files[role] = (os.path.basename(str(src)), f.read())
+    return TrialJob(**{**job.__dict__, "files": files})
+
+
+class RayTasks:
+    """``--ray auto|ADDRESS``: one Ray task per trial, ``--threads`` CPUs each.
+
+    Connects to a running cluster (``auto``: the one ``ray start`` made on this machine,
+    or the one this process already initialised). The model and data files travel with
+    the tasks (`shipped`), so workers need no shared file system.
+    """
+
+    def __init__(self, job: TrialJob, address: str) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise UsageError("--ray needs Ray: pip install 'onnxcomp[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            except Exception as e:  # noqa: BLE001 - any connection failure is the user's address
+                raise UsageError(f"--ray {address}: cannot connect to a Ray cluster ({type(e).__name__}: {e})") from None
+        self.job_ref = ray.put(shipped(job))
+        self.task = ray.remote(num_cpus=job.threads or 1)(_ray_trial)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.parallel = max(1, cpus // (job.threads or 1))
+
+    def map(self, configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Results of ``configs``, in order (tasks run in parallel on the cluster)."""
+        return self.ray.get([self.task.remote(self.job_ref, c) for c in configs])
+
+    def close(self) -> None:
+        """Leaves the cluster running (it is the user's)."""
+
+
+def _ray_trial(job: TrialJob, config: dict[str, Any]) -> dict[str, Any]:
+    """A Ray task: one trial in this Ray worker process (its `Worker` is kept between tasks)."""
+    return run_trial(job, config)
+
+
+def make_executor(job: TrialJob, *, workers: int, ray: str | None) -> InProcess | LocalProcesses | RayTasks:
+    """The executor for ``--workers`` / ``--ray``."""
+    if ray is not None:
+        return RayTasks(job, ray)
+    if workers > 1:
+        return LocalProcesses(job, workers)
+    return InProcess(job)
