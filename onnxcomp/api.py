@@ -67,7 +67,7 @@ def channel_splits(model: onnx.ModelProto, channels: Sequence[str] | Mapping[str
 
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike[str],
-    passes: Sequence["str | Pass | tuple[str, dict[str, Any]]"] | Pipeline = (),
+    passes: Sequence[str | Pass | tuple[str, dict[str, Any]]] | Pipeline = (),
     *,
     preset: str | None = None,
     calibration_data: Any = None,

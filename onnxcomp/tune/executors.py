@@ -1,7 +1,8 @@
 """Where trials run: in this process, in local worker processes, or as Ray tasks.
 
-Every executor maps a batch of configurations to results **in order** (so the sampler
-is told results in the order it asked, whatever finishes first), and every worker times
+Every executor maps a batch of configurations to results **in order**, yielding each as
+soon as it and those before it are done (so the sampler is told results in the order it
+asked, whatever finishes first, and progress moves trial by trial), and every worker times
 its candidates against its own copy of the original (`onnxcomp.tune.trial.Worker`).
 
 Local workers (``--workers N``) are spawned processes. Worker *i* is pinned to its own
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -33,14 +34,13 @@ log = logging.getLogger("onnxcomp")
 class InProcess:
     """Trials one after another in this process."""
 
-    parallel = 1
-
     def __init__(self, job: TrialJob) -> None:
         self.job = job
 
-    def map(self, configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def map(self, configs: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Results of ``configs``, in order."""
-        return [run_trial(self.job, c) for c in configs]
+        for c in configs:
+            yield run_trial(self.job, c)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -71,16 +71,16 @@ class LocalProcesses:
 
     def __init__(self, job: TrialJob, workers: int) -> None:
         self.job = job
-        self.parallel = workers
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pin_worker,
                                         initargs=(counter, job.threads or 1, usable_cores()))
 
-    def map(self, configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Results of ``configs``, in order."""
+    def map(self, configs: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Results of ``configs``, in order (all submitted at once)."""
         futures = [self.pool.submit(run_trial, self.job, c) for c in configs]
-        return [f.result() for f in futures]
+        for f in futures:
+            yield f.result()
 
     def close(self) -> None:
         """Stop the worker processes (pending trials are cancelled)."""
@@ -122,12 +122,12 @@ class RayTasks:
                 raise UsageError(f"--ray {address}: cannot connect to a Ray cluster ({type(e).__name__}: {e})") from None
         self.job_ref = ray.put(shipped(job))
         self.task = ray.remote(num_cpus=job.threads or 1)(_ray_trial)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.parallel = max(1, cpus // (job.threads or 1))
 
-    def map(self, configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def map(self, configs: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Results of ``configs``, in order (tasks run in parallel on the cluster)."""
-        return self.ray.get([self.task.remote(self.job_ref, c) for c in configs])
+        refs = [self.task.remote(self.job_ref, c) for c in configs]
+        for ref in refs:
+            yield self.ray.get(ref)
 
     def close(self) -> None:
         """Leaves the cluster running (it is the user's)."""

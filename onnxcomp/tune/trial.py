@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,7 @@ class Worker:
             "verification": report.verification.get("data"),
             "degraded": report.degraded,
             "warnings": list(report.warnings),
+            "worker_pid": os.getpid(),
         }
 
     def latency_ratio(self, candidate: onnx.ModelProto) -> float:
