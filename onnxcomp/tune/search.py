@@ -36,7 +36,7 @@ from onnxcomp.errors import UsageError, VerificationError
 from onnxcomp.tune.executors import make_executor, usable_cores
 from onnxcomp.tune.report import TrialPoint, TuneResult, choose, closest
 from onnxcomp.tune.space import derive_space, describe, preset_configs, suggest
-from onnxcomp.tune.trial import TrialJob, Worker, worker_for
+from onnxcomp.tune.trial import TrialJob, Worker, config_key, worker_for
 
 log = logging.getLogger("onnxcomp")
 
@@ -75,7 +75,9 @@ def _open_study(storage: str, name: str, seed: int) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, n_startup_trials=BATCH)
+            # Two batches of random configurations first: the space has conditional corners
+            # (prune + distill + int8) that a model-guided sampler finds only once seen.
+            seed=seed, multivariate=True, group=True, n_startup_trials=2 * BATCH)
     try:
         return optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
                                    sampler=sampler, load_if_exists=True)
@@ -200,13 +202,23 @@ def tune(
     done = _resume(study, presets)
     deadline = None if time_budget_min is None else start + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
+    known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
     try:
         while done < trials and (deadline is None or time.perf_counter() < deadline):
             asked = [study.ask() for _ in range(min(BATCH, trials - done))]
             configs = [suggest(t, space) for t in asked]
             if progress:
                 progress(done, trials, f"running {len(configs)} trial(s): {_best_text(study, main)}")
-            for trial, config, result in zip(asked, configs, executor.map(configs)):
+            # A configuration measured before (the sampler may ask one twice) is not run
+            # again: its result is reused, marked as such.
+            keys = [config_key(c) for c in configs]
+            todo = {k: c for k, c in zip(keys, configs) if k not in known}
+            fresh = executor.map(list(todo.values()))
+            for trial, config, key in zip(asked, configs, keys):
+                if key in known:
+                    result = {**known[key], "reused": True}
+                else:
+                    result = known[key] = next(fresh)
                 _tell(study, trial, config, result)
                 done += 1
                 if progress:
@@ -220,7 +232,7 @@ def tune(
         storage=storage, study=name, space=space.to_dict(), points=points, notes=list(space.notes),
     )
     result.notes.append("reused across trials: the loaded model, the eval data and the original's outputs on it, the "
-                        "original's timing session (one per worker), and the result of any configuration asked twice; "
+                        "original's timing session (one per worker), and the result of any configuration asked twice (run once); "
                         "calibration statistics are collected by quantize-int8 inside each trial (the quantization "
                         "API offers no cache, and a pruned graph has other activations anyway)")
     result.best = choose(points)

@@ -11,8 +11,6 @@ onnxruntime session of the original, warmed up, for timing. Each trial then:
 3. times the candidate **interleaved with the original** (`onnxcomp.perf.timing`: A B,
    B A, … in this process, on the target EP, with this worker's threads), and reports
    the latency ratio candidate ÷ original (median of the paired ratios; < 1 is faster).
-
-Results of identical configurations are reused (a sampler may propose one twice).
 """
 
 from __future__ import annotations
@@ -90,7 +88,6 @@ class Worker:
         self.eval = EvalSet(job.eval_data, self.model, self.metric, providers=self.providers, threads=job.threads, seed=job.seed)
         self.feeds: Feeds = self.eval.batches[0][0]
         self.original_runner = self._runner(self.model)
-        self.done: dict[str, dict[str, Any]] = {}
 
     def _runner(self, model: onnx.ModelProto) -> Any:
         session = make_session(model, providers=self.providers, threads=self.job.threads, spinning=False,
@@ -101,9 +98,6 @@ class Worker:
 
     def run(self, config: dict[str, Any]) -> dict[str, Any]:
         """One trial; never raises for a candidate that fails (the result says why)."""
-        key = config_key(config)
-        if key in self.done:
-            return {**self.done[key], "reused": True}
         start = time.perf_counter()
         try:
             result = self._run(config)
@@ -114,7 +108,6 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a pass bug fails this trial, not the whole tune
             result = {"error": f"{type(e).__name__}: {one_line(e, 300)}", "error_type": "internal"}
         result["seconds"] = round(time.perf_counter() - start, 3)
-        self.done[key] = result
         return result
 
     def build(self, config: dict[str, Any], output: str | Path | None = None) -> tuple[onnx.ModelProto, Any]:
