@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from typing import Any
 
 from onnxcomp.errors import UsageError
@@ -37,9 +38,11 @@ class InProcess:
     def __init__(self, job: TrialJob) -> None:
         self.job = job
 
-    def map(self, configs: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Results of ``configs``, in order."""
+    def map(self, configs: Sequence[dict[str, Any]], deadline: float | None = None) -> Iterator[dict[str, Any]]:
+        """Results of ``configs``, in order; none started after ``deadline`` (`time.monotonic`)."""
         for c in configs:
+            if _past(deadline):
+                return
             yield run_trial(self.job, c)
 
     def close(self) -> None:
@@ -76,10 +79,17 @@ class LocalProcesses:
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pin_worker,
                                         initargs=(counter, job.threads or 1, usable_cores()))
 
-    def map(self, configs: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Results of ``configs``, in order (all submitted at once)."""
+    def map(self, configs: Sequence[dict[str, Any]], deadline: float | None = None) -> Iterator[dict[str, Any]]:
+        """Results of ``configs``, in order (all submitted at once); after ``deadline``,
+        trials not yet started are cancelled and the results stop at the first of them."""
         futures = [self.pool.submit(run_trial, self.job, c) for c in configs]
         for f in futures:
+            wait([f], timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if not f.done():  # past the deadline: cancel what has not started, let running ones finish
+                for g in futures:
+                    g.cancel()
+                if f.cancelled():
+                    return
             yield f.result()
 
     def close(self) -> None:
@@ -123,10 +133,17 @@ class RayTasks:
         self.job_ref = ray.put(shipped(job))
         self.task = ray.remote(num_cpus=job.threads or 1)(_ray_trial)
 
-    def map(self, configs: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Results of ``configs``, in order (tasks run in parallel on the cluster)."""
+    def map(self, configs: Sequence[dict[str, Any]], deadline: float | None = None) -> Iterator[dict[str, Any]]:
+        """Results of ``configs``, in order (tasks run in parallel on the cluster); after
+        ``deadline``, the tasks not yet finished are cancelled and the results stop there."""
         refs = [self.task.remote(self.job_ref, c) for c in configs]
-        for ref in refs:
+        for i, ref in enumerate(refs):
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _ = self.ray.wait([ref], timeout=timeout)
+            if not ready:
+                for r in refs[i:]:
+                    self.ray.cancel(r)
+                return
             yield self.ray.get(ref)
 
     def close(self) -> None:
@@ -136,6 +153,10 @@ class RayTasks:
 def _ray_trial(job: TrialJob, config: dict[str, Any]) -> dict[str, Any]:
     """A Ray task: one trial in this Ray worker process (its `Worker` is kept between tasks)."""
     return run_trial(job, config)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
 
 
 def make_executor(job: TrialJob, *, workers: int, ray: str | None) -> InProcess | LocalProcesses | RayTasks:

@@ -156,7 +156,7 @@ def tune(
         ep: Execution provider candidates are timed on.
         threads: Intra-op threads per worker (default: onnxruntime's, or cores ÷ workers).
         trials: Finished trials wanted in the study (presets included).
-        time_budget_min: Stop asking for new batches after this many minutes.
+        time_budget_min: Start no trial after this many minutes (running ones finish).
         workers: Local worker processes.
         ray: ``auto`` or a Ray cluster address: trials run as Ray tasks.
         storage: Optuna storage URL (default `default_storage`).
@@ -172,7 +172,7 @@ def tune(
         UsageError: Bad input (exit code 2), before any trial.
         NoCandidateError: No trial met the budget (nothing written).
     """
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.monotonic()
     if eval_data is None:
         raise UsageError("tune needs --eval-data: candidates are scored on data no pass was fitted on")
     if calibration_data is None:
@@ -200,11 +200,11 @@ def tune(
     name = study_name(model, job, space.to_dict())
     study = _open_study(storage, name, seed)
     done = _resume(study, presets)
-    deadline = None if time_budget_min is None else start + 60 * time_budget_min
+    deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
     known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
     try:
-        while done < trials and (deadline is None or time.perf_counter() < deadline):
+        while done < trials and (deadline is None or time.monotonic() < deadline):
             asked = [study.ask() for _ in range(min(BATCH, trials - done))]
             configs = [suggest(t, space) for t in asked]
             if progress:
@@ -213,12 +213,14 @@ def tune(
             # again: its result is reused, marked as such.
             keys = [config_key(c) for c in configs]
             todo = {k: c for k, c in zip(keys, configs) if k not in known}
-            fresh = executor.map(list(todo.values()))
+            fresh = executor.map(list(todo.values()), deadline)
             for trial, config, key in zip(asked, configs, keys):
                 if key in known:
                     result = {**known[key], "reused": True}
+                elif (measured := next(fresh, None)) is None:
+                    break  # the time budget ran out: trials not run stay open, a resume asks them again
                 else:
-                    result = known[key] = next(fresh)
+                    result = known[key] = measured
                 _tell(study, trial, config, result)
                 done += 1
                 if progress:
@@ -240,7 +242,7 @@ def tune(
         near = closest(points)
         where = ("; closest: trial {} ({}): {} {:.6g}, cosine {:.5f}, latency ratio {:.3f}".format(
             near.number, near.label, metric, near.result["metric"], near.result["cosine"], near.latency_ratio)
-            if near else "; every trial failed")
+            if near else "; every trial failed" if points else "; no trial finished within the time budget")
         raise NoCandidateError(f"no candidate met the budget ({result.budget}) in {len(points)} trials{where}; nothing written")
     if output is not None:
         if progress:

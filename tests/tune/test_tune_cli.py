@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +140,8 @@ def test_bad_input_is_one_line_exit_2(files: Files, tmp_path: Path, args: list, 
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_json_report_is_plain_json(files: Files, tmp_path: Path) -> None:
-    res = run_tune(files, tmp_path, "--min-cosine", "0.9", "--report", str(tmp_path / "r.json"), trials=1)
-    assert res.exit_code == 0, res.output
-    json.loads((tmp_path / "r.json").read_text())
+def test_time_budget_stops_starting_trials(files: Files, tmp_path: Path) -> None:
+    out = tmp_path / "t.onnx"
+    res = run_tune(files, tmp_path, "--min-cosine", "0.5", "--time-budget", "0.0001", "-o", str(out), trials=8)
+    assert res.exit_code == 1, res.output
+    assert "no trial finished within the time budget" in res.output and not out.exists()
