@@ -45,7 +45,7 @@ class InProcess:
                 return
             yield run_trial(self.job, c)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         """Nothing to release."""
 
 
@@ -92,8 +92,14 @@ class LocalProcesses:
                     return
             yield f.result()
 
-    def close(self) -> None:
-        """Stop the worker processes (pending trials are cancelled)."""
+    def close(self, now: bool = False) -> None:
+        """Stop the worker processes (pending trials are cancelled); ``now``: also the
+        running ones (an interrupted tune must not wait minutes for them)."""
+        if now:
+            # ProcessPoolExecutor has no public way to stop running work before Python
+            # 3.14 (terminate_workers); its process table is the only handle.
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -146,7 +152,7 @@ class RayTasks:
                 return
             yield self.ray.get(ref)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
         """Leaves the cluster running (it is the user's)."""
 
 

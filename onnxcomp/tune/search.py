@@ -225,8 +225,10 @@ def tune(
                 done += 1
                 if progress:
                     progress(done, trials, _best_text(study, main))
-    finally:
-        executor.close()
+    except BaseException:
+        executor.close(now=True)  # interrupted or failed: running trials stay open in the journal
+        raise
+    executor.close()
     points = _points(study)
     result = TuneResult(
         model=str(model), metric=metric, higher_is_better=main.metric.higher_is_better, budget=job.budget.describe(main.metric),
