@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tune_testutil import classifier
 
 from onnxcomp import NoOptions, Pass, PassResult, register_pass
 from onnxcomp.pipeline.registry import isolated_registry
 from onnxcomp.pipeline.steps import Pipeline
 from onnxcomp.tune.space import derive_space, describe, pipeline_of, preset_configs
-from tests.tune.conftest import classifier
 
 
 def attention_block() -> onnx.ModelProto:

@@ -9,8 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import optuna
 import pytest
-
-from tests.tune.conftest import Files, report_of, run_tune
+from tune_testutil import Files, report_of, run_tune
 
 
 def accuracy_of(model: Path, eval_npz: Path) -> float:

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from tests.tune.conftest import Files, configs, report_of, run_tune
+from tune_testutil import Files, configs, report_of, run_tune
 
 TRIALS = 4
 
