@@ -1,11 +1,17 @@
-"""Fixtures of the tune tests (helpers in `tune_testutil`)."""
+"""Fixtures of the tune tests; makes the folder's helper module (`tune_testutil`) importable."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
 from tune_testutil import Files, classifier
 
 
