@@ -147,18 +147,21 @@ class TuneResult:
     def markdown(self) -> str:
         """The Pareto front (and the presets) as a Markdown table."""
         name = self.metric.rpartition(":")[2]  # a custom metric by its function's name
+        # The cosine column, unless the metric is the cosine itself.
+        cos_head, cos_rule = ("", "") if self.metric == "cosine" else (" cosine |", "---:|")
         lines = [f"# tune: {Path(self.model).name}", "",
                  (f"Budget: {self.budget}; {name} of the original {self.original_metric:.6g} on {self.eval_data}; "
                   f"latency ratio = candidate ÷ original ({self.ep}, threads={self.threads or 'default'})."), "",
-                 f"| trial | configuration | latency ratio | speedup | {name} | cosine | within budget | preset |",
-                 "|---:|---|---:|---:|---:|---:|:---:|---|"]
+                 f"| trial | configuration | latency ratio | speedup | {name} |{cos_head} within budget | preset |",
+                 f"|---:|---|---:|---:|---:|{cos_rule}:---:|---|"]
         chosen = self.best.number if self.best else None
         rows = self.front + [p for p in self.preset_points() if p not in self.front and p.ok]
         for p in rows:
             r = p.result
             mark = " **(chosen)**" if p.number == chosen else ""
+            cos_cell = f" {r['cosine']:.5f} |" if cos_head else ""
             lines.append(f"| {p.number} | {p.label}{mark} | {p.latency_ratio:.3f} | ×{1 / p.latency_ratio:.2f} | "
-                         f"{r['metric']:.6g} | {r['cosine']:.5f} | {'yes' if p.within_budget else 'no'} | {p.preset or ''} |")
+                         f"{r['metric']:.6g} |{cos_cell} {'yes' if p.within_budget else 'no'} | {p.preset or ''} |")
         failed = [p for p in self.points if not p.ok]
         lines += ["", f"{len(self.points)} trials, {len(self.front)} on the Pareto front, {len(failed)} failed."]
         return "\n".join(lines) + "\n"
