@@ -74,9 +74,10 @@ def dominated_by(point: TrialPoint, others: list[TrialPoint]) -> bool:
 
 
 def choose(points: list[TrialPoint]) -> TrialPoint | None:
-    """The fastest point within the budget (ties: the better metric)."""
+    """The fastest point within the budget (ties: the better metric, then the earlier trial:
+    a preset before a search trial that built the same model)."""
     feasible = [p for p in points if p.within_budget]
-    return min(feasible, key=lambda p: (p.latency_ratio, -p.score)) if feasible else None
+    return min(feasible, key=lambda p: (p.latency_ratio, -p.score, p.number)) if feasible else None
 
 
 def closest(points: list[TrialPoint]) -> TrialPoint | None:

@@ -203,6 +203,8 @@ def tune(
     deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
     known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
+    models = {t.user_attrs["result"]["model_sha1"]: (t.number, t.user_attrs["result"]) for t in _finished(study)
+              if t.user_attrs["result"].get("model_sha1")}
     try:
         while done < trials and (deadline is None or time.monotonic() < deadline):
             asked = [study.ask() for _ in range(min(BATCH, trials - done))]
@@ -220,8 +222,10 @@ def tune(
                 elif (measured := next(fresh, None)) is None:
                     break  # the time budget ran out: trials not run stay open, a resume asks them again
                 else:
-                    result = known[key] = measured
+                    result = known[key] = _same_model(measured, models)
                 _tell(study, trial, config, result)
+                if result.get("model_sha1"):
+                    models.setdefault(result["model_sha1"], (trial.number, result))
                 done += 1
                 if progress:
                     progress(done, trials, _best_text(study, main))
@@ -258,6 +262,20 @@ def tune(
                                 f"{result.best.result['metric']:.6g} (a pass is not deterministic)")
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """A candidate identical to one measured before keeps that one's latency ratio.
+
+    Two configurations often build the same model (a fallback cap never reached, a
+    calibrator that gives the same ranges). Timing it again would only add noise, and
+    picking the luckier of two timings of one model would flatter the result.
+    """
+    first = models.get(result.get("model_sha1") or "")
+    if first is None or "error" in result:
+        return result
+    number, earlier = first
+    return {**result, "latency_ratio": earlier["latency_ratio"], "same_model_as": number}
 
 
 def _best_text(study: Any, main: Worker) -> str:

@@ -76,6 +76,15 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def model_digest(model: onnx.ModelProto) -> str | None:
+    """A digest of the candidate's bytes: two configurations that build the same model are
+    one candidate (None for a model too large to serialize in one piece)."""
+    try:
+        return hashlib.sha1(model.SerializeToString()).hexdigest()[:16]
+    except ValueError:
+        return None
+
+
 class Worker:
     """Runs trials in one process against its own copy of the original (see the module doc)."""
 
@@ -137,6 +146,7 @@ class Worker:
             "violation": violation,
             "within_budget": violation <= 0,
             "size_bytes": candidate.ByteSize(),
+            "model_sha1": model_digest(candidate),
             "verification": report.verification.get("data"),
             "degraded": report.degraded,
             "warnings": list(report.warnings),
