@@ -25,10 +25,15 @@ graph output (the output would become an initializer, which some runtimes reject
 
 Size limit: an output is materialised only if it is at most ``max_size_bytes`` or no
 larger than the node's constant inputs together — folding must not make the model much
-bigger (an Expand/Tile of a small constant to a huge tensor stays a node).
+bigger (an Expand/Tile of a small constant to a huge tensor stays a node). An output read
+only as a layer's weight (Conv/Gemm/MatMul weights, normalization and RNN parameters,
+embedding tables; e.g. a ``ConstantOfShape`` that builds a Conv kernel) gets the larger
+``max_weight_bytes``: a normal export stores it as an initializer, onnxruntime builds it
+at session start anyway, and only as a constant can later passes (BatchNorm folding,
+quantization, pruning) work on it.
 
-Models with IR version < 4 are left alone: there every initializer must also be a graph
-input, so new initializers would make the model invalid.
+Models with IR version < 4 fold like any other: `onnxcomp.ir.to_graph` imports their
+initializers (which such models must also list as graph inputs) as constants.
 
 Subgraphs: only the main graph is folded. If/Loop/Scan bodies are left alone on purpose:
 their nodes can read outer-scope values and run conditionally or per iteration, and
@@ -55,7 +60,6 @@ from onnxcomp.ir import (
     EvalDeclined,
     EvalTooLarge,
     annotate_shapes,
-    can_add_initializers,
     cleanup_after_rewrite,
     constant_nbytes,
     default_opset,
@@ -93,12 +97,16 @@ class FoldConstantsOptions(PassOptions):
         default=1 << 20,
         metadata={"help": "never materialise an output larger than this unless it is no larger than the node's constant inputs"},
     )
+    max_weight_bytes: int = field(
+        default=1 << 30,
+        metadata={"help": "an output read only as a layer weight (Conv/Gemm/MatMul/normalization/RNN parameters, embedding tables) is materialised up to this size"},
+    )
     shapes: bool = field(default=True, metadata={"help": "fold Shape/Size of tensors with fully static shapes"})
     onnxruntime: bool = field(default=True, metadata={"help": "evaluate ops without a numpy rule in one onnxruntime session per sweep"})
 
     def __post_init__(self) -> None:
-        if self.max_size_bytes < 0:
-            raise UsageError("max_size_bytes must be >= 0")
+        if self.max_size_bytes < 0 or self.max_weight_bytes < 0:
+            raise UsageError("max_size_bytes and max_weight_bytes must be >= 0")
 
 
 #: Ops whose numpy rule reads only the *shape* of its input.
@@ -120,6 +128,56 @@ def _value_of(t: gs.Tensor, op: str) -> np.ndarray | None:
     return peek_values(t, readonly=True)
 
 
+#: Input slots that ops read as parameters: ``op -> input indices``. Exporters store such
+#: tensors as initializers, and onnxruntime materialises a constant expression in one of
+#: them when the session starts anyway; folding it costs file size, not run-time memory.
+_WEIGHT_SLOTS: dict[str, frozenset[int]] = {
+    "Conv": frozenset({1, 2}),
+    "ConvTranspose": frozenset({1, 2}),
+    "Gemm": frozenset({1, 2}),
+    "MatMul": frozenset({1}),
+    "BatchNormalization": frozenset({1, 2, 3, 4}),
+    "InstanceNormalization": frozenset({1, 2}),
+    "LayerNormalization": frozenset({1, 2}),
+    "PRelu": frozenset({1}),
+    "LSTM": frozenset({1, 2, 3}),
+    "GRU": frozenset({1, 2, 3}),
+    "RNN": frozenset({1, 2, 3}),
+    "Gather": frozenset({0}),
+}
+
+
+#: Ops that only rearrange or retype their first input: a weight read through them (e.g.
+#: ``ConstantOfShape → Reshape → Gemm``) is still a weight.
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+def _only_weights(node: gs.Node, depth: int = 0) -> bool:
+    """True if every output of ``node`` is read, and read only in weight slots of standard
+    ops (directly or through at most 4 layout ops)."""
+    for t in node.outputs:
+        if not t.name:
+            continue
+        if not t.outputs:
+            return False
+        for reader in t.outputs:
+            if not is_standard(reader):
+                return False
+            for i, inp in enumerate(reader.inputs):
+                if inp is not t or i in _WEIGHT_SLOTS.get(reader.op, ()):
+                    continue
+                if not (i == 0 and reader.op in _LAYOUT_OPS and depth < 4 and _only_weights(reader, depth + 1)):
+                    return False
+    return True
+
+
+def _limit(node: gs.Node, opts: FoldConstantsOptions) -> int:
+    """The size limit for ``node``'s outputs (see `FoldConstantsOptions`)."""
+    if opts.max_weight_bytes > opts.max_size_bytes and _only_weights(node):
+        return opts.max_weight_bytes
+    return opts.max_size_bytes
+
+
 def _foldable_op(node: gs.Node) -> bool:
     return is_standard(node) and node.op not in _NEVER and not has_subgraph(node)
 
@@ -132,8 +190,6 @@ class FoldConstants(Pass[FoldConstantsOptions]):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         opts = self.options
-        if not can_add_initializers(ctx):
-            return PassResult(modified=False, stats={"nodes_folded": 0, "skipped": "IR version < 4"})
         if opts.shapes:
             annotate_shapes(graph, ctx)
         stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "onnxruntime_runs": 0, "_declined": set()}
@@ -192,8 +248,9 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 rule = None  # bfloat16/float8 constants load as float32 in numpy: onnxruntime only
             if rule is not None:
                 values = [_value_of(t, node.op) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
+                limit = _limit(node, opts)
                 try:
-                    outs = rule(node, values, EvalContext(opset, opts.max_size_bytes, input_bytes))
+                    outs = rule(node, values, EvalContext(opset, limit, input_bytes))
                 except EvalTooLarge:
                     stats["_declined"].add(id(node))
                     continue
@@ -201,7 +258,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                     ctx.logger.debug("fold-constants: numpy rule declined %s (%s): %s", node.name, node.op, e)
                     outs = None
                 if outs is not None:
-                    if self._fits(outs, input_bytes, opts):
+                    if self._fits(outs, input_bytes, limit):
                         self._apply(node, outs, stats)
                     else:
                         stats["_declined"].add(id(node))
@@ -214,9 +271,9 @@ class FoldConstants(Pass[FoldConstantsOptions]):
         return stats["nodes_folded"] > folded_before
 
     @staticmethod
-    def _fits(outs: list[np.ndarray], input_bytes: int, opts: FoldConstantsOptions) -> bool:
+    def _fits(outs: list[np.ndarray], input_bytes: int, limit: int) -> bool:
         total = sum(o.nbytes for o in outs)
-        return total <= opts.max_size_bytes or total <= input_bytes
+        return total <= limit or total <= input_bytes
 
     @staticmethod
     def _apply(node: gs.Node, outs: list[np.ndarray], stats: dict) -> None:
@@ -268,7 +325,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 continue
             arrays = [np.asarray(o) for o in outs if o is not None]
             input_bytes = sum(constant_nbytes(t) for t in node.inputs if isinstance(t, gs.Constant))
-            if not self._fits(arrays, input_bytes, opts):
+            if not self._fits(arrays, input_bytes, _limit(node, opts)):
                 stats["_declined"].add(id(node))
                 continue
             self._apply(node, [np.asarray(o) if o is not None else None for o in outs], stats)
@@ -289,7 +346,8 @@ class FoldConstants(Pass[FoldConstantsOptions]):
         g = onnx.helper.make_graph(nodes, "fold_constants_batch", [], outputs, list(inits.values()))
         opsets = list(graph.import_domains) if graph.import_domains else [onnx.helper.make_opsetid("", default_opset(graph))]
         model = onnx.helper.make_model(g, opset_imports=opsets)
-        model.ir_version = ctx.original_model.ir_version or model.ir_version
+        # Batch constants are initializers only, which IR < 4 would also require as inputs.
+        model.ir_version = max(ctx.original_model.ir_version, 4)
         return model
 
     def _drop_oversized(
@@ -318,7 +376,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 continue
             input_bytes = sum(constant_nbytes(t) for t in n.inputs if isinstance(t, gs.Constant))
             out_bytes = sum(sizes.get(t.name, 0) for t in n.outputs)
-            if out_bytes > opts.max_size_bytes and out_bytes > max(input_bytes, 1):
+            if out_bytes > _limit(n, opts) and out_bytes > max(input_bytes, 1):
                 stats["_declined"].add(id(n))
                 dropped.update(id(t) for t in n.outputs)
                 continue

@@ -8,6 +8,8 @@
   inference and onnxruntime;
 * `onnxcomp.ir.rules`: tables of per-op rules keyed by (domain, op type, opset range);
 * `onnxcomp.ir.cost`: nodes, parameters, bytes and FLOPs;
+* `onnxcomp.ir.affine`: per-channel affine maps (BatchNormalization, scale and bias)
+  folded into the weights of the op producing the channels;
 * `onnxcomp.ir.constant_eval`: numpy evaluation of standard ops on constants, with size
   checks before allocating.
 
@@ -45,6 +47,7 @@ from onnxcomp.ir.graph import (
 )
 from onnxcomp.ir.shapes import Dim, annotate_shapes, can_add_initializers, dims_of, export_node, infer_shapes, tensor_dims
 from onnxcomp.ir.rules import OpRule, OpRules
+from onnxcomp.ir.affine import batchnorm_affine, float_weight, float_weight_meta, fold_channel_affine, output_channels
 from onnxcomp.ir.constant_eval import (
     EvalContext,
     EvalDeclined,
@@ -102,4 +105,9 @@ __all__ = [
     "find_eval_rule",
     "is_numeric_dtype",
     "shape_op_value",
+    "batchnorm_affine",
+    "float_weight",
+    "float_weight_meta",
+    "fold_channel_affine",
+    "output_channels",
 ]

@@ -4,11 +4,19 @@ onnx-graphsurgeon drops a few things on import that a user's model must keep, so
 module carries them beside the graph in a `ModelMeta`:
 
 * model-level metadata (``metadata_props``, ``doc_string``, ``domain``, ``model_version``);
-* initializers that are *also* graph inputs (old IR < 4 exporters emit them; newer models
-  use them as overridable defaults). graphsurgeon would turn them into constants and drop
-  them from the inputs, which changes the model's interface and lets passes fold values the
-  user may override. We strip them before import (so they become plain graph inputs) and
-  restore them on export.
+* initializers that are *also* graph inputs in models of IR version >= 4: there they are
+  overridable defaults (the exporter chose to list them as inputs). graphsurgeon would turn
+  them into constants and drop them from the inputs, which changes the model's interface
+  and lets passes fold values the user may override. We strip them before import (so they
+  become plain graph inputs) and restore them on export.
+
+Models of IR version < 4 are different: there *every* initializer must also be a graph
+input, so listing a weight as an input says nothing about overriding it; they are the
+model's weights. `to_graph` imports them as constants (they leave the graph inputs, as
+onnxsim and onnxslim also do) and raises the graph's IR version to 4, the first that allows
+initializers which are not inputs; opsets are untouched. Outputs for the default feeds
+(everything but the weights) are unchanged; a caller who really feeds new weights at run
+time must keep the original model.
 
 Names are a serialization concern: duplicates are fixed once, here, at export.
 
@@ -33,6 +41,10 @@ from onnxcomp.ir.importer import import_plain
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
 
+#: The first IR version whose initializers need not be graph inputs.
+MIN_IR_WITHOUT_INPUTS = 4
+
+
 @dataclass
 class ModelMeta:
     """Model-level facts that live outside the graphsurgeon IR."""
@@ -54,7 +66,9 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
     Args:
         model: The model to import.
         initializers_as_constants: Treat initializers that are also graph inputs as
-            constants (they then leave the model interface). Default: keep them as inputs.
+            constants (they then leave the model interface). Default: keep them as inputs,
+            except in models of IR version < 4, whose initializers are always constants
+            (see the module docstring); the graph then has IR version 4.
 
     Returns:
         The graph and the metadata needed to export it faithfully.
@@ -72,6 +86,8 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
             meta.interface_types[vi.name] = t
     input_names = {i.name for i in model.graph.input}
     shadowed = [t for t in model.graph.initializer if t.name in input_names]
+    old_ir = model.ir_version < MIN_IR_WITHOUT_INPUTS
+    initializers_as_constants = initializers_as_constants or old_ir
     if shadowed and not initializers_as_constants:
         # Import a copy without those initializers; deep-copying is acceptable here
         # because only old-IR or unusual models take this path.
@@ -93,6 +109,9 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
     graph = import_plain(model)
     if graph is None:  # subgraphs, functions, unusual types: graphsurgeon's importer
         graph = gs.import_onnx(model)
+    if old_ir:
+        # Export writes graph.ir_version: constants need not be inputs from IR 4 on.
+        graph.ir_version = MIN_IR_WITHOUT_INPUTS
     _wrap_referenced(graph)
     return graph, meta
 

@@ -75,9 +75,11 @@ def tensor_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
 
 
 def can_add_initializers(ctx: ShapeContext) -> bool:
-    """False for IR < 4 models, where every initializer must also be a graph input: a pass
-    that creates constants would produce an invalid model (the exporter does not add inputs)."""
-    return ctx.original_model.ir_version >= 4
+    """Whether a pass may create initializers that are not graph inputs: always, since
+    `onnxcomp.ir.to_graph` imports IR < 4 models (where every initializer had to be an
+    input) with their initializers as constants and exports them at IR 4. Kept for
+    plugins written against earlier versions."""
+    return True
 
 
 
