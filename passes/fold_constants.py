@@ -22,6 +22,9 @@ How values are computed — two evaluators, chosen per node:
 Never folded: random ops (RandomNormal*, RandomUniform*, Bernoulli, Multinomial), ops with
 subgraphs (If/Loop/Scan), sequence/optional ops, custom-domain ops, and nodes producing a
 graph output (the output would become an initializer, which some runtimes reject).
+An ``If`` whose condition has become a constant is replaced by its taken branch
+(`onnxcomp.ir.inline_if`): both branches compute the same kind of result, and which one
+runs is known.
 
 Size limit: an output is materialised only if it is at most ``max_size_bytes`` or no
 larger than the node's constant inputs together — folding must not make the model much
@@ -35,10 +38,12 @@ quantization, pruning) work on it.
 Models with IR version < 4 fold like any other: `onnxcomp.ir.to_graph` imports their
 initializers (which such models must also list as graph inputs) as constants.
 
-Subgraphs: only the main graph is folded. If/Loop/Scan bodies are left alone on purpose:
-their nodes can read outer-scope values and run conditionally or per iteration, and
-the manager's checks run on the main graph's outputs; a constant computed inside a body
-is cheap compared with the risk. (Constants of the main graph that bodies read do fold.)
+Subgraphs: If/Loop/Scan bodies are folded like the main graph. A body node whose inputs
+are all constants (its own, or constants of an enclosing graph) computes the same value on
+every iteration and in every run, so it folds; anything reading a body input (a loop
+counter, a carried or scanned value) or an outer-scope variable is not constant and stays.
+Nodes producing a body's outputs stay, as in the main graph. New constants become
+initializers of the body that reads them.
 """
 
 from __future__ import annotations
@@ -66,13 +71,16 @@ from onnxcomp.ir import (
     dims_of,
     find_eval_rule,
     has_subgraph,
+    inline_if,
     is_numeric_dtype,
     is_standard,
+    iter_graphs,
     np_dtype,
     onnx_elem_type,
     peek_values,
     shape_op_value,
     static_shape,
+    taken_branch,
     toposort,
 )
 
@@ -178,6 +186,33 @@ def _limit(node: gs.Node, opts: FoldConstantsOptions) -> int:
     return opts.max_size_bytes
 
 
+def _partial_shape_value(node: gs.Node, opset: int) -> np.ndarray | None:
+    """The value of ``Gather``/``Slice`` (constant indices) of ``Shape(x)`` when every dim it
+    picks is static, though others of x may not be (``Shape(state)[0]`` of a
+    [2, batch, 128] state); None otherwise."""
+    src = node.inputs[0]
+    if len(src.inputs) != 1 or any(not isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name):
+        return None
+    shape_node = src.inputs[0]
+    if shape_node.op != "Shape" or not is_standard(shape_node) or not shape_node.inputs:
+        return None
+    dims = shape_node.inputs[0].shape
+    if dims is None:
+        return None
+    # -1 stands for a dim that is not static (real dims are >= 0), so it shows in the result.
+    known = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in dims)
+    stand_in = shape_op_value(shape_node, known)
+    rule = find_eval_rule(node, opset)
+    if rule is None:
+        return None
+    values = [stand_in] + [peek_values(t) if t.name else None for t in node.inputs[1:]]
+    try:
+        (out,) = rule(node, values, EvalContext(opset, 1 << 20, 0))
+    except (EvalDeclined, EvalTooLarge, ValueError, IndexError, TypeError, KeyError):
+        return None
+    return None if np.any(out < 0) else out
+
+
 def _foldable_op(node: gs.Node) -> bool:
     return is_standard(node) and node.op not in _NEVER and not has_subgraph(node)
 
@@ -192,25 +227,54 @@ class FoldConstants(Pass[FoldConstantsOptions]):
         opts = self.options
         if opts.shapes:
             annotate_shapes(graph, ctx)
-        stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "onnxruntime_runs": 0, "_declined": set()}
-        toposort(graph, recurse_subgraphs=False)
+        stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "ifs_inlined": 0, "onnxruntime_runs": 0, "_declined": set()}
+        toposort(graph)
         for _ in range(_MAX_SWEEPS):
-            if not self._sweep(graph, ctx, opts, stats):
+            folded = self._sweep(graph, ctx, opts, stats)
+            inlined = self._inline_constant_ifs(graph, stats)
+            if not folded and not inlined:
                 break
         # A node declined in several sweeps is counted once.
         stats["declined_too_large"] = len(stats.pop("_declined"))
-        modified = stats["nodes_folded"] > 0
+        modified = stats["nodes_folded"] > 0 or stats["ifs_inlined"] > 0
         if modified:
             # Folded nodes go now; producers left dead go in the manager's cleanup.
             cleanup_after_rewrite(graph)
         return PassResult(modified=modified, stats=stats)
 
+    @staticmethod
+    def _inline_constant_ifs(graph: gs.Graph, stats: dict) -> bool:
+        """Replace each If whose condition is now a constant by its taken branch."""
+        inlined = 0
+        for g in list(iter_graphs(graph)):
+            for node in list(g.nodes):
+                branch = taken_branch(node)
+                if branch is not None:
+                    inline_if(g, node, branch)
+                    inlined += 1
+            if inlined:
+                toposort(g)
+        stats["ifs_inlined"] += inlined
+        return inlined > 0
+
     # ------------------------------------------------------------------ one sweep
     def _sweep(self, graph: gs.Graph, ctx: PassContext, opts: FoldConstantsOptions, stats: dict) -> bool:
+        """Fold what can be folded in ``graph`` and its bodies; True if anything was."""
         opset = default_opset(graph)
         folded_before = stats["nodes_folded"]
         batch: list[gs.Node] = []
         pending: set[int] = set()  # ids of tensors the onnxruntime batch will produce
+        for g in list(iter_graphs(graph)):
+            self._sweep_graph(g, ctx, opts, stats, opset, batch, pending)
+        if batch:
+            self._fold_with_onnxruntime(graph, batch, ctx, opts, stats)
+        return stats["nodes_folded"] > folded_before
+
+    def _sweep_graph(
+        self, graph: gs.Graph, ctx: PassContext, opts: FoldConstantsOptions, stats: dict, opset: int, batch: list[gs.Node], pending: set[int]
+    ) -> None:
+        """One walk over ``graph``'s nodes (not its bodies): numpy folds now, onnxruntime's
+        candidates into ``batch``."""
         graph_outputs = {id(t) for t in graph.outputs}
         for node in list(graph.nodes):
             if not node.outputs or not _foldable_op(node):
@@ -221,6 +285,12 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 shape = static_shape(node.inputs[0])
                 if shape is not None:
                     value = shape_op_value(node, shape) if node.op == "Shape" else np.array(math.prod(shape), dtype=np.int64)
+                    self._apply(node, [value], stats)
+                    stats["shape_nodes_folded"] += 1
+                continue
+            if opts.shapes and node.op in ("Gather", "Slice") and not isinstance(node.inputs[0], gs.Constant):
+                value = _partial_shape_value(node, opset)
+                if value is not None:
                     self._apply(node, [value], stats)
                     stats["shape_nodes_folded"] += 1
                 continue
@@ -266,9 +336,6 @@ class FoldConstants(Pass[FoldConstantsOptions]):
             if opts.onnxruntime:
                 batch.append(node)
                 pending.update(id(t) for t in node.outputs)
-        if batch:
-            self._fold_with_onnxruntime(graph, batch, ctx, opts, stats)
-        return stats["nodes_folded"] > folded_before
 
     @staticmethod
     def _fits(outs: list[np.ndarray], input_bytes: int, limit: int) -> bool:
