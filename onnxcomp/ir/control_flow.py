@@ -26,7 +26,7 @@ from onnxcomp.ir.graph import constant_value, is_graph_output, is_standard, iter
 
 def taken_branch(node: gs.Node) -> gs.Graph | None:
     """The branch a standard ``If`` node always takes (its condition is a constant), or None."""
-    if node.op != "If" or not is_standard(node) or not node.inputs:
+    if node.op != "If" or not is_standard(node) or not node.inputs or any(not t.name for t in node.outputs):
         return None
     cond = constant_value(node.inputs[0])
     if cond is None or cond.size != 1:
