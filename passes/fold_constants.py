@@ -77,6 +77,8 @@ from onnxcomp.ir import (
     iter_graphs,
     np_dtype,
     onnx_elem_type,
+    own_dims_target,
+    partial_shape_value,
     peek_values,
     shape_op_value,
     static_shape,
@@ -186,33 +188,6 @@ def _limit(node: gs.Node, opts: FoldConstantsOptions) -> int:
     return opts.max_size_bytes
 
 
-def _partial_shape_value(node: gs.Node, opset: int) -> np.ndarray | None:
-    """The value of ``Gather``/``Slice`` (constant indices) of ``Shape(x)`` when every dim it
-    picks is static, though others of x may not be (``Shape(state)[0]`` of a
-    [2, batch, 128] state); None otherwise."""
-    src = node.inputs[0]
-    if len(src.inputs) != 1 or any(not isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name):
-        return None
-    shape_node = src.inputs[0]
-    if shape_node.op != "Shape" or not is_standard(shape_node) or not shape_node.inputs:
-        return None
-    dims = shape_node.inputs[0].shape
-    if dims is None:
-        return None
-    # -1 stands for a dim that is not static (real dims are >= 0), so it shows in the result.
-    known = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in dims)
-    stand_in = shape_op_value(shape_node, known)
-    rule = find_eval_rule(node, opset)
-    if rule is None:
-        return None
-    values = [stand_in] + [peek_values(t) if t.name else None for t in node.inputs[1:]]
-    try:
-        (out,) = rule(node, values, EvalContext(opset, 1 << 20, 0))
-    except (EvalDeclined, EvalTooLarge, ValueError, IndexError, TypeError, KeyError):
-        return None
-    return None if np.any(out < 0) else out
-
-
 def _foldable_op(node: gs.Node) -> bool:
     return is_standard(node) and node.op not in _NEVER and not has_subgraph(node)
 
@@ -279,6 +254,14 @@ class FoldConstants(Pass[FoldConstantsOptions]):
         for node in list(graph.nodes):
             if not node.outputs or not _foldable_op(node):
                 continue
+            if opts.shapes and node.op == "Reshape" and len(node.inputs) == 2 and not isinstance(node.inputs[1], gs.Constant):
+                # Only the target is replaced (the Reshape stays): fine for a graph output too.
+                target = own_dims_target(node)
+                if target is not None:
+                    node.inputs[1] = gs.Constant(f"{node.inputs[1].name}__own_dims", target)
+                    stats["nodes_folded"] += 1
+                    stats["shape_nodes_folded"] += 1
+                continue
             if any(id(t) in graph_outputs for t in node.outputs):
                 continue
             if opts.shapes and node.op in ("Shape", "Size") and node.inputs and not isinstance(node.inputs[0], gs.Constant):
@@ -289,7 +272,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                     stats["shape_nodes_folded"] += 1
                 continue
             if opts.shapes and node.op in ("Gather", "Slice") and not isinstance(node.inputs[0], gs.Constant):
-                value = _partial_shape_value(node, opset)
+                value = partial_shape_value(node, opset)
                 if value is not None:
                     self._apply(node, [value], stats)
                     stats["shape_nodes_folded"] += 1

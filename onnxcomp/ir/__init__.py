@@ -56,6 +56,8 @@ from onnxcomp.ir.constant_eval import (
     EvalTooLarge,
     find_eval_rule,
     is_numeric_dtype,
+    own_dims_target,
+    partial_shape_value,
     shape_op_value,
 )
 
@@ -114,4 +116,6 @@ __all__ = [
     "output_channels",
     "inline_if",
     "taken_branch",
+    "own_dims_target",
+    "partial_shape_value",
 ]

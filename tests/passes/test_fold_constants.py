@@ -295,3 +295,41 @@ def test_folded_view_of_a_weight_owns_its_payload() -> None:
     # A writable array, not a read-only view of the input model's bytes.
     assert r.values.flags.writeable
     np.testing.assert_array_equal(r.values, np.arange(6, dtype=np.float32).reshape(3, 2))
+
+
+def test_reshape_target_built_from_its_own_dims_becomes_a_constant() -> None:
+    # Reshape(x, [Shape(x)[0], 6]) with a dynamic batch: the computed entry is x's own dim 0,
+    # which Reshape copies when told 0 (the flatten idiom of Paddle and torch exports).
+    m = parse(HEADER + """
+    g (float[N, 2, 3] x) => (float[N, 6] y) {
+      s = Shape(x)
+      s32 = Cast<to = 6>(s)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {1}>()
+      b = Slice(s32, st, en)
+      b64 = Cast<to = 7>(b)
+      six = Constant<value = int64[1] {6}>()
+      t = Concat<axis = 0>(b64, six)
+      y = Reshape(x, t)
+    }""")
+    out, res = run_pass(m, "fold-constants")
+    assert res.modified and ops(out) == {"Reshape": 1}
+    target = next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [0, 6]
+    for n in (1, 3):
+        assert_same_outputs(m, out, feeds={"x": np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)})
+
+
+def test_reshape_target_with_another_tensors_dim_is_left() -> None:
+    # The dim comes from z, not from the reshaped x: no rewrite (z's dim 0 may differ).
+    m = parse(HEADER + """
+    g (float[N, 6] x, float[M, 1] z) => (float[M, 6] y) {
+      s = Shape(z)
+      i = Constant<value = int64[1] {0}>()
+      b = Gather(s, i)
+      six = Constant<value = int64[1] {6}>()
+      t = Concat<axis = 0>(b, six)
+      y = Reshape(x, t)
+    }""")
+    out, res = run_pass(m, "fold-constants")
+    assert ops(out)["Shape"] == 1 and ops(out)["Concat"] == 1
