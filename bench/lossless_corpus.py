@@ -302,9 +302,12 @@ def markdown(rows: list[Row]) -> str:
         (
             f"{len(rows)} runnable models. Node counts include If/Loop/Scan bodies; ✗ = outputs not preserved "
             "(or the result does not run). Outputs preserved on "
-            f"{sum(bool(r.ours_ok) for r in rows)}/{len(rows)} (onnxcomp), "
-            f"{sum(bool(r.onnxsim_ok) for r in rows)}/{len(rows)} (onnxsim), "
-            f"{sum(bool(r.onnxslim_ok) for r in rows)}/{len(rows)} (onnxslim)."
+            + ", ".join(
+                f"{sum(bool(getattr(r, f'{t}_ok')) for r in rows)}/{len(rows)} ({label}; "
+                f"{sum(getattr(r, t) is None for r in rows)} failed to run)"
+                for t, label in (("ours", "onnxcomp"), ("onnxsim", "onnxsim"), ("onnxslim", "onnxslim"))
+            )
+            + "."
         ),
         f"More nodes than onnxsim (where onnxsim's result is correct): {', '.join(worse_sim) or 'none'}.",
         f"More nodes than onnxslim (where onnxslim's result is correct): {', '.join(worse_slim) or 'none'}.",
