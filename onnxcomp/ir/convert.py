@@ -36,7 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnxcomp.ir.graph import constant_nbytes, tensor_map
+from onnxcomp.ir.graph import constant_nbytes, iter_graphs, tensor_map
 from onnxcomp.ir.importer import import_plain
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, ArrayCache, lendable
 
@@ -113,6 +113,7 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
         # Export writes graph.ir_version: constants need not be inputs from IR 4 on.
         graph.ir_version = MIN_IR_WITHOUT_INPUTS
     _wrap_referenced(graph)
+    _own_renamed_payloads(graph)
     return graph, meta
 
 
@@ -174,6 +175,25 @@ def _dedupe_tensor_names(graph: gs.Graph) -> None:
                 owner[candidate] = id(t)
 
 
+def _own_renamed_payloads(graph: gs.Graph) -> None:
+    """Give lazily loaded constants outside the main graph's initializers (Constant-node
+    attributes, body initializers) their own TensorProto where exporting them (for
+    shape inference, a batch model or the result) would write into the input model's:
+    graphsurgeon's exporter sets ``name`` on the proto a constant was loaded from, and
+    a Constant node's tensor has none. Main-graph initializers keep their name and are
+    swapped for headers at export (`_swap_in_headers`). Costs one copy of such tensors."""
+    for g in iter_graphs(graph):
+        found: list[gs.Constant] = [t for t in tensor_map(g).values() if isinstance(t, gs.Constant)] if g is not graph else []
+        for node in g.nodes:
+            found.extend(a for a in node.attrs.values() if isinstance(a, gs.Constant))
+        for c in found:
+            v = c._values
+            if isinstance(v, LazyValues) and not (v.tensor.HasField("name") and v.tensor.name == c.name):
+                own = onnx.TensorProto()
+                own.CopyFrom(v.tensor)
+                c._values = type(v)(own)
+
+
 #: Weights not yet written into an exported model: name -> (constant, its values).
 Pending = dict[str, tuple[gs.Constant, object]]
 
@@ -196,6 +216,7 @@ def export_parts(graph: gs.Graph, meta: ModelMeta) -> tuple[onnx.ModelProto, Pen
     model's tensors in place (it sets ``name`` on the TensorProto behind a lazy constant).
     """
     _dedupe_tensor_names(graph)
+    _own_renamed_payloads(graph)  # names `_dedupe_tensor_names` changed
     kwargs = {}
     if graph.import_domains is not None:
         kwargs["opset_imports"] = list(graph.import_domains)

@@ -122,9 +122,29 @@ def test_preset_on_an_if_model_keeps_outer_names_read_by_bodies() -> None:
                                              b = Add(h, one) }
       >
     }""")
+    before = m.SerializeToString()
     out, report = onnxcomp.optimize(m, preset="lossless", calibration_data={"c": np.array([True]), "x": np.ones((1, 2), np.float32)},
                                     verify="final", allow_unverified=True)
+    # Constant-node tensors have no name: exporting them must not write one into the input.
+    assert m.SerializeToString() == before
     onnx.checker.check_model(out, full_check=True)
     assert "h" in {o for n in out.graph.node for o in n.output}
     for c in (True, False):
         assert_same_outputs(m, out, feeds={"c": np.array(c), "x": np.array([1.0, -2.0], np.float32)})
+
+
+def test_the_input_model_is_not_written_into() -> None:
+    # A Constant node's tensor carries no name; graphsurgeon's exporter (run for shape
+    # inference and for the result) would set one on the input model's own proto.
+    k = onnx.helper.make_node("Constant", [], ["k"], value=onnx.numpy_helper.from_array(np.array([1, 6], np.int64)))
+    g = onnx.helper.make_graph(
+        [k, onnx.helper.make_node("Reshape", ["x", "k"], ["r"]), onnx.helper.make_node("Relu", ["r"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 6])],
+    )
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    assert not m.graph.node[0].attribute[0].t.HasField("name")
+    before = m.SerializeToString()
+    out, _ = onnxcomp.optimize(m, preset="lossless")
+    assert m.SerializeToString() == before
+    assert ops(out) == {"Reshape": 1, "Relu": 1}
