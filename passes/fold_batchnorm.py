@@ -148,6 +148,9 @@ def fold_channel_ops(graph: gs.Graph, fresh) -> int:
     """
     folded = 0
     matmul_groups: dict[int, list[tuple[gs.Node, gs.Node, np.ndarray]]] = {}
+    # A reader inside an If/Loop body may write that body's output, which `bypass` cannot
+    # rename from here: only main-graph readers fold.
+    main = {id(n) for n in graph.nodes}
     for node in list(graph.nodes):
         if node.op not in _PRODUCERS or not is_standard(node) or len(node.outputs) != 1 or not node.inputs:
             continue
@@ -156,7 +159,7 @@ def fold_channel_ops(graph: gs.Graph, fresh) -> int:
             n, layout = output_channels(node), _out_layout(node)
             y = node.outputs[0]
             reader = _single_reader(graph, y)
-            c = _affine_operand(reader, y) if reader is not None else None
+            c = _affine_operand(reader, y) if reader is not None and id(reader) in main else None
             v = _channel_vector(c, n, *layout) if c is not None and n is not None and layout is not None else None
             if v is None or reader is None:
                 break

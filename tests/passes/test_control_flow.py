@@ -148,3 +148,23 @@ def test_the_input_model_is_not_written_into() -> None:
     out, _ = onnxcomp.optimize(m, preset="lossless")
     assert m.SerializeToString() == before
     assert ops(out) == {"Reshape": 1, "Relu": 1}
+
+
+def test_a_scale_inside_a_body_is_not_folded_into_an_outer_conv() -> None:
+    # The Conv's only reader is a Mul in a branch that writes the branch output: folding it
+    # would leave the branch output without a producer.
+    m = parse(HEADER + """
+    g (bool c, float[1, 2, 3, 3] x) => (float[1, 2, 3, 3] y) {
+      w = Constant<value = float[2, 2, 1, 1] {1, 2, 3, 4}>()
+      xx = Mul(x, x)
+      v = Conv(xx, w)
+      y = If(c) <
+        then_branch = t () => (float[1, 2, 3, 3] a) { s = Constant<value = float[2, 1, 1] {2, 3}>()
+                                                     a = Mul(v, s) },
+        else_branch = e () => (float[1, 2, 3, 3] b) { b = Neg(x) }
+      >
+    }""")
+    out, _ = run_pass(m, "fold-batchnorm")
+    assert sorted(_body_ops(out)) == ["Constant", "Mul", "Neg"]
+    for c in (True, False):
+        assert_same_outputs(m, out, feeds={"c": np.array(c), "x": np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3)})
