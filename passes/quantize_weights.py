@@ -88,10 +88,6 @@ class QuantizeWeightsOptions(PassOptions):
             raise UsageError("calibration_batches must be >= 1")
 
 
-def _weight_bytes(graph: gs.Graph) -> int:
-    return sum(t.values.nbytes for t in graph.tensors().values() if isinstance(t, gs.Constant))
-
-
 @register_pass("quantize-weights")
 class QuantizeWeights(Pass[QuantizeWeightsOptions]):
     """Block-wise 4/8-bit weight-only quantization of MatMul/Gemm/embedding weights (RTN, GPTQ, AWQ)."""
@@ -112,7 +108,7 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             bad = sorted({n.op for n in graph.nodes if n.op in OPSET_SENSITIVE})
             if bad and default_opset(graph) < QDQ_OPSET:
                 raise UsageError(f"quantize-weights format=qdq raises the opset to {QDQ_OPSET}, which changes {', '.join(bad)}; convert the model first")
-        bytes_before = _weight_bytes(graph)
+        bytes_before = bytes_after = 0
         layers = [s for s in sites if s.kind != "gather"]
         moments = {}
         if o.algorithm != "rtn" and layers:
@@ -127,6 +123,7 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         for i, site in enumerate(sites):
             ctx.progress(f"quantize-weights: {i + 1}/{len(sites)} {site.node.name}")
             w = site.w_nk()
+            bytes_before += w.nbytes
             s = scales.get(id(site.node))
             if s is not None:
                 w = w * s[None, :]
@@ -139,9 +136,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 bq = rtn(w, o.bits, o.block_size, o.symmetric)
             node_name = name(site.node.name or site.kind)
             if o.format == "matmulnbits":
-                emit_matmulnbits(graph, site, bq, accuracy_level=o.accuracy_level, name=node_name)
+                bytes_after += emit_matmulnbits(graph, site, bq, accuracy_level=o.accuracy_level, name=node_name)
             else:
-                emit_qdq(graph, site, bq, name=node_name)
+                bytes_after += emit_qdq(graph, site, bq, name=node_name)
         self._set_opsets(graph, o.format)
         graph.cleanup()
         if errs:
@@ -152,7 +149,7 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             "weights_quantized": len(sites),
             "embeddings_quantized": sum(s.kind == "gather" for s in sites),
             "weight_bytes_before": bytes_before,
-            "weight_bytes_after": _weight_bytes(graph),
+            "weight_bytes_after": bytes_after,
             **extra,
         }
         return PassResult(modified=True, stats=stats)

@@ -37,12 +37,19 @@ class WeightSite:
     node: gs.Node
     kind: str  #: "matmul", "gemm" or "gather"
     weight_index: int  #: input slot of the weight
-    transposed: bool  #: stored as [N, K] (Gemm transB=1, Gather tables), else [K, N]
+    transposed: bool  #: stored as [N, K] (Gemm transB=1, Gather tables, tied projections), else [K, N]
+    tied: bool = False  #: the MatMul reads ``Transpose(table)`` (a tied output projection)
 
     @property
     def weight(self) -> gs.Constant:
         """The weight constant (read fresh: AWQ folds may have replaced it)."""
-        return self.node.inputs[self.weight_index]
+        t = self.node.inputs[self.weight_index]
+        return t.inputs[0].inputs[0] if self.tied else t
+
+    @property
+    def node_reads_nk(self) -> bool:
+        """Whether the node's weight input is laid out ``[N, K]``."""
+        return self.transposed and not self.tied
 
     @property
     def activation(self) -> gs.Tensor:
@@ -63,8 +70,12 @@ def _site(node: gs.Node, embeddings: bool) -> WeightSite | None:
     if node.domain not in (None, "", "ai.onnx"):
         return None
     ins = node.inputs
-    if node.op == "MatMul" and len(ins) == 2 and _float_matrix(ins[1]) and not isinstance(ins[0], gs.Constant):
-        return WeightSite(node, "matmul", 1, False)
+    if node.op == "MatMul" and len(ins) == 2 and not isinstance(ins[0], gs.Constant):
+        if _float_matrix(ins[1]):
+            return WeightSite(node, "matmul", 1, False)
+        tr = ins[1].inputs[0] if ins[1].inputs else None
+        if tr is not None and tr.op == "Transpose" and list(tr.attrs.get("perm", [1, 0])) == [1, 0] and _float_matrix(tr.inputs[0]):
+            return WeightSite(node, "matmul", 1, True, tied=True)  # x @ table.T (tied output projection)
     if node.op == "Gemm" and len(ins) >= 2 and _float_matrix(ins[1]) and not isinstance(ins[0], gs.Constant):
         a = node.attrs
         if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
@@ -109,9 +120,13 @@ def _rewire(node: gs.Node, replacement: gs.Node) -> None:
     node.outputs.clear()
 
 
-def emit_matmulnbits(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, accuracy_level: int, name: str) -> None:
-    """Replace ``site`` by MatMulNBits (MatMul/Gemm; a Gemm bias becomes an ``Add``) or GatherBlockQuantized."""
+def emit_matmulnbits(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, accuracy_level: int, name: str) -> int:
+    """Replace ``site`` by MatMulNBits (MatMul/Gemm; a Gemm bias becomes an ``Add``) or GatherBlockQuantized.
+
+    Returns the bytes of the new constants.
+    """
     arrays = matmulnbits_arrays(bq)
+    nbytes = sum(v.nbytes for v in arrays.values())
     node = site.node
     consts = {k: gs.Constant(f"{name}.{k}", v) for k, v in arrays.items()}
     n, k = bq.codes.shape[0], bq.k
@@ -122,7 +137,7 @@ def emit_matmulnbits(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, accur
         new = gs.Node("GatherBlockQuantized", name=name, inputs=ins, attrs=attrs, domain=MS_DOMAIN)
         _rewire(node, new)
         graph.nodes.append(new)
-        return
+        return nbytes
     ins = [node.inputs[0], consts["B"], consts["scales"]] + ([consts["zero_points"]] if "zero_points" in consts else [])
     attrs = {"K": k, "N": n, "bits": bq.bits, "block_size": bq.block_size, "accuracy_level": accuracy_level}
     new = gs.Node("MatMulNBits", name=name, inputs=ins, attrs=attrs, domain=MS_DOMAIN)
@@ -134,22 +149,27 @@ def emit_matmulnbits(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, accur
         new.outputs = [mid]
         graph.nodes.append(gs.Node("Add", name=f"{name}.bias", inputs=[mid, bias], outputs=[out]))
     graph.nodes.append(new)
+    return nbytes
 
 
-def emit_qdq(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, name: str) -> None:
-    """Feed ``site``'s node from a block-wise DequantizeLinear (opset 21) of the codes."""
+def emit_qdq(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, name: str) -> int:
+    """Feed ``site``'s node from a block-wise DequantizeLinear (opset 21) of the codes.
+
+    Returns the bytes of the new constants (4-bit codes count half a byte).
+    """
     arrays = dequantize_linear_arrays(bq)  # [K, N] layout, blocks along axis 0
     axis = 0
-    if site.transposed:  # the node reads [N, K]: blocks along axis 1
+    if site.node_reads_nk:  # the node reads [N, K]: blocks along axis 1
         arrays = {key: np.ascontiguousarray(v.T) for key, v in arrays.items()}
         axis = 1
     ins = [packed_constant(f"{name}.x", arrays["x"]), gs.Constant(f"{name}.scale", arrays["scale"])]
     if "zero_point" in arrays:
         ins.append(packed_constant(f"{name}.zero_point", arrays["zero_point"]))
-    shape = list(site.weight.shape)
+    shape = list(arrays["x"].shape)
     out = gs.Variable(f"{name}.dq", dtype=np.float32, shape=shape)
     graph.nodes.append(gs.Node("DequantizeLinear", name=name, inputs=ins, outputs=[out], attrs={"axis": axis, "block_size": bq.block_size}))
     site.node.inputs[site.weight_index] = out
+    return sum(v.size * bq.bits // 8 if v.dtype.itemsize == 1 else v.nbytes for v in arrays.values())
 
 
 def _scaled_constant(c: gs.Constant, factor: np.ndarray, name: str) -> gs.Constant | None:
