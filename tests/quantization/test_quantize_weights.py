@@ -169,3 +169,14 @@ def test_options_are_typed_and_validated():
     with pytest.raises(UsageError):
         instantiate("quantize-weights:algorithm=hqq")
     assert numpy_helper  # (used by the helpers above through make_model)
+
+
+def test_int4_preset_cleans_up_then_quantizes(decoder, tmp_path):
+    src, _, held = decoder
+    out = tmp_path / "p.onnx"
+    r = CliRunner().invoke(main, ["optimize", str(src), "-o", str(out), "--preset", "int4", "--report", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    names = [p["name"] for p in json.loads((tmp_path / "r.json").read_text())["passes"]]
+    assert names[-1] == "quantize-weights" and "fold-constants" in names
+    assert ops(onnx.load(str(out)))["MatMulNBits"] == 15
+    assert cosine(_logits(out, held), _logits(src, held)) > 0.8
