@@ -27,6 +27,7 @@ import onnx
 
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.metrics import summarize
+from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.verify import (
     Outputs,
     Tolerance,
@@ -226,6 +227,9 @@ class Checker:
             raise VerificationError(f"final model: {err} ({context})")
         per = fidelity(verifier.reference_outputs, outs)
         out = {"verified": True, **summarize(per), "outputs": {k: v.to_dict() for k, v in per.items()}}
+        ppl = paired_perplexity(self.input, verifier.feeds, verifier.reference_outputs, outs)
+        if ppl is not None:  # a causal LM: next-token perplexity on the verification feeds
+            out["perplexity"] = ppl
         if lossless:
             bad = drift(verifier.reference_outputs, outs, self._tolerance)
             out["within_tolerance"] = bad is None

@@ -96,6 +96,7 @@ class Report:
             console.print(
                 f"verification vs input: cosine {v.get('cosine', float('nan')):.6f}, max |diff| {v.get('max_abs_diff', float('nan')):.3g}"
                 + (f", top-1 agreement {v['top1_agreement']:.4f}" if "top1_agreement" in v else "")
+                + (f", perplexity {v['perplexity']['reference']:.3f} → {v['perplexity']['candidate']:.3f}" if "perplexity" in v else "")
             )
 
 
