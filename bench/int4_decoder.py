@@ -114,9 +114,11 @@ def main() -> None:
     lat = prefill_ms([p for _, p, _ in rows], seq=128)
     size0 = fp32.stat().st_size
     lines = [
-        f"Decoder {'small' if args.small else 'full'} ({models.param_count(models.build('decoder', small=args.small)):,} params); "
-        f"held-out: {n} x {length} tokens sampled from the FP32 model (seed 1), calibration: another {n} x {length} (seed 2). "
-        "Prefill 1 x 128, 2 threads, median of 15 interleaved rounds (noisy, shared 2-core machine).",
+        (
+            f"Decoder {'small' if args.small else 'full'} ({models.param_count(models.build('decoder', small=args.small)):,} params); "
+            f"held-out: {n} x {length} tokens sampled from the FP32 model (seed 1), calibration: another {n} x {length} (seed 2). "
+            "Prefill 1 x 128, 2 threads, median of 15 interleaved rounds (noisy, shared 2-core machine)."
+        ),
         "",
         "| method | size vs FP32 | tool s | perplexity | increase | logits cosine | prefill ms |",
         "|---|---|---|---|---|---|---|",

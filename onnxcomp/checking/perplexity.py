@@ -1,7 +1,7 @@
 """Perplexity of causal language models: the fidelity measure that matters for decoder LMs.
 
-A model is treated as a causal LM when it takes integer ``input_ids [B, S]`` and returns
-``logits [B, S, vocab]`` (by name, else the first 3-D float output). Its perplexity on a
+A model is treated as a causal LM when it takes integer ``input_ids [B, S]`` and returns a
+3-D float output named ``logits [B, S, vocab]``. Its perplexity on a
 batch of token ids is ``exp(mean NLL)`` of predicting token ``t + 1`` from the logits at
 ``t`` (labels = input_ids shifted by one), skipping positions an ``attention_mask`` marks
 as padding. KV-cache inputs (``past_*``) are fed empty (length 0), ``attention_mask`` as
@@ -41,8 +41,9 @@ def causal_lm_interface(model: onnx.ModelProto) -> LMInterface | None:
     ids = next((i for i in inputs if i.name == IDS), None)
     if ids is None or ids.type.tensor_type.elem_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) or len(_dims(ids.type)) != 2:
         return None
+    # An encoder's hidden states are 3-D floats too: only an output called "logits" counts.
     outs = [o for o in g.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and len(_dims(o.type)) == 3]
-    logits = next((o for o in outs if o.name == "logits"), outs[0] if outs else None)
+    logits = next((o for o in outs if o.name == "logits"), None)
     if logits is None:
         return None
     extra = tuple((i.name, i.type.tensor_type.elem_type, _dims(i.type)) for i in inputs if i.name != IDS)

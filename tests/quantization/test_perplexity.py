@@ -84,3 +84,10 @@ def test_compare_metric_perplexity_and_optimize_report(kv_decoder, tmp_path):
     np.savez(tmp_path / "x.npz", **{x.name: np.ones(shape, np.float32)})
     r = CliRunner().invoke(main, ["compare", str(other), str(other), "--data", str(tmp_path / "x.npz"), "--metric", "perplexity", "--no-speed"])
     assert r.exit_code == 2 and "needs a causal LM" in r.output
+
+
+def test_an_encoder_is_not_a_causal_lm(tmp_path):
+    import models
+
+    bert = models.export("bert", tmp_path / "bert.onnx", small=True, seq_len=8)
+    assert causal_lm_interface(onnx.load(str(bert))) is None  # last_hidden_state is 3-D but not logits
