@@ -11,8 +11,15 @@ verification and fidelity metrics.
 
 from onnxcomp.checking.calibration import LABEL_KEY, CalibrationData, InputSpec, generate_inputs, input_specs, required_input_specs
 from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity, summarize
+from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.runtime import make_session, resolve_providers, run
-from onnxcomp.checking.verify import Tolerance, drift, evaluate, fidelity, verification_feeds
+from onnxcomp.checking.verify import (
+    Tolerance,
+    drift,
+    evaluate,
+    fidelity,
+    verification_feeds,
+)
 
 __all__ = [
     "LABEL_KEY",
@@ -27,6 +34,7 @@ __all__ = [
     "generate_inputs",
     "input_specs",
     "make_session",
+    "paired_perplexity",
     "required_input_specs",
     "resolve_providers",
     "run",

@@ -80,4 +80,4 @@ def gptq(
 def layer_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
     """Mean squared output error ``tr(ΔW H ΔWᵀ) / N`` of using ``wq`` for ``w`` (both ``[N, K]``)."""
     d = np.asarray(w, np.float64) - np.asarray(wq, np.float64)
-    return float(np.einsum("nk,kl,nl->", d, h, d) / d.shape[0])
+    return float(np.sum((d @ h) * d) / d.shape[0])  # a BLAS product, not einsum's loops

@@ -180,3 +180,21 @@ def test_int4_preset_cleans_up_then_quantizes(decoder, tmp_path):
     assert names[-1] == "quantize-weights" and "fold-constants" in names
     assert ops(onnx.load(str(out)))["MatMulNBits"] == 15
     assert cosine(_logits(out, held), _logits(src, held)) > 0.8
+
+
+def test_mixed_precision_raises_sensitive_layers_until_target(decoder, tmp_path):
+    src, calib, held = decoder
+    plain, mixed = tmp_path / "plain.onnx", tmp_path / "mixed.onnx"
+    assert _optimize(src, plain, "quantize-weights", calib)[0] == 0
+    code, text, rep = _optimize(src, mixed, "quantize-weights:target_cosine=0.97", calib)
+    assert code == 0, text
+    st = rep["passes"][0]["stats"]
+    assert st["target_met"] and st["estimated_cosine"] >= 0.97 and st["layers_8bit"] >= 1
+    assert st["candidates"] <= 2 + 2 * 5  # doubling rounds, never one session per layer
+    c = ops(onnx.load(str(mixed)))
+    assert c["MatMulNBits"] + c["GatherBlockQuantized"] == 16  # 8-bit layers are still MatMulNBits
+    ref = _logits(src, held)
+    assert cosine(_logits(mixed, held), ref) > cosine(_logits(plain, held), ref)
+    assert "perplexity" in rep["verification"] and "estimated_perplexity_increase" in st
+    code, text, _ = _optimize(src, tmp_path / "x.onnx", "quantize-weights:target_cosine=0.99")
+    assert code == 2 and "need --calibration-data" in text
