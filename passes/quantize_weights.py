@@ -67,6 +67,9 @@ class QuantizeWeightsOptions(PassOptions):
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "glob patterns over node and weight names to keep float"})
     min_weight_size: int = field(default=1024, metadata={"help": "weights with fewer elements stay float"})
     embeddings: bool = field(default=True, metadata={"help": "also quantize Gather from constant tables (embeddings)"})
+    embedding_bits: int = field(
+        default=8, metadata={"help": "bits of embedding tables (4 or 8): the table feeds the residual stream directly"}
+    )
     damp: float = field(default=0.01, metadata={"help": "gptq: damping, fraction of mean diag(XᵀX)"})
     act_order: bool = field(default=True, metadata={"help": "gptq: quantize input channels by decreasing activation energy"})
     awq_grid: int = field(default=20, metadata={"help": "awq: grid points for the scale exponent in [0, 1)"})
@@ -82,6 +85,8 @@ class QuantizeWeightsOptions(PassOptions):
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
             raise UsageError(f"bits must be 4 or 8, got {self.bits}")
+        if self.embedding_bits not in (4, 8):
+            raise UsageError(f"embedding_bits must be 4 or 8, got {self.embedding_bits}")
         if not 16 <= self.block_size <= 256 or self.block_size & (self.block_size - 1):
             raise UsageError(f"block_size must be a power of two in 16..256, got {self.block_size}")
         if not 0 <= self.accuracy_level <= 4:
@@ -152,14 +157,18 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 bq = gptq(w, h, bits=o.bits, block_size=o.block_size, symmetric=o.symmetric, damp=o.damp, act_order=o.act_order)
                 errs.append((layer_error(w, bq.dequantize(), h), layer_error(w, rtn(w, o.bits, o.block_size, o.symmetric).dequantize(), h)))
             else:
-                bq = rtn(w, o.bits, o.block_size, o.symmetric)
+                bits = max(o.bits, o.embedding_bits) if site.kind == "gather" else o.bits
+                bq = rtn(w, bits, o.block_size, o.symmetric)
             quants.append(bq)
-            # Relative output error of this layer alone: the order in which layers get more bits.
-            hh = h if h is not None else np.eye(w.shape[1])
-            sensitivity.append(layer_error(w, bq.dequantize(), hh) / max(layer_error(w, np.zeros_like(w), hh), 1e-30))
+            if mixed:  # relative output error of this layer alone: the order in which layers get more bits
+                d = w - bq.dequantize()
+                if h is None:  # an embedding table: relative weight error
+                    sensitivity.append(float(np.sum(d * d) / max(float(np.sum(w * w)), 1e-30)))
+                else:
+                    sensitivity.append(layer_error(w, w - d, h) / max(layer_error(w, np.zeros_like(w), h), 1e-30))
         if errs:
             extra["gptq_error_vs_rtn"] = round(float(sum(e for e, _ in errs) / max(sum(r for _, r in errs), 1e-30)), 4)
-        precision = [o.bits] * len(sites)
+        precision = self._initial_precision(sites)
         if mixed:
             assert float_model is not None
             precision, mp_stats = self._mixed_precision(graph, ctx, float_model, quants, weights, sensitivity)
@@ -175,6 +184,10 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             **extra,
         }
         return PassResult(modified=True, stats=stats)
+
+    def _initial_precision(self, sites: list) -> list[int]:
+        o = self.options
+        return [max(o.bits, o.embedding_bits) if s.kind == "gather" else o.bits for s in sites]
 
     def _sites(self, graph: gs.Graph) -> list:
         o = self.options
@@ -248,7 +261,7 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
 
         order = [int(i) for i in np.argsort(-np.asarray(sensitivity), kind="stable")]
         n = len(order)
-        precision = [o.bits] * n
+        precision = self._initial_precision(self._sites(graph))
         result = score(precision)
         rounds = 1
         for to_bits in [8, 0] if o.bits == 4 else [0]:  # first 8 bits, then float
