@@ -140,6 +140,13 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             widths = {s.activation.name: s.w_nk().shape[1] for s in layers}
             moments = collect_moments(ctx.to_model(graph), self._batches(ctx), widths, progress=ctx.progress)
         extra: dict[str, object] = {}
+        if moments:
+            rows = min(m.rows for m in moments.values())
+            widest = max(m.xtx.shape[0] for m in moments.values())
+            extra["calibration_tokens"] = rows
+            if o.algorithm == "gptq" and rows < widest:
+                # XᵀX then has rank < K: GPTQ fits the calibration subspace and can lose to RTN.
+                ctx.logger.warning("quantize-weights: gptq saw %d calibration tokens, fewer than the widest layer input (%d)", rows, widest)
         scales: dict[int, np.ndarray] = {}
         float_model = ctx.to_model(graph) if mixed else None
         inputs = [s.activation.name for s in sites]  # the statistics' keys, before AWQ rewires
