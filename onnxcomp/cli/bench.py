@@ -103,11 +103,13 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
 @click.option("--no-speed", is_flag=True, help="Fidelity only; skip timing.")
 @click.option("--channels", "channel_specs", multiple=True, metavar="OUTPUT:AXIS[=N1,N2,..]",
               help="How fidelity splits an output into channels (as for optimize; repeatable).")
+@click.option("--metric", type=click.Choice(["fidelity", "perplexity"]), default="fidelity", show_default=True,
+              help="perplexity: also next-token perplexity of both causal LMs on --data's input_ids.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
 @handle_errors
 def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None,
             seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
-            channel_specs: tuple[str, ...], json_out: Path | None) -> None:
+            channel_specs: tuple[str, ...], metric: str, json_out: Path | None) -> None:
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
     from onnxcomp.perf.comparison import compare as run_compare
 
@@ -125,10 +127,25 @@ def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes
         result = run_compare(reference, candidate, data, ep=ep, threads=threads, batch=batch, shapes=shapes,
                              max_samples=max_samples, speed=not no_speed, rounds=rounds, duration_s=duration,
                              progress=progress, seed=seed, channels=channels)
+    ppl = _perplexity(reference, candidate, data, ep, threads, batch, max_samples) if metric == "perplexity" else None
     if json_out is not None:
-        _write_json(json_out, result.to_dict())
+        _write_json(json_out, {**result.to_dict(), **({"perplexity": ppl} if ppl else {})})
     if not State.quiet and str(json_out) != "-":
         result.render()
+        if ppl:
+            click.echo(f"perplexity {ppl['reference']:.4f} → {ppl['candidate']:.4f} ({ppl['increase']:+.2%}) on {ppl['tokens']} tokens of {ppl['data']}")
+
+
+def _perplexity(reference: Path, candidate: Path, data: str | None, ep: str, threads: int | None, batch: int | None,
+                max_samples: int) -> dict:
+    """``--metric perplexity`` (causal LMs; labels are the input_ids shifted by one)."""
+    from onnxcomp.checking.perplexity import compare_perplexity
+    from onnxcomp.checking.runtime import parse_ep, providers_for
+
+    if data is None or data == "random":
+        raise UsageError("--metric perplexity needs --data with input_ids (held-out text, tokenized)")
+    return compare_perplexity(str(reference), str(candidate), data, providers=providers_for(parse_ep(ep)[0]), threads=threads,
+                              batch=batch, max_samples=max_samples)
 
 
 @click.command()
