@@ -16,8 +16,10 @@ Every tool runs under a time limit; a tool that raises or times out is a row wit
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,8 +163,21 @@ TOOLS: tuple[RealTool, ...] = (
 )
 
 
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run in ``path``: onnxruntime's quantization tools drop temporary files in the current directory."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
 def run_tool(tool: RealTool, job: Job, timeout_s: float) -> tuple[Produced | None, float, str | None]:
-    """Run ``tool`` under ``timeout_s``; never raises for the tool's own failure.
+    """Run ``tool`` under ``timeout_s`` in the output's folder; never raises for the tool's own failure.
+
+    Paths in ``job`` must be absolute (the tool runs in another directory).
 
     Returns:
         ``(result or None, wall seconds, error line or None)``.
@@ -171,7 +186,7 @@ def run_tool(tool: RealTool, job: Job, timeout_s: float) -> tuple[Produced | Non
     job.out.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
-        with time_limit(timeout_s):
+        with time_limit(timeout_s), _working_dir(job.out.parent):
             produced = tool.run(job)
         if not job.out.exists():
             raise RuntimeError(f"reported success but wrote no model at {job.out}")

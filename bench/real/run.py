@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"unknown {what}(s) {bad}; known: {', '.join(known)}")
     if args.duration is None:
         args.duration = 2.0 if args.quick else 8.0
-    args.work_dir = args.work_dir or args.cache / "work"
+    args.cache = args.cache.resolve()
+    args.work_dir = (args.work_dir or args.cache / "work").resolve()
+    args.out_dir = args.out_dir.resolve()
     return args
 
 
@@ -240,7 +242,7 @@ def _environment() -> dict[str, Any]:
     return env
 
 
-def _write(doc: dict[str, Any], args: argparse.Namespace) -> None:
+def _write(doc: dict[str, Any], args: argparse.Namespace) -> Path:
     from onnxcomp.pipeline.report import json_default, json_safe
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +252,7 @@ def _write(doc: dict[str, Any], args: argparse.Namespace) -> None:
     tmp.replace(js)
     md = args.out_dir.parent / "REAL.md" if args.out_dir == HERE else args.out_dir / "REAL.md"
     md.write_text(render(doc))
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         doc["finished_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         doc["wall_s"] = round(time.time() - t0, 1)
         doc["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        _write(doc, args)
+        md = _write(doc, args)
         gc.collect()
     failed = sum(r["status"] != "ok" for m in doc["models"].values() for r in m.get("rows", []))
-    log(f"done in {(time.time() - t0) / 60:.1f} min; {failed} failed row(s); bench/REAL.md written")
+    log(f"done in {(time.time() - t0) / 60:.1f} min; {failed} failed row(s); {md} and results.json written")
     return 0
 
 
