@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-_BENCH_REAL = Path(__file__).resolve().parents[2] / "bench" / "real"
-if str(_BENCH_REAL) not in sys.path:
-    sys.path.insert(0, str(_BENCH_REAL))
+_BENCH = Path(__file__).resolve().parents[2] / "bench"
+for _p in (str(_BENCH), str(_BENCH / "real")):  # the benchmark's helper modules (real_*, suite_*)
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from real_fetch import DEFAULT_CACHE, RAPIDOCR, SILERO, model_file, wheel_path
 
