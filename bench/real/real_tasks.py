@@ -159,7 +159,7 @@ class YoloTask(Task):
 
 
 class OcrDetTask(Task):
-    data_note = ("held-out: rendered document pages (different text, fonts sizes, paper) 480×640; calibration: pages "
+    data_note = ("held-out: rendered document pages (another text, mixed font sizes, uneven paper) 480×640; calibration: pages "
                  "from another text; batch 1")
 
     def __init__(self, *a: Any, **k: Any) -> None:
