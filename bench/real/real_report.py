@@ -87,6 +87,9 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"Source: `{s['requirement']}` → `{s['member']}` (sha256 `{s.get('sha256', '?')[:16]}…`).")
         if m.get("data"):
             lines.append(f"Data: {m['data']}.")
+        run = m.get("run") or {}
+        if run and run.get("command") != doc["command"]:  # kept from an earlier run by --merge
+            lines.append(f"Measured by `{run['command']}` ({run.get('finished_utc')}, load {run.get('load')}).")
         if m.get("error"):
             lines += ["", f"**The corpus entry could not be prepared**: {_cell(m['error'])}", ""]
             continue

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tool-timeout", type=float, default=900.0, help="seconds before a tool counts as failed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--render-only", action="store_true", help="re-render REAL.md from results.json")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other models of the existing results.json (each model records its own run)")
     args = p.parse_args(argv)
     for given, known, what in ((args.models, MODELS, "model"), (args.tools, [t.key for t in TOOLS], "tool")):
         bad = [x for x in given if x not in known]
@@ -228,6 +230,10 @@ def bench_model(name: str, args: argparse.Namespace, log: Any) -> dict[str, Any]
 # --------------------------------------------------------------------------- main
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _environment() -> dict[str, Any]:
     from importlib import metadata
 
@@ -265,13 +271,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cmd = "python bench/real/run.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
     doc: dict[str, Any] = {
-        "command": cmd, "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": cmd, "started_utc": _now(),
         "environment": _environment(), "load_start": [round(x, 2) for x in os.getloadavg()],
         "config": {"quick": args.quick, "threads": args.threads, "duration_s": args.duration, "seed": args.seed,
                    "tool_timeout_s": args.tool_timeout},
         "tools": [{"key": t.key, "label": t.label, "category": t.category} for t in TOOLS if t.key in args.tools],
         "models": {},
     }
+    previous = args.out_dir / "results.json"
+    if args.merge and previous.exists():
+        doc["models"] = json.loads(previous.read_text())["models"]
     for name in args.models:
         log(f"{name}: {MODELS[name].description}")
         try:
@@ -279,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # fetching or preparing the entry failed: a row saying why, go on
             doc["models"][name] = {"description": MODELS[name].description, "error": first_line(e)}
             log(f"  {name} could not be prepared: {first_line(e)}")
-        doc["finished_utc"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        doc["models"][name]["run"] = {"command": cmd, "finished_utc": _now(), "load": list(os.getloadavg())[:1],
+                                      "config": doc["config"]}
+        doc["finished_utc"] = _now()
         doc["wall_s"] = round(time.time() - t0, 1)
         doc["load_end"] = [round(x, 2) for x in os.getloadavg()]
         md = _write(doc, args)

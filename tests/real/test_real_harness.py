@@ -111,7 +111,8 @@ def test_report_shows_failures_and_unprepared_models() -> None:
         "config": {"threads": 2, "duration_s": 2.0},
         "tools": [{"key": "onnxsim", "label": "onnxsim", "category": "cleanup"}],
         "models": {
-            "m1": {"description": "d", "data": "held-out: x", "rows": [
+            "m1": {"description": "d", "data": "held-out: x", "run": {"command": "python bench/real/run.py --models m1",
+                                                                      "finished_utc": "then", "load": [1.0]}, "rows": [
                 {"key": "fp32", "label": "FP32", "status": "ok", "nodes": 10, "size_bytes": 2048, "tool_seconds": None,
                  "headline": "F1 1.000", "timing": {"speedup": 1.0}},
                 {"key": "onnxsim", "label": "onnxsim", "status": "failed", "error": "RuntimeError: nope",
@@ -124,4 +125,5 @@ def test_report_shows_failures_and_unprepared_models() -> None:
     assert "m1 · onnxsim: RuntimeError: nope" in md
     assert "could not be prepared**: RuntimeError: pip download failed" in md
     assert "latency ratios are noisy" in md  # load 5 on 2 CPUs
+    assert "Measured by `python bench/real/run.py --models m1` (then" in md  # kept by --merge from another run
     assert md.count("Generated") >= 1 and "python bench/real/run.py --quick" in md
