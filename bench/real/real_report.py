@@ -26,12 +26,23 @@ def _speed(row: dict[str, Any]) -> str:
     return f"×{t['speedup']:.2f}"
 
 
-def _summary_cell(row: dict[str, Any] | None) -> str:
+#: The headline metric of each task in the summary (first present), with its label.
+_PRIMARY = (("f1", "F1"), ("box_f1", "box F1"), ("cos_min", "cos min"), ("agree", "= FP32"), ("max_abs", "max |Δp|"))
+
+
+def _primary(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
+    metrics = next((r.get("metrics") for r in rows if r.get("metrics")), None) or {}
+    return next(((k, label) for k, label in _PRIMARY if k in metrics), None)
+
+
+def _summary_cell(row: dict[str, Any] | None, primary: tuple[str, str] | None) -> str:
     if row is None:
         return "–"
     if row["status"] != "ok":
         return "**failed**" if row["status"] == "failed" else "**bad output**"
-    return f"{row.get('nodes', '–')} n · {_speed(row)}"
+    metric = row.get("metrics", {}).get(primary[0]) if primary else None
+    shown = "" if metric is None else f" · {metric:.2g}" if primary[0] == "max_abs" else f" · {metric:.3f}"
+    return f"{row.get('nodes', '–')} n · {_speed(row)}{shown}"
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -68,17 +79,20 @@ def render(doc: dict[str, Any]) -> str:
     ]
     keys = [t["key"] for t in doc["tools"]]
     labels = {t["key"]: t["label"] for t in doc["tools"]}
-    lines += ["## Summary (nodes · speed; failures in bold)", "",
-              "| model | FP32 nodes | " + " | ".join(labels[k] for k in keys) + " |",
-              "|---|---:|" + "---|" * len(keys)]
+    lines += ["## Summary", "",
+              ("Each cell: nodes · speed vs FP32 · the model's headline task metric vs FP32 on held-out data "
+               "(named in the *metric* column; the full metrics are in each model's section). Failures in bold."), "",
+              "| model | metric | FP32 nodes | " + " | ".join(labels[k] for k in keys) + " |",
+              "|---|---|---:|" + "---|" * len(keys)]
     for name, m in doc["models"].items():
         if m.get("error"):
-            lines.append(f"| {name} | **{_cell(m['error'][:80])}** |" + " |" * len(keys))
+            lines.append(f"| {name} | | **{_cell(m['error'][:80])}** |" + " |" * len(keys))
             continue
         rows = {r["key"]: r for r in m["rows"]}
         fp32 = rows.get("fp32", {})
-        lines.append(f"| {name} | {fp32.get('nodes', '–')} | " + " | ".join(_summary_cell(rows.get(k)) for k in keys)
-                     + " |")
+        primary = _primary(m["rows"])
+        lines.append(f"| {name} | {_cell(primary[1]) if primary else '–'} | {fp32.get('nodes', '–')} | "
+                     + " | ".join(_summary_cell(rows.get(k), primary) for k in keys) + " |")
     lines.append("")
     for name, m in doc["models"].items():
         lines += [f"## {name} — {m.get('description', '')}", ""]

@@ -121,7 +121,7 @@ def test_report_shows_failures_and_unprepared_models() -> None:
         },
     }
     md = real_report.render(doc)
-    assert "| m1 | 10 | **failed** |" in md
+    assert "| m1 | – | 10 | **failed** |" in md
     assert "m1 · onnxsim: RuntimeError: nope" in md
     assert "could not be prepared**: RuntimeError: pip download failed" in md
     assert "latency ratios are noisy" in md  # load 5 on 2 CPUs
