@@ -103,7 +103,8 @@ def render(doc: dict[str, Any]) -> str:
             lines.append(f"Data: {m['data']}.")
         run = m.get("run") or {}
         if run and run.get("command") != doc["command"]:  # kept from an earlier run by --merge
-            lines.append(f"Measured by `{run['command']}` ({run.get('finished_utc')}, load {run.get('load')}).")
+            note = f" {run['note']}" if run.get("note") else ""
+            lines.append(f"Measured by `{run['command']}` ({run.get('finished_utc')}, load {run.get('load')}).{note}")
         if m.get("error"):
             lines += ["", f"**The corpus entry could not be prepared**: {_cell(m['error'])}", ""]
             continue
