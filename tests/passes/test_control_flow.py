@@ -123,7 +123,7 @@ def test_preset_on_an_if_model_keeps_outer_names_read_by_bodies() -> None:
       >
     }""")
     before = m.SerializeToString()
-    out, _ = onnxcomp.optimize(m, preset="lossless", calibration_data={"c": np.array([True]), "x": np.ones((1, 2), np.float32)},
+    out, _ = onnxcomp.optimize(m, preset="lossless", calibration_data={"c": np.array(True), "x": np.ones(2, np.float32)},
                                     verify="final", allow_unverified=True)
     # Constant-node tensors have no name: exporting them must not write one into the input.
     assert m.SerializeToString() == before
