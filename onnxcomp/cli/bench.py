@@ -1,7 +1,9 @@
 """``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (registered on the group by `onnxcomp.cli.main`).
 
 Exit codes: 0 success / gate pass, 1 gate regression, 2 bad input or usage (one line on
-stderr, no traceback).
+stderr, no traceback). ``bench`` with several models: a model that cannot be loaded or run
+is a row saying why, the others are still timed, the table and ``--json`` are still written,
+and the exit code is 1; 2 when no model could be timed.
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None, seed: int,
           threads: int | None, warmup: int, rounds: int | None, duration: float, placement: bool | None,
           json_out: Path | None) -> None:
-    """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
+    """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first.
+
+    A model that cannot be loaded or run is a row saying why; the others are still timed
+    and the exit code is 1 (2 when none could be timed).
+    """
     from onnxcomp.perf.benchmark import bench as run_bench
 
     _check_models(models, (("--json", json_out),))
@@ -85,11 +91,16 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
         raise UsageError("--warmup must be >= 0 and --duration > 0")
     with progress_bar("bench") as progress:
         result = run_bench(list(models), ep=ep, threads=threads, batch=batch, shapes=shapes, data=data, warmup=warmup,
-                           rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed)
+                           rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed,
+                           keep_going=True)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
     if not State.quiet and str(json_out) != "-":
         result.render()
+    if result.failed:
+        names = ", ".join(Path(m.path).name for m in result.failed)
+        click.echo(f"onnxcomp: {len(result.failed)} of {len(result.models)} model(s) not timed: {names}", err=True)
+        sys.exit(1)
 
 
 @click.command()
