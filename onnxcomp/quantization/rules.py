@@ -11,9 +11,15 @@ which tensors must share one scale. It returns True when ``node`` became an inte
 Placement follows onnxruntime's CPU QDQ fusions:
 
 * Conv/Gemm/MatMul/Add/Mul: ``DQ(x), DQ(w)[, DQ(b:int32)] -> op -> Q``. A Relu or Clip
-  right after the op gets the Q *after* it (no Q/DQ between them): onnxruntime removes a
-  Relu/Clip whose following Q already clamps to its range, leaving ``op -> Q`` to fuse.
-* Concat: every input and the output share one scale (QLinearConcat, and no requantize).
+  (constant bounds) right after the op gets the Q *after* it and is recorded in
+  ``QuantPlan.folded``: when the Q's integer range lies inside the activation's bounds,
+  `insert.materialize` drops the activation (the Q clamps exactly as it did), leaving
+  ``op -> Q`` for onnxruntime to fuse into an integer kernel.
+* Concat: every input and the output share one scale (QLinearConcat, and no requantize),
+  unless the calibrated input ranges are more than ``concat_range_ratio`` apart: one
+  8-bit scale over ranges 100x apart rounds the small input to a handful of levels (a
+  detector's 0-1 class scores concatenated with 0-320 box coordinates), so such a Concat
+  stays float and its inputs keep their own scales.
 * MaxPool/Resize/Transpose/Reshape/Squeeze/Unsqueeze/Flatten: pass-through when the input is
   quantized; the output shares the input's scale so onnxruntime drops the DQ/Q pair and runs
   the op on 8-bit data.
@@ -29,7 +35,8 @@ Placement follows onnxruntime's CPU QDQ fusions:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +76,15 @@ class UnionFind:
         return out
 
 
+@dataclass(frozen=True)
+class FoldedActivation:
+    """A Relu/Clip between a quantized op and its Q: removable when the Q clamps as tightly."""
+
+    node: gs.Node
+    low: float
+    high: float
+
+
 @dataclass
 class QuantPlan:
     """What the rules decided; consumed by `insert.materialize`.
@@ -83,6 +99,8 @@ class QuantPlan:
         dynamic: MatMul nodes for the dynamic-activation scheme.
         gathers: Gather nodes reading a constant table that becomes int8.
         layers: Names of the nodes that became integer layers.
+        folded: Output tensor name -> the Relu/Clip producing it, whose Q may absorb it.
+        float_concats: Concats left float because their input ranges are too far apart.
     """
 
     activations: dict[str, set[int]] = field(default_factory=dict)
@@ -94,6 +112,8 @@ class QuantPlan:
     layers: list[str] = field(default_factory=list)
     per_channel: bool = True
     gathers: list[gs.Node] = field(default_factory=list)
+    folded: dict[str, FoldedActivation] = field(default_factory=dict)
+    float_concats: list[str] = field(default_factory=list)
 
     def mark_input(self, t: gs.Tensor, consumer: gs.Node) -> None:
         self.activations.setdefault(t.name, set()).add(id(consumer))
@@ -121,16 +141,21 @@ class RuleOptions:
     per_channel: bool = True
     quantize_activation_matmul: bool = False
     min_weight_size: int = 0
+    concat_range_ratio: float = 10.0
 
 
 class GraphView:
     """Read-only facts about the graph that rules need, built once (linear)."""
 
-    def __init__(self, graph: gs.Graph, options: RuleOptions) -> None:
+    def __init__(
+        self, graph: gs.Graph, options: RuleOptions, ranges: Mapping[str, tuple[float, float]] | None = None
+    ) -> None:
         self.graph = graph
         self.options = options
         self.consumers = consumer_map(graph)
         self.outputs = {t.name for t in graph.outputs}
+        #: Calibrated (low, high) per tensor; None while planning which tensors to measure.
+        self.ranges = ranges
 
     @staticmethod
     def is_float_weight(t: gs.Tensor) -> bool:
@@ -144,15 +169,43 @@ class GraphView:
             return False
         return t.dtype is None or np.dtype(t.dtype).kind == "f"
 
-    def fused_output(self, node: gs.Node) -> gs.Tensor:
-        """The tensor a Q should follow: past a lone Relu/Clip consumer, else the output."""
+    def fused_output(self, node: gs.Node, plan: QuantPlan) -> gs.Tensor:
+        """The tensor a Q should follow: past a lone Relu/Clip consumer (recorded in
+        ``plan.folded``), else the output."""
         out = node.outputs[0]
         users = [n for n, _ in self.consumers.get(out.name, ())]
         if len(users) == 1 and out.name not in self.outputs and users[0].op in FUSABLE_ACTIVATIONS:
             act = users[0]
-            if act.op == "Relu" or all(isinstance(t, gs.Constant) for t in act.inputs[1:] if t.name):
+            bounds = activation_bounds(act)
+            if bounds is not None:
+                plan.folded[act.outputs[0].name] = FoldedActivation(act, *bounds)
                 return act.outputs[0]
         return out
+
+
+def activation_bounds(act: gs.Node) -> tuple[float, float] | None:
+    """The (low, high) a Relu or a Clip with constant bounds clamps to; None otherwise.
+
+    Clip bounds are attributes before opset 11 and optional constant inputs after; a
+    bound that is a computed tensor (a raw export's ``Constant`` node not yet folded into
+    an initializer) is not constant here, which is why `quantize-int8` cleans up first.
+    """
+    if act.op == "Relu":
+        return 0.0, math.inf
+    low, high = float(act.attrs.get("min", -math.inf)), float(act.attrs.get("max", math.inf))
+    for i, t in enumerate(act.inputs[1:3], start=1):
+        if not t.name:
+            continue
+        if not isinstance(t, gs.Constant):
+            return None
+        v = np.asarray(t.values)
+        if v.size != 1:
+            return None
+        if i == 1:
+            low = float(v.reshape(()))
+        else:
+            high = float(v.reshape(()))
+    return low, high
 
 
 Rule = Callable[[gs.Node, GraphView, QuantPlan], bool]
@@ -173,7 +226,7 @@ def _conv_like(node: gs.Node, view: GraphView, plan: QuantPlan, axis: int | None
         if not view.is_float_weight(b):
             return False
         plan.biases[(id(node), 2)] = (b.name, node.inputs[0].name, node.inputs[1].name)
-    plan.mark_output(view.fused_output(node))
+    plan.mark_output(view.fused_output(node, plan))
     return True
 
 
@@ -222,7 +275,7 @@ def matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
         plan.mark_input(b, node)
     else:
         return False
-    plan.mark_output(view.fused_output(node))
+    plan.mark_output(view.fused_output(node, plan))
     return True
 
 
@@ -234,7 +287,7 @@ def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
         return False
     plan.mark_input(a, node)
     plan.mark_input(b, node)
-    plan.mark_output(view.fused_output(node))
+    plan.mark_output(view.fused_output(node, plan))
     return True
 
 
@@ -242,10 +295,14 @@ def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
 def concat_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     """Concat: all inputs and the output share one scale (no requantization).
 
-    Declines when no input comes from a quantized op: an 8-bit Concat between float
-    layers only adds rounding error.
+    Declines when no input comes from a quantized op (an 8-bit Concat between float
+    layers only adds rounding error), and, once ranges are known, when the inputs' ranges
+    are too far apart to share a scale (`disparate_ranges`).
     """
     if not all(view.is_float_var(t) for t in node.inputs) or not any(plan.is_marked(t) for t in node.inputs):
+        return False
+    if view.ranges is not None and disparate_ranges(node.inputs, view.ranges, view.options.concat_range_ratio):
+        plan.float_concats.append(node.name)
         return False
     out = node.outputs[0]
     for t in node.inputs:
@@ -253,6 +310,18 @@ def concat_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
         plan.shared.union(out.name, t.name)
     plan.mark_output(out)
     return False
+
+
+def disparate_ranges(
+    inputs: Sequence[gs.Tensor], ranges: Mapping[str, tuple[float, float]], max_ratio: float
+) -> bool:
+    """True when the widest calibrated input range is more than ``max_ratio`` times the
+    narrowest: one shared scale would leave the narrow input ``255 / ratio`` levels or fewer."""
+    widths = [max(hi, 0.0) - min(lo, 0.0) for lo, hi in (ranges[t.name] for t in inputs if t.name in ranges)]
+    if len(widths) < 2:
+        return False
+    narrow = min(widths)
+    return narrow <= 0.0 or max(widths) / narrow > max_ratio
 
 
 def _pass_through(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
@@ -335,9 +404,14 @@ def build_plan(
     *,
     opset: int,
     skip: Callable[[gs.Node], bool] = lambda n: False,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> QuantPlan:
-    """Run the rules over ``graph`` in topological order (the graph must be sorted)."""
-    view = GraphView(graph, options)
+    """Run the rules over ``graph`` in topological order (the graph must be sorted).
+
+    ``ranges`` (calibrated low/high per tensor) lets range-aware rules decline; without
+    it the plan is the widest one, whose marked activations are the ones to measure.
+    """
+    view = GraphView(graph, options, ranges)
     plan = QuantPlan(per_channel=options.per_channel)
     for node in graph.nodes:
         if skip(node):
