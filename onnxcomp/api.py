@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import onnx
 
 from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.checking.metrics import ChannelSplit, parse_channel_spec
 from onnxcomp.checking.verify import Tolerance
 from onnxcomp.errors import UsageError
 from onnxcomp.io.files import check_output_path, load_model, save_model
+from onnxcomp.ir.shapes import dims_of
 from onnxcomp.pipeline.manager import ManagerOptions, PassManager
 from onnxcomp.pipeline.pass_api import Pass
 from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
@@ -27,6 +29,35 @@ def default_output_path(input_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + ".opt.onnx")
 
 
+def channel_splits(model: onnx.ModelProto, channels: Sequence[str] | Mapping[str, ChannelSplit]) -> dict[str, ChannelSplit]:
+    """Parse and check ``--channels`` specs against the model's outputs (before any work).
+
+    Raises:
+        UsageError: An unknown output, an axis outside its rank, or group sizes that do
+            not add up to a fixed channel dimension.
+    """
+    if isinstance(channels, Mapping):
+        splits = dict(channels)
+    else:
+        try:
+            splits = dict(parse_channel_spec(c) for c in channels)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    outputs = {o.name: o for o in model.graph.output}
+    for name, split in splits.items():
+        if name not in outputs:
+            raise UsageError(f"--channels: the model has no output {name!r} (outputs: {', '.join(outputs)})")
+        dims = dims_of(outputs[name])
+        if split.axis is None or dims is None:
+            continue
+        if not -len(dims) <= split.axis < len(dims):
+            raise UsageError(f"--channels: axis {split.axis} is out of range for output {name!r} of rank {len(dims)}")
+        size = dims[split.axis]
+        if split.sizes and isinstance(size, int) and size > 0 and sum(split.sizes) != size:
+            raise UsageError(f"--channels: groups {list(split.sizes)} of output {name!r} add up to {sum(split.sizes)}, but axis {split.axis} has {size}")
+    return splits
+
+
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike[str],
     passes: Sequence["str | Pass | tuple[str, dict[str, Any]]"] = (),
@@ -34,6 +65,7 @@ def optimize(
     preset: str | None = None,
     calibration_data: Any = None,
     train_data: Any = None,
+    eval_data: Any = None,
     output: str | os.PathLike[str] | None = None,
     plugins: Sequence[str] = (),
     strict: bool = False,
@@ -43,6 +75,8 @@ def optimize(
     allow_unverified: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    min_cosine: float | None = None,
+    channels: Sequence[str] | Mapping[str, ChannelSplit] = (),
 ) -> tuple[onnx.ModelProto, Report]:
     """Optimize a model with a pipeline of passes; verify; optionally write the result.
 
@@ -55,6 +89,9 @@ def optimize(
         calibration_data: ``.npz`` path, folder of ``.npz``, ``"random"``, a dict of arrays
             or an onnxruntime ``CalibrationDataReader``.
         train_data: Training data for ``distill`` (same formats; ``label`` array optional).
+        eval_data: Data to verify the result on (same formats; no pass sees it). Without
+            it, a lossy pipeline fits on part of ``calibration_data`` and is verified on
+            the held-out rest; the report's ``verification.data`` names what was used.
         output: Where to write the result (atomically, after verification). None: don't write.
         plugins: Plugin modules or ``.py`` files to import first.
         strict: Fail instead of rolling back a lossless pass that changes outputs.
@@ -64,6 +101,10 @@ def optimize(
         allow_unverified: Accept a result that could not be checked numerically.
         seed: Seed for everything random (deterministic output).
         progress: Callback receiving progress messages.
+        min_cosine: Fail (`VerificationError`, nothing written) when the worst cosine, per
+            output and per channel, is below this.
+        channels: Channel splits for fidelity: ``"NAME:AXIS[=N1,N2,...]"`` / ``"NAME:none"``
+            strings, or a mapping of output name to `ChannelSplit`.
 
     Returns:
         The optimized model and the report.
@@ -78,15 +119,27 @@ def optimize(
     # lazy_external: a >2 GB input keeps its weights on disk (see model_io.load_model).
     model = load_model(input_path, lazy_external=True) if input_path is not None else model_or_path
     pipeline = pipeline_for(preset, passes)
-    calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
-    train = CalibrationData.from_source(train_data, model, seed=seed) if train_data is not None else None
     if verify not in ("each", "final", "none"):
         raise UsageError(f"verify must be each, final or none (got {verify!r})")
+    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
+        raise UsageError(f"min_cosine must be between -1 and 1 (got {min_cosine})")
+    splits = channel_splits(model, channels)
+    calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
+    train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None
+    evaluation = CalibrationData.from_source(eval_data, model, seed=seed, role="eval") if eval_data is not None else None
+    if evaluation is not None and isinstance(eval_data, (str, os.PathLike)):
+        fitted = [d for d in (calibration_data, train_data) if isinstance(d, (str, os.PathLike)) and Path(d).resolve() == Path(eval_data).resolve()]
+        if fitted:
+            raise UsageError(f"--eval-data {eval_data} is also the calibration or training data: passes are fitted on it")
     manager = PassManager(
         pipeline,
-        options=ManagerOptions(strict=strict, verify=verify, tolerance=Tolerance(atol, rtol), allow_unverified=allow_unverified, seed=seed),
+        options=ManagerOptions(
+            strict=strict, verify=verify, tolerance=Tolerance(atol, rtol), allow_unverified=allow_unverified, seed=seed,
+            channels=splits, min_cosine=min_cosine,
+        ),
         calibration=calib,
         train_data=train,
+        eval_data=evaluation,
         progress=progress,
     )
     result, report = manager.run(model)

@@ -6,30 +6,56 @@ verification and fidelity metrics.
 * `onnxcomp.checking.runtime`: the one place that builds onnxruntime sessions;
 * `onnxcomp.checking.verify`: reference outputs, drift against a tolerance, fidelity;
   `Checker` (`onnxcomp.checking.checker`) checks a candidate model for the pass manager;
-* `onnxcomp.checking.metrics`: cosine, errors, SNR, top-1 agreement.
+* `onnxcomp.checking.metrics`: cosine per output and per channel, errors, SNR, top-1
+  agreement where it applies, the fidelity floor.
 """
 
-from onnxcomp.checking.calibration import LABEL_KEY, CalibrationData, InputSpec, generate_inputs, input_specs, required_input_specs
-from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity, summarize
+from onnxcomp.checking.calibration import (
+    LABEL_KEY,
+    CalibrationData,
+    InputSpec,
+    generate_inputs,
+    input_specs,
+    required_input_specs,
+)
+from onnxcomp.checking.metrics import (
+    FIDELITY_FLOOR,
+    ChannelSplit,
+    FidelityAccumulator,
+    OutputFidelity,
+    parse_channel_spec,
+    summarize,
+)
 from onnxcomp.checking.runtime import make_session, resolve_providers, run
-from onnxcomp.checking.verify import Tolerance, drift, evaluate, fidelity, verification_feeds
+from onnxcomp.checking.verify import (
+    Tolerance,
+    VerificationData,
+    drift,
+    evaluate,
+    fidelity,
+    select_verification_data,
+)
 
 __all__ = [
+    "FIDELITY_FLOOR",
     "LABEL_KEY",
     "CalibrationData",
+    "ChannelSplit",
     "FidelityAccumulator",
     "InputSpec",
     "OutputFidelity",
     "Tolerance",
+    "VerificationData",
     "drift",
     "evaluate",
     "fidelity",
     "generate_inputs",
     "input_specs",
     "make_session",
+    "parse_channel_spec",
     "required_input_specs",
     "resolve_providers",
     "run",
+    "select_verification_data",
     "summarize",
-    "verification_feeds",
 ]

@@ -1,131 +1,52 @@
-"""Calibration and verification data: npz files, folders of npz, ``random``, or a reader.
+"""Calibration, train and eval data: npz files, folders of npz, ``random``, or a reader.
 
-Format (the command-line contract): an ``.npz`` whose keys are graph input names with
-samples stacked on axis 0; or a directory of such files (read one at a time, so a large
-dataset never sits in memory at once); or the word ``random`` (generated from the input
-shapes, with a warning). Through the API an onnxruntime ``CalibrationDataReader`` (or
-any object with ``get_next() -> dict | None``) or a dict of arrays is accepted too.
+Format (the command-line contract; the README "Calibration data" section says the same):
 
-An extra array named ``label`` carries task labels (for accuracy and distillation).
-Batches are cut to the model's batch size: a fixed batch dim of B gives batches of B
-samples; a symbolic batch dim gives batches of ``batch_size`` (default 8).
+* an ``.npz`` whose keys are graph input names, each input's samples stacked on its
+  *sample axis*: the first dim the model does not fix (axis 0 for ``[batch, 3, H, W]``, axis 1
+  for a ``state[2, batch, 128]``), axis 0 when every dim is fixed. A rank-0 input (a sample
+  rate ``sr``) holds one value shared by all samples. The reserved array ``__sample_axes__``
+  (strings ``"NAME=AXIS"`` or ``"NAME=none"``) overrides the axes;
+* a folder of such files, read one at a time. A file holding at most one batch is fed as
+  is, so a folder of *complete feeds* (one ``.npz`` per sample, arrays exactly as the model
+  takes them: scalars as scalars, states with their batch of 1) needs no stacking;
+* the word ``random`` (generated inputs, with a warning);
+* through the API also a dict of arrays, or an onnxruntime ``CalibrationDataReader`` (any
+  object with ``get_next() -> dict | None``), whose batches are complete feeds.
+
+An extra array named ``label`` carries task labels (samples on axis 0). Batches are cut
+to the model's batch size: a fixed batch dim of B gives batches of B samples (a ragged rest
+is left out); a free batch dim gives batches of ``batch_size`` (default 8). Batches never
+span two files.
+
+Data is validated against the model when loaded (`CalibrationData.from_source`) and again
+as each file is read: `onnxcomp.checking.data_validate`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from onnxcomp.checking.data_sources import ArraysSource, Chunk, GeneratedSource, NpzFilesSource, ReaderSource, SampleSource
+from onnxcomp.checking.data_validate import LABEL_KEY, InputSpec, take
+from onnxcomp.checking.generated import generate_inputs, input_specs, required_input_specs
 from onnxcomp.errors import CalibrationDataError
-from onnxcomp.ir.shapes import dims_of
 
 log = logging.getLogger("onnxcomp")
-LABEL_KEY = "label"
 
-_ONNX_TO_NP = {
-    onnx.TensorProto.FLOAT: np.float32,
-    onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32,
-    onnx.TensorProto.INT16: np.int16,
-    onnx.TensorProto.INT8: np.int8,
-    onnx.TensorProto.UINT8: np.uint8,
-    onnx.TensorProto.UINT16: np.uint16,
-    onnx.TensorProto.UINT32: np.uint32,
-    onnx.TensorProto.UINT64: np.uint64,
-    onnx.TensorProto.BOOL: np.bool_,
-}
+__all__ = ["LABEL_KEY", "CalibrationData", "InputSpec", "generate_inputs", "input_specs", "required_input_specs"]
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A model input: name, numpy dtype (None if not a plain tensor) and shape."""
-
-    name: str
-    dtype: Any
-    shape: tuple[int | str | None, ...] | None
-    elem_type: int = 0
-
-    @property
-    def batch_dim(self) -> int | str | None:
-        return self.shape[0] if self.shape else None
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The model's real inputs (initializer-backed inputs included: they are overridable)."""
-    specs = []
-    for vi in model.graph.input:
-        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if tt is None:
-            specs.append(InputSpec(vi.name, None, None, 0))
-            continue
-        dims = dims_of(vi)
-        shape = tuple(dims) if dims is not None else None
-        specs.append(InputSpec(vi.name, _ONNX_TO_NP.get(tt.elem_type), shape, tt.elem_type))
-    return specs
-
-
-def required_input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """Inputs the user must feed (those without an initializer default)."""
-    init = {t.name for t in model.graph.initializer}
-    return [s for s in input_specs(model) if s.name not in init]
-
-
-def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """Upper bounds for integer inputs used as Gather indices into constant tables."""
-    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    bounds: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in shapes:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            dims = shapes[node.input[0]]
-            if dims:
-                b = int(dims[axis])
-                bounds[node.input[1]] = min(bounds.get(node.input[1], b), b)
-    return bounds
-
-
-def generate_inputs(
-    model: onnx.ModelProto,
-    *,
-    dim_value: int = 2,
-    dim_sizes: dict[str, int] | None = None,
-    seed: int = 0,
-) -> dict[str, np.ndarray]:
-    """Random feeds for every required input.
-
-    Symbolic dims take ``dim_sizes[name]`` or ``dim_value``; floats are standard normal;
-    integer inputs that index a constant table (embeddings) stay in range; other integers
-    are 0/1 (masks, flags).
-    """
-    rng = np.random.default_rng(seed)
-    bounds = _index_bounds(model)
-    sizes = dim_sizes or {}
-    feeds: dict[str, np.ndarray] = {}
-    for spec in required_input_specs(model):
-        if spec.dtype is None or spec.shape is None:
-            raise CalibrationDataError(f"cannot generate data for input {spec.name!r} (not a tensor with a known rank)")
-        shape = tuple(d if isinstance(d, int) else sizes.get(str(d), dim_value) for d in spec.shape)
-        dt = np.dtype(spec.dtype)
-        if dt.kind == "f":
-            arr = rng.standard_normal(shape).astype(dt)
-        elif dt.kind == "b":
-            arr = rng.integers(0, 2, shape).astype(dt)
-        elif dt.kind in "iu":
-            high = bounds.get(spec.name, 2)
-            arr = rng.integers(0, max(1, high), shape).astype(dt)
-        else:
-            raise CalibrationDataError(f"cannot generate data of type {dt} for input {spec.name!r}")
-        feeds[spec.name] = arr
-    return feeds
+#: Held-out split defaults (see `CalibrationData.holdout`).
+HOLDOUT_FRACTION = 0.25
+HOLDOUT_MAX = 32
+HOLDOUT_MIN_SAMPLES = 4
 
 
 class CalibrationData:
@@ -133,67 +54,197 @@ class CalibrationData:
 
     Create with `CalibrationData.from_source`. Iterating yields feed dicts (labels
     removed); `iter_with_labels` yields ``(feeds, labels_or_None)``.
+
+    Attributes:
+        batch_size: Samples per batch (the model's fixed batch, else the one asked for, else 8).
+        generated: The samples are generated (``random``), not real data.
+        has_labels: A ``label`` array comes with the samples.
+        role: ``calibration``, ``train`` or ``eval`` (for messages).
+        num_samples: Samples available (None for a reader: unknown until read).
+        description: What the data is, for consoles and reports: ``"32 samples of calib.npz"``,
+            ``"8 held-out samples of calib.npz"``, ``"8 generated samples"``.
     """
 
-    def __init__(self, samples: "_SampleSource", *, model: onnx.ModelProto, batch_size: int | None = None, generated: bool = False) -> None:
-        self._source = samples
-        self._specs = required_input_specs(model)
-        fixed = {s.batch_dim for s in self._specs if isinstance(s.batch_dim, int)}
-        self.batch_size = batch_size or (fixed.pop() if len(fixed) == 1 else 8)
+    def __init__(
+        self,
+        source: SampleSource,
+        *,
+        model: onnx.ModelProto | None = None,
+        specs: list[InputSpec] | None = None,
+        batch_size: int | None = None,
+        generated: bool = False,
+        label: str = "arrays",
+        select: Mapping[int, np.ndarray] | None = None,
+        kind: str = "",
+    ) -> None:
+        self._source = source
+        self._specs = specs if specs is not None else required_input_specs(model)  # type: ignore[arg-type]
+        fixed = {s.fixed_batch for s in self._specs if s.fixed_batch is not None}
+        #: The model's fixed batch size (None where the batch dim is free).
+        self._fixed_batch = min(fixed) if fixed else None
+        self.batch_size = batch_size or (self._fixed_batch if len(fixed) == 1 else 8)
         self.generated = generated
-        self.has_labels = samples.has_labels
+        self.has_labels = source.has_labels
+        self.role = source.role
+        self._label = label
+        self._kind = kind
+        #: chunk index -> sample indices kept (None: every sample of every chunk)
+        self._select = dict(select) if select is not None else None
+        sizes = source.sizes()
+        if sizes is None:
+            self.num_samples: int | None = None
+        elif self._select is None:
+            self.num_samples = sum(sizes)
+        else:
+            self.num_samples = sum(len(v) for v in self._select.values())
+
+    @property
+    def description(self) -> str:
+        """What the data is, e.g. ``"32 samples of calib.npz"`` (see the class docstring)."""
+        if self.num_samples is None:
+            return f"batches of {self._label}"
+        kind = f"{self._kind} " if self._kind else ""
+        noun = "sample" if self.num_samples == 1 else "samples"
+        return f"{self.num_samples} {kind}{noun} of {self._label}"
 
     @classmethod
     def from_source(
         cls,
-        source: "str | os.PathLike[str] | dict[str, np.ndarray] | Any",
+        source: "str | os.PathLike[str] | Mapping[str, np.ndarray] | Any",
         model: onnx.ModelProto,
         *,
         batch_size: int | None = None,
         random_samples: int = 8,
         seed: int = 0,
+        role: str = "calibration",
+        sample_axes: Mapping[str, int | None] | None = None,
     ) -> "CalibrationData":
-        """Build from a path, ``"random"``, a dict of arrays or a ``CalibrationDataReader``."""
-        names = [s.name for s in required_input_specs(model)]
+        """Build from a path, ``"random"``, a dict of arrays or a ``CalibrationDataReader``.
+
+        Every file is validated against the model before this returns (names, dtype, rank,
+        fixed dims, finite values); a reader's batches are validated as they are read.
+
+        Args:
+            source: See the module docstring for the formats.
+            model: The model the data feeds.
+            batch_size: Samples per batch where the model's batch dim is free.
+            random_samples: Generated feeds for ``"random"``.
+            seed: Seed of generated feeds.
+            role: ``calibration``, ``train`` or ``eval``: named in error messages.
+            sample_axes: ``{input: axis or None}`` overriding each input's sample axis.
+
+        Raises:
+            CalibrationDataError: The data is missing, unreadable or does not fit the model.
+        """
+        specs = required_input_specs(model)
+        known = {s.name for s in input_specs(model)}  # inputs with an initializer default may be fed too
         if isinstance(source, str) and source == "random":
-            log.warning("using random calibration data: statistics will not reflect real inputs")
-            return cls(_RandomSource(model, random_samples, seed), model=model, batch_size=batch_size, generated=True)
-        if isinstance(source, dict):
-            return cls(_ArraysSource([dict(source)], names), model=model, batch_size=batch_size)
+            log.warning("using random %s data: statistics will not reflect real inputs", role)
+            gen = GeneratedSource(lambda s: generate_inputs(model, seed=s), random_samples, seed, specs, role)
+            return cls(gen, specs=specs, batch_size=batch_size, generated=True, label="random inputs", kind="generated")
+        if isinstance(source, Mapping):
+            return cls(ArraysSource(source, specs, role, sample_axes, known), specs=specs, batch_size=batch_size)
         if isinstance(source, (str, os.PathLike)):
             p = Path(source)
             if p.is_dir():
                 files = sorted(p.glob("*.npz"))
                 if not files:
-                    raise CalibrationDataError(f"calibration folder {p} has no .npz files")
-                return cls(_NpzFilesSource(files, names), model=model, batch_size=batch_size)
-            if p.is_file():
-                return cls(_NpzFilesSource([p], names), model=model, batch_size=batch_size)
-            raise CalibrationDataError(f"calibration data {p} not found (expected an .npz file, a folder of them, or 'random')")
+                    raise CalibrationDataError(f"{role} data: folder {p} has no .npz files")
+                src = NpzFilesSource(files, specs, role, sample_axes, known)
+                label = f"{p.name}/"
+            elif p.is_file():
+                src, label = NpzFilesSource([p], specs, role, sample_axes, known), p.name
+            else:
+                raise CalibrationDataError(f"{role} data {p} not found (expected an .npz file, a folder of them, or 'random')")
+            src.validate()
+            return cls(src, specs=specs, batch_size=batch_size, label=label)
         if hasattr(source, "get_next"):
-            return cls(_ReaderSource(source, names), model=model, batch_size=batch_size or 1)
-        raise CalibrationDataError(f"unsupported calibration data: {type(source).__name__}")
+            return cls(ReaderSource(source, specs, role, known), specs=specs, batch_size=batch_size or 1, label="a CalibrationDataReader")
+        raise CalibrationDataError(f"{role} data: unsupported type {type(source).__name__}")
+
+    def holdout(self, n: int | None = None) -> "tuple[CalibrationData, CalibrationData] | None":
+        """Split into ``(fit, held_out)``: disjoint, deterministic, together all samples.
+
+        Held out by default: 25% of the samples, at least 1 and at most 32 (``n`` asks for
+        another count). The held-out samples are spread evenly over the data (every k-th
+        sample, not the last ones, which may all be one class); with a fixed batch size B
+        they are whole runs of B consecutive samples, so both parts keep full batches. In a
+        folder of one-sample files (complete feeds) whole files are held out.
+
+        Returns:
+            None when the data cannot be split: fewer than 4 samples (or fewer than two
+            batches of a fixed batch size), or a ``CalibrationDataReader`` (a one-shot
+            stream of unknown length).
+
+        Raises:
+            CalibrationDataError: ``n`` is not between 1 and the samples available minus one batch.
+        """
+        sizes = self._source.sizes()
+        if sizes is None:
+            return None
+        unit = self._fixed_batch or 1
+        # Units: runs of `unit` consecutive available samples within one chunk.
+        units: list[tuple[int, np.ndarray]] = []
+        for c, size in enumerate(sizes):
+            avail = np.arange(size) if self._select is None else self._select.get(c, np.zeros(0, np.int64))
+            units.extend((c, avail[s : s + unit]) for s in range(0, len(avail) - unit + 1, unit))
+        total = len(units) * unit
+        if n is None:
+            if total < HOLDOUT_MIN_SAMPLES or len(units) < 2:
+                return None
+            n = min(HOLDOUT_MAX, max(1, round(total * HOLDOUT_FRACTION)))
+        elif not 1 <= n <= total - unit:
+            raise CalibrationDataError(f"cannot hold out {n} of the {total} usable samples of {self._label}")
+        k = min(len(units) - 1, max(1, round(n / unit)))
+        # Evenly spread: unit i*len/k + len/(2k), floored; distinct because len/k > 1.
+        picked = {int((i + 0.5) * len(units) / k) for i in range(k)}
+        fit: dict[int, list[np.ndarray]] = {}
+        held: dict[int, list[np.ndarray]] = {}
+        for j, (c, idx) in enumerate(units):
+            (held if j in picked else fit).setdefault(c, []).append(idx)
+        return self._subset(fit, "fit"), self._subset(held, "held-out")
+
+    def _subset(self, parts: dict[int, list[np.ndarray]], kind: str) -> "CalibrationData":
+        select = {c: np.concatenate(v) for c, v in parts.items()}
+        sub = CalibrationData(self._source, specs=self._specs, batch_size=self.batch_size, generated=self.generated,
+                              label=self._label, select=select, kind=kind)
+        return sub
+
+    def _batches_of(self, chunk: Chunk, idx: np.ndarray | None) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """A chunk cut into batches of `batch_size` (only samples ``idx`` when given)."""
+        if chunk.complete:
+            yield dict(chunk.arrays), chunk.n
+            return
+        count = chunk.n if idx is None else len(idx)
+        for start in range(0, count, self.batch_size):
+            stop = min(count, start + self.batch_size)
+            # A contiguous run is a view (no copy); a selection gathers.
+            index: slice | np.ndarray = slice(start, stop) if idx is None else idx[start:stop]
+            if chunk.n == stop - start and idx is None:
+                batch = dict(chunk.arrays)
+            else:
+                batch = {k: take(v, 0 if k == LABEL_KEY else chunk.axes.get(k), index) for k, v in chunk.arrays.items()}
+            yield batch, stop - start
 
     def iter_with_labels(self, max_samples: int | None = None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray | None]]:
         """Yield ``(feeds, labels)`` batches of ``batch_size`` samples (streamed)."""
         seen = 0
-        for chunk in self._source.chunks():
-            n = len(next(iter(chunk.values())))
-            for start in range(0, n, self.batch_size):
+        for c, chunk in self._source.chunks(self._select.keys() if self._select is not None else None):
+            idx = self._select.get(c) if self._select is not None else None
+            if max_samples is not None and idx is None and chunk.n > max_samples - seen and not chunk.complete:
+                idx = np.arange(max(0, max_samples - seen))
+            elif max_samples is not None and idx is not None:
+                idx = idx[: max(0, max_samples - seen)]
+            for batch, size in self._batches_of(chunk, idx):
                 if max_samples is not None and seen >= max_samples:
                     return
-                stop = min(n, start + self.batch_size)
-                if max_samples is not None:
-                    stop = min(stop, start + max_samples - seen)
-                batch = {k: v[start:stop] for k, v in chunk.items()}
-                fixed_ok = all(
-                    not isinstance(s.batch_dim, int) or s.batch_dim == stop - start for s in self._specs
-                )
-                if not fixed_ok:
+                if self._fixed_batch is not None and size != self._fixed_batch and not chunk.complete:
                     continue  # a ragged last batch cannot feed a fixed-batch model
                 labels = batch.pop(LABEL_KEY, None)
-                seen += stop - start
+                seen += size
                 yield batch, labels
+            if max_samples is not None and seen >= max_samples:
+                return
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for feeds, _ in self.iter_with_labels():
@@ -207,82 +258,3 @@ class CalibrationData:
             if len(out) >= n:
                 break
         return out
-
-
-class _SampleSource:
-    has_labels = False
-
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-def _check_keys(keys: set[str], names: list[str], where: str) -> None:
-    missing = [n for n in names if n not in keys]
-    if missing:
-        raise CalibrationDataError(f"{where} lacks arrays for model inputs {missing}; it has {sorted(keys)}")
-
-
-class _NpzFilesSource(_SampleSource):
-    def __init__(self, files: list[Path], names: list[str]) -> None:
-        self.files, self.names = files, names
-        try:
-            with np.load(files[0], allow_pickle=False) as z:
-                keys = set(z.files)
-        except Exception as e:
-            raise CalibrationDataError(f"cannot read calibration file {files[0]}: {type(e).__name__}: {e}") from None
-        _check_keys(keys, names, str(files[0]))
-        self.has_labels = LABEL_KEY in keys
-
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        for f in self.files:
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    _check_keys(set(z.files), self.names, str(f))
-                    keys = self.names + ([LABEL_KEY] if LABEL_KEY in z.files else [])
-                    chunk = {k: np.asarray(z[k]) for k in keys}
-            except CalibrationDataError:
-                raise
-            except Exception as e:
-                raise CalibrationDataError(f"cannot read calibration file {f}: {type(e).__name__}: {e}") from None
-            lengths = {len(v) for v in chunk.values()}
-            if len(lengths) != 1:
-                raise CalibrationDataError(f"{f}: arrays have different sample counts on axis 0: {sorted(lengths)}")
-            yield chunk
-
-
-class _ArraysSource(_SampleSource):
-    def __init__(self, chunks: list[dict[str, np.ndarray]], names: list[str]) -> None:
-        for c in chunks:
-            _check_keys(set(c), names, "calibration arrays")
-        self._chunks = [{k: np.asarray(c[k]) for k in names + ([LABEL_KEY] if LABEL_KEY in c else [])} for c in chunks]
-        self.has_labels = all(LABEL_KEY in c for c in chunks)
-
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        yield from self._chunks
-
-
-class _RandomSource(_SampleSource):
-    def __init__(self, model: onnx.ModelProto, n: int, seed: int) -> None:
-        self.model, self.n, self.seed = model, n, seed
-
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        # Symbolic dims get 2; a fixed batch dim keeps its size. One chunk per seed.
-        for i in range(self.n):
-            yield generate_inputs(self.model, seed=self.seed + i)
-
-
-class _ReaderSource(_SampleSource):
-    """Wraps an onnxruntime ``CalibrationDataReader``; each ``get_next()`` is one batch."""
-
-    def __init__(self, reader: Any, names: list[str]) -> None:
-        self.reader, self.names = reader, names
-
-    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
-        if hasattr(self.reader, "rewind"):
-            self.reader.rewind()
-        while True:
-            item = self.reader.get_next()
-            if item is None:
-                return
-            _check_keys(set(item), self.names, "CalibrationDataReader batch")
-            yield {k: np.asarray(v) for k, v in item.items()}

@@ -11,29 +11,39 @@ a `Verdict` back. The checker owns everything checking needs across a run:
 * the baseline: the outputs of the last accepted model, which a lossless change must
   reproduce within tolerance (a lossy change is accepted and its fidelity against the
   input is measured);
-* the final verification of the result.
+* the final verification of the result: fidelity per output and per channel (the worst
+  is the headline), on the data `select_verification_data` chose (named in the report);
+  non-finite differences never pass; a lossy result below the fidelity floor is marked
+  ``degraded`` with a warning naming the output and channel; ``min_cosine`` turns a
+  result below it into an error (nothing is written).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import onnx
 
-from onnxcomp.checking.calibration import CalibrationData
-from onnxcomp.checking.metrics import summarize
+from onnxcomp.checking.metrics import (
+    FIDELITY_FLOOR,
+    ChannelSplit,
+    OutputFidelity,
+    below_floor,
+    fidelity_problem,
+    summarize,
+)
 from onnxcomp.checking.verify import (
     Outputs,
     Tolerance,
+    VerificationData,
     Verifier,
     drift,
     fidelity,
-    verification_feeds,
 )
 from onnxcomp.errors import UnverifiedError, VerificationError, one_line
 from onnxcomp.ir.candidate import Candidate
@@ -97,9 +107,12 @@ class Checker:
         model: The run's input model (already structurally valid).
         verify: ``each`` (numeric check after every change), ``final`` or ``none``.
         tolerance: Allowed drift for lossless changes.
-        calibration: Data to verify on (else generated inputs).
-        seed: Seed of generated inputs.
+        data: What to verify on (`select_verification_data`); required unless ``verify``
+            is ``none``.
         warn: Receives warnings for the report.
+        channels: Channel splits per output name (else the default channel axis).
+        floor: A lossy result whose worst cosine is below this is ``degraded``.
+        min_cosine: A result whose worst cosine is below this fails verification.
     """
 
     def __init__(
@@ -108,14 +121,20 @@ class Checker:
         *,
         verify: Literal["each", "final", "none"],
         tolerance: Tolerance,
-        calibration: CalibrationData | None,
-        seed: int,
+        data: VerificationData | None,
         warn: Callable[[str], None],
+        channels: Mapping[str, ChannelSplit] | None = None,
+        floor: float = FIDELITY_FLOOR,
+        min_cosine: float | None = None,
     ) -> None:
         self.input = model
         self._verify = verify
         self._tolerance = tolerance
         self._warn = warn
+        self._data = data
+        self._channels = dict(channels or {})
+        self._floor = floor
+        self._min_cosine = min_cosine
         self._full_check = True
         # Weights still on disk reach onnxruntime as a file it maps; lent arrays get copied.
         self._lend_weights = not references_files(model)
@@ -123,7 +142,9 @@ class Checker:
         self._baseline_model: onnx.ModelProto | None = None
         self.verifier: Verifier | None = None
         if verify != "none":
-            self.verifier = Verifier(model, verification_feeds(model, calibration, seed=seed), tolerance=tolerance)
+            if data is None:
+                raise ValueError("Checker: verification data is required unless verify='none'")
+            self.verifier = Verifier(model, data.feeds, tolerance=tolerance)
             if self.verifier.small:
                 # Most pipelines change something, and then the reference run is on the
                 # critical path: start it now, beside the import and the first passes.
@@ -170,8 +191,16 @@ class Checker:
         bad = drift(baseline, outs, self._tolerance) if lossless else None
         if bad:
             return Verdict.rejected(bad[1])
+        per = self._fidelity(outs)
+        problem = fidelity_problem(per)
+        if problem and not lossless:  # lossless: drift above already compared NaN/Inf patterns
+            return Verdict.rejected(f"result fails verification: {problem}")
         self._baseline, self._baseline_model = outs, model
-        return Verdict(model, fidelity=summarize(fidelity(verifier.reference_outputs, outs)))
+        return Verdict(model, fidelity=summarize(per))
+
+    def _fidelity(self, outs: Outputs) -> dict[str, OutputFidelity]:
+        assert self.verifier is not None and self._data is not None
+        return fidelity(self.verifier.reference_outputs, outs, self._data.labels, self._channels)
 
     def _check_candidate_structure(self, candidate: Candidate) -> None:
         skeleton = candidate.skeleton()
@@ -205,15 +234,21 @@ class Checker:
             context: The passes that ran, for error messages.
         """
         verifier = self.verifier
-        if verifier is None:
+        if verifier is None or self._data is None:
+            if self._min_cosine is not None:
+                raise UnverifiedError("--min-cosine needs verification, which was disabled (--verify none)")
             if not allow_unverified:
                 raise UnverifiedError("verification was disabled (--verify none); pass --allow-unverified to write an unverified model")
             return {"verified": False, "reason": "verification disabled"}
+        data = self._data.description
         if result is self.input:
             names = [o.name for o in result.graph.output]
             exact = {"cosine": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0}
-            return {"verified": True, "identical_to_input": True, **exact, "outputs": {n: dict(exact) for n in names}, "within_tolerance": True}
+            return {"verified": True, "data": data, "identical_to_input": True, **exact, "degraded": False,
+                    "outputs": {n: dict(exact) for n in names}, "within_tolerance": True}
         if not verifier.can_verify:
+            if self._min_cosine is not None:
+                raise UnverifiedError(f"--min-cosine cannot be checked: {verifier.unverifiable}")
             if not allow_unverified:
                 raise UnverifiedError(f"could not verify the result: {verifier.unverifiable}; pass --allow-unverified to write it anyway")
             self._warn(f"not verified: {verifier.unverifiable}")
@@ -224,11 +259,27 @@ class Checker:
             outs, err = verifier.evaluate(result)
         if err:
             raise VerificationError(f"final model: {err} ({context})")
-        per = fidelity(verifier.reference_outputs, outs)
-        out = {"verified": True, **summarize(per), "outputs": {k: v.to_dict() for k, v in per.items()}}
+        per = self._fidelity(outs)
+        problem = fidelity_problem(per)
+        if problem:
+            raise VerificationError(f"final model fails verification on {data}: {problem} ({context}); nothing written")
+        summary = summarize(per)
+        out: dict[str, Any] = {"verified": True, "data": data, **summary, "floor": self._floor, "degraded": False,
+                               "outputs": {k: v.to_dict() for k, v in per.items()}}
         if lossless:
             bad = drift(verifier.reference_outputs, outs, self._tolerance)
             out["within_tolerance"] = bad is None
             if bad is not None:
                 raise VerificationError(f"lossless pipeline {bad[1]} ({context})")
+        else:
+            for line in below_floor(per, self._floor):
+                out["degraded"] = True
+                msg = f"degraded result: {line} (the fidelity floor), verified on {data}"
+                log.warning(msg)
+                self._warn(msg)
+        if self._min_cosine is not None and summary["cosine"] < self._min_cosine:
+            raise VerificationError(
+                f"fidelity below --min-cosine {self._min_cosine:g}: {summary['worst']['where']} has cosine "
+                f"{summary['cosine']:.4f} on {data}; nothing written"
+            )
         return out

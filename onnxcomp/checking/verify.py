@@ -1,8 +1,10 @@
 """Numeric verification: reference outputs, drift checks, fidelity.
 
 One onnxruntime session per model checked — never per node. Reference outputs are
-computed once, on calibration batches when given, otherwise on generated inputs at two
-different sizes for symbolic dims (so a pass that bakes in one size is caught).
+computed once, on the data `select_verification_data` chooses: ``--eval-data``, else a
+held-out part of the calibration data for lossy pipelines (data no pass was fitted on),
+else calibration batches, else generated inputs at two different sizes for symbolic dims
+(so a pass that bakes in one size is caught).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from onnxcomp.checking.calibration import (
     generate_inputs,
     required_input_specs,
 )
-from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity
+from onnxcomp.checking.metrics import ChannelSplit, FidelityAccumulator, OutputFidelity
 from onnxcomp.checking.runtime import make_session, run
-from onnxcomp.errors import one_line
+from onnxcomp.errors import CalibrationDataError, one_line
 from onnxcomp.io.files import model_nbytes
 from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, runtime_parts
 
@@ -66,16 +68,99 @@ def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
     return any(any(not isinstance(d, int) for d in (s.shape or ())) for s in required_input_specs(model))
 
 
-def verification_feeds(model: onnx.ModelProto, calibration: CalibrationData | None, *, seed: int = 0, batches: int = 2) -> Outputs:
-    """Feeds used to verify passes: calibration batches, or generated inputs."""
+#: Most samples of held-out or ``--eval-data`` data that verification runs on: their
+#: reference outputs are kept for the whole run (candidates are compared with them).
+MAX_VERIFY_SAMPLES = 64
+
+
+@dataclass
+class VerificationData:
+    """What verification runs on, and what the passes may fit on.
+
+    Attributes:
+        feeds: Input batches the result is verified on.
+        labels: Task labels per batch (None where there are none).
+        description: Names the data for the console and the report, e.g. "8 held-out
+            samples of calib.npz" or "generated inputs".
+        fit: Calibration data the passes get (the fit part when a split was held out).
+        held_out: The feeds are data no pass was fitted on.
+    """
+
+    feeds: Outputs
+    labels: list[np.ndarray | None]
+    description: str
+    fit: CalibrationData | None
+    held_out: bool
+
+
+def _data_name(data: CalibrationData) -> str:
+    """The source's name ("calib.npz" of "32 samples of calib.npz"), to describe the part
+    of it that verification used."""
+    return data.description.rpartition(" of ")[2]
+
+
+def _batches(data: CalibrationData, max_batches: int | None, max_samples: int | None) -> tuple[Outputs, list[np.ndarray | None], int]:
+    """Batches with labels, and the number of samples in them."""
+    feeds: Outputs = []
+    labels: list[np.ndarray | None] = []
+    n = 0
+    for batch, lab in data.iter_with_labels(max_samples=max_samples):
+        feeds.append(batch)
+        labels.append(lab)
+        n += len(next(iter(batch.values()))) if batch else 1
+        if max_batches is not None and len(feeds) >= max_batches:
+            break
+    return feeds, labels, n
+
+
+def select_verification_data(
+    model: onnx.ModelProto,
+    calibration: CalibrationData | None,
+    *,
+    eval_data: CalibrationData | None = None,
+    lossy: bool,
+    seed: int = 0,
+    batches: int = 2,
+    warn: Callable[[str], None] | None = None,
+) -> VerificationData:
+    """Choose the verification data, and the calibration data the passes fit on.
+
+    * ``eval_data`` given: verify on it (up to `MAX_VERIFY_SAMPLES`); passes fit on all of
+      ``calibration``.
+    * A lossy pipeline with ``calibration``: passes fit on part of it and the result is
+      verified on the rest (`CalibrationData.holdout`); when too few samples (or a
+      one-shot reader) leave nothing to hold out, it is verified on the fitting data,
+      with a warning and a description that says so.
+    * A lossless pipeline (nothing is fitted): the first ``batches`` calibration batches.
+    * No data: generated inputs, at two sizes for symbolic dims (a pass that bakes in one
+      size is caught).
+    """
+    if eval_data is not None:
+        feeds, labels, n = _batches(eval_data, None, MAX_VERIFY_SAMPLES)
+        if not feeds:
+            raise CalibrationDataError(f"evaluation data {_data_name(eval_data)} yields no complete batch for the model")
+        return VerificationData(feeds, labels, f"{n} samples of {_data_name(eval_data)}", calibration, True)
     if calibration is not None:
-        feeds = calibration.first_batches(batches)
+        split = calibration.holdout() if lossy else None
+        if split is not None:
+            fit, held = split
+            feeds, labels, n = _batches(held, None, MAX_VERIFY_SAMPLES)
+            if feeds:
+                return VerificationData(feeds, labels, f"{n} held-out samples of {_data_name(calibration)}", fit, True)
+        feeds, labels, n = _batches(calibration, batches, None)
         if feeds:
-            return feeds
+            desc = f"{n} samples of {_data_name(calibration)}"
+            if lossy and not calibration.generated:
+                desc += ", the data the passes were fitted on (too few samples to hold any out)"
+                msg = f"verified on {desc}: the fidelity reported is optimistic; pass --eval-data for an honest figure"
+                log.warning(msg)
+                if warn is not None:
+                    warn(msg)
+            return VerificationData(feeds, labels, desc, calibration, False)
     feeds = [generate_inputs(model, dim_value=2, seed=seed)]
     if _has_symbolic_dims(model):
         feeds.append(generate_inputs(model, dim_value=3, seed=seed + 1))
-    return feeds
+    return VerificationData(feeds, [None] * len(feeds), "generated inputs", calibration, False)
 
 
 def evaluate(
@@ -131,15 +216,27 @@ def drift(reference: Outputs, candidate: Outputs, tolerance: Tolerance) -> tuple
     return None
 
 
-def fidelity(reference: Outputs, candidate: Outputs, labels: list[np.ndarray | None] | None = None) -> dict[str, OutputFidelity]:
-    """Per-output fidelity of ``candidate`` against ``reference`` (same feeds, same order)."""
+def fidelity(
+    reference: Outputs,
+    candidate: Outputs,
+    labels: list[np.ndarray | None] | None = None,
+    channels: Mapping[str, ChannelSplit] | None = None,
+) -> dict[str, OutputFidelity]:
+    """Per-output (and per-channel, see `onnxcomp.checking.metrics`) fidelity of
+    ``candidate`` against ``reference`` (same feeds, same order).
+
+    ``channels``: a channel split per output name, overriding the default axis.
+    """
     accs: dict[str, FidelityAccumulator] = {}
+    split = channels or {}
     for i, (ref_out, cand_out) in enumerate(zip(reference, candidate)):
         lab = labels[i] if labels else None
         for name, r in ref_out.items():
             c = cand_out.get(name)
             if c is not None and r.dtype.kind in "fiub" and r.shape == c.shape and r.size:
-                accs.setdefault(name, FidelityAccumulator()).add(r, c, lab)
+                if name not in accs:
+                    accs[name] = FidelityAccumulator(split.get(name), name)
+                accs[name].add(r, c, lab)
     return {k: a.result() for k, a in accs.items()}
 
 

@@ -40,6 +40,13 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="A pass with options; repeat in pipeline order.")
 @click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on axis 0), a folder of them, or 'random'.")
 @click.option("--train-data", metavar="PATH", help="Training data for distill (same format; optional 'label' array).")
+@click.option("--eval-data", metavar="PATH", help="Verify on this data (same format; no pass sees it). Default for lossy pipelines: "
+              "a held-out part of the calibration data.")
+@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="X",
+              help="Fail (exit 1, nothing written) when the worst cosine, per output and per channel, is below X.")
+@click.option("--channels", "channel_specs", multiple=True, metavar="OUTPUT:AXIS[=N1,N2,..]",
+              help="How fidelity splits an output into channels, e.g. output0:1=4,18 (axis 1 in groups of 4 and 18); "
+                   "OUTPUT:none measures it whole (repeatable).")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE_OR_FILE", help="Import passes from a module or .py file (repeatable).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report here.")
 @click.option("--strict", is_flag=True, help="Fail instead of rolling back a lossless pass that changes outputs.")
@@ -50,9 +57,16 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")
 @handle_errors
 def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: tuple[str, ...], calibration_data: str | None,
-             train_data: str | None, plugins: tuple[str, ...], report_path: Path | None, strict: bool, verify: str,
+             train_data: str | None, eval_data: str | None, min_cosine: float | None, channel_specs: tuple[str, ...],
+             plugins: tuple[str, ...], report_path: Path | None, strict: bool, verify: str,
              atol: float, rtol: float, allow_unverified: bool, seed: int) -> None:
-    """Run a pipeline of passes over MODEL, verify it, write the result."""
+    """Run a pipeline of passes over MODEL, verify it, write the result.
+
+    Fidelity is measured per output and per channel, on data no pass was fitted on
+    (--eval-data, or a held-out part of the calibration data); the console and the
+    report name that data. A lossy result below the fidelity floor (worst cosine 0.9)
+    is reported as degraded; --min-cosine makes such a result an error.
+    """
     from onnxcomp.api import default_output_path
     from onnxcomp.api import optimize as run_optimize
 
@@ -60,9 +74,9 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
     status, progress = status_line()
     try:
         _, report = run_optimize(
-            model, pass_specs, preset=preset, calibration_data=calibration_data, train_data=train_data, output=out,
-            plugins=plugins, strict=strict, verify=verify, atol=atol, rtol=rtol,  # type: ignore[arg-type]
-            allow_unverified=allow_unverified, seed=seed, progress=progress,
+            model, pass_specs, preset=preset, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data,
+            output=out, plugins=plugins, strict=strict, verify=verify, atol=atol, rtol=rtol,  # type: ignore[arg-type]
+            allow_unverified=allow_unverified, seed=seed, progress=progress, min_cosine=min_cosine, channels=channel_specs,
         )
     finally:
         if status is not None:

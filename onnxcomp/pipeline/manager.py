@@ -39,7 +39,8 @@ import onnx_graphsurgeon as gs
 from onnxcomp._version import __version__
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.checker import Checker, Verdict, check_structure
-from onnxcomp.checking.verify import Tolerance
+from onnxcomp.checking.metrics import FIDELITY_FLOOR, ChannelSplit
+from onnxcomp.checking.verify import Tolerance, select_verification_data
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, one_line
 from onnxcomp.io.hygiene import normalize
 from onnxcomp.ir.candidate import Candidate
@@ -65,6 +66,9 @@ class ManagerOptions:
         allow_unverified: Accept a result whose numerics could not be checked (e.g. the
             model has custom ops with no onnxruntime kernel).
         seed: Seed for the context RNG and generated inputs.
+        channels: Channel splits per output name for fidelity (``--channels``).
+        floor: A lossy result whose worst cosine is below this is reported ``degraded``.
+        min_cosine: A result whose worst cosine is below this fails (nothing written).
     """
 
     strict: bool = False
@@ -72,6 +76,9 @@ class ManagerOptions:
     tolerance: Tolerance = field(default_factory=Tolerance)
     allow_unverified: bool = False
     seed: int = 0
+    channels: dict[str, ChannelSplit] = field(default_factory=dict)
+    floor: float = FIDELITY_FLOOR
+    min_cosine: float | None = None
 
 
 def fingerprint(graph: gs.Graph) -> int:
@@ -98,8 +105,11 @@ class PassManager:
     Args:
         pipeline: The steps (a `Pipeline`, or a sequence of passes and pipelines).
         options: How passes are checked.
-        calibration: Calibration data for passes and verification.
+        calibration: Calibration data for passes and verification. A lossy pipeline fits
+            its passes on part of it and is verified on the rest (see
+            `onnxcomp.checking.select_verification_data`).
         train_data: Training data for recovery passes.
+        eval_data: Data to verify on instead (no pass sees it).
         progress: Receives a status line as each pass starts.
     """
 
@@ -110,12 +120,14 @@ class PassManager:
         options: ManagerOptions | None = None,
         calibration: CalibrationData | None = None,
         train_data: CalibrationData | None = None,
+        eval_data: CalibrationData | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(tuple(pipeline))
         self.options = options or ManagerOptions()
         self.calibration = calibration
         self.train_data = train_data
+        self.eval_data = eval_data
         self.progress = progress
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, Report]:
@@ -166,16 +178,25 @@ class PipelineRun:
         t_start = time.perf_counter()
         opts, manager = self.options, self.manager
         graph, self.meta = to_graph(self.input)
+        data = None
+        fit = manager.calibration
+        if opts.verify != "none":
+            data = select_verification_data(
+                self.input, manager.calibration, eval_data=manager.eval_data, lossy=not manager.pipeline.lossless,
+                seed=opts.seed, warn=self.report.warnings.append,
+            )
+            fit = data.fit
         self.ctx = PassContext(
             original_model=self.input,
             meta=self.meta,
-            calibration=manager.calibration,
+            calibration=fit,
             train_data=manager.train_data,
             seed=opts.seed,
             progress=manager.progress,
         )
         self.checker = Checker(
-            self.input, verify=opts.verify, tolerance=opts.tolerance, calibration=manager.calibration, seed=opts.seed, warn=self.report.warnings.append
+            self.input, verify=opts.verify, tolerance=opts.tolerance, data=data, warn=self.report.warnings.append,
+            channels=opts.channels, floor=opts.floor, min_cosine=opts.min_cosine,
         )
         try:
             self._run_checked(manager.pipeline, graph)

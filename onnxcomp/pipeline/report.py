@@ -46,8 +46,18 @@ class Report:
     onnxcomp_version: str = ""
     seed: int = 0
 
+    @property
+    def degraded(self) -> bool:
+        """A lossy result whose worst cosine fell below the fidelity floor."""
+        return bool(self.verification.get("degraded", False))
+
+    @property
+    def changed(self) -> bool:
+        """Whether any pass changed the model (and was kept)."""
+        return any(r.modified for r in self.passes)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with the contract keys (``passes``, ``verification``)."""
+        """JSON-ready dict with the contract keys (``passes``, ``verification``, ``degraded``)."""
         return {
             "onnxcomp_version": self.onnxcomp_version,
             "input": self.input,
@@ -57,6 +67,7 @@ class Report:
             "check_seconds": round(self.check_seconds, 4),
             "passes": [asdict(p) for p in self.passes],
             "verification": self.verification,
+            "degraded": self.degraded,
             "warnings": self.warnings,
         }
 
@@ -68,35 +79,82 @@ class Report:
         os.replace(tmp, p)
 
     def render(self, console: Any | None = None) -> None:
-        """Print a readable table of the passes and the verification (rich)."""
+        """Print the passes that changed something and the verification (rich).
+
+        Laid out for 80 columns: one row per change with its deltas (nodes, parameters,
+        megabytes) and, for lossy passes, the worst cosine; full pass names (never cut);
+        the totals and the verification on their own lines. A run that changed nothing
+        says so in words.
+        """
+        from rich import box
         from rich.console import Console
         from rich.table import Table
 
         console = console or Console(stderr=True)
-        table = Table(title="onnxcomp passes", title_justify="left")
-        for col in ("pass", "changed", "time s", "nodes", "params", "MB", "note"):
-            table.add_column(col, justify="right" if col not in ("pass", "note") else "left")
-        for r in self.passes:
-            if not r.modified and not r.rolled_back and not r.note:
-                continue  # keep fixed-point iterations that did nothing out of the way
-            table.add_row(
-                r.name,
-                "rolled back" if r.rolled_back else ("yes" if r.modified else "no"),
-                f"{r.seconds:.2f}",
-                f"{r.nodes_before} → {r.nodes_after}",
-                f"{_human(r.params_before)} → {_human(r.params_after)}",
-                f"{r.bytes_before / 1e6:.1f} → {r.bytes_after / 1e6:.1f}",
-                r.note,
+        rows = [r for r in self.passes if r.modified or r.rolled_back or r.note]
+        if not any(r.modified for r in rows):
+            lossless = all(r.lossless for r in self.passes)
+            console.print("no change: the model is already clean" if lossless else "no change: no pass changed the model")
+            for r in rows:  # rolled back or declined, with the reason
+                console.print(f"  {r.name}: {'rolled back: ' if r.rolled_back else ''}{r.note}")
+        else:
+            table = Table(title="onnxcomp passes", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+            width = max(len(r.name) for r in rows)
+            table.add_column("pass", no_wrap=True, min_width=max(4, width))
+            for col in ("s", "nodes", "params", "MB", "cosine"):
+                table.add_column(col, justify="right", no_wrap=True)
+            table.add_column("note", overflow="fold", ratio=1)
+            for r in rows:
+                cos = (r.fidelity or {}).get("cosine")
+                note = f"rolled back: {r.note}" if r.rolled_back else r.note
+                table.add_row(
+                    r.name,
+                    f"{r.seconds:.2f}",
+                    _delta(r.nodes_after - r.nodes_before, str),
+                    _delta(r.params_after - r.params_before, _human),
+                    _delta(round((r.bytes_after - r.bytes_before) / 1e6, 1), lambda x: f"{x:.1f}"),
+                    f"{cos:.4f}" if cos is not None else "",
+                    note,
+                )
+            console.print(table)
+            first, last = self.passes[0], self.passes[-1]
+            console.print(
+                f"nodes {first.nodes_before} → {last.nodes_after}, params {_human(first.params_before)} → "
+                f"{_human(last.params_after)}, size {first.bytes_before / 1e6:.1f} → {last.bytes_after / 1e6:.1f} MB"
             )
-        console.print(table)
+        self._render_verification(console)
+
+    def _render_verification(self, console: Any) -> None:
         v = self.verification
         if v.get("verified") is False:
             console.print(f"[yellow]not verified:[/] {v.get('reason', '')}")
-        elif v:
-            console.print(
-                f"verification vs input: cosine {v.get('cosine', float('nan')):.6f}, max |diff| {v.get('max_abs_diff', float('nan')):.3g}"
-                + (f", top-1 agreement {v['top1_agreement']:.4f}" if "top1_agreement" in v else "")
-            )
+            return
+        if not v:
+            return
+        data = v.get("data", "")
+        if v.get("identical_to_input"):
+            console.print(f"verified on {data}: identical to the input")
+            return
+        worst = v.get("worst") or {}
+        line = f"verified on {data}: cosine {v.get('cosine', float('nan')):.6f}"
+        if worst.get("where"):
+            line += f" (worst: {worst['where']})"
+        line += f", max |diff| {v.get('max_abs_diff', float('nan')):.3g}"
+        if "top1_agreement" in v:
+            line += f", top-1 agreement {v['top1_agreement']:.4f}"
+        if "accuracy_candidate" in v:
+            line += f", accuracy {v['accuracy_reference']:.4f} → {v['accuracy_candidate']:.4f}"
+        console.print(line)
+        if v.get("degraded"):
+            console.print(f"[bold red]degraded:[/] {worst.get('where', '')} has cosine {v.get('cosine', float('nan')):.4f}, "
+                          f"below the fidelity floor {v.get('floor', 0):g}")
+
+
+def _delta(d: float, fmt: Any) -> str:
+    """A signed change ("−12", "+3", "0")."""
+    if d == 0:
+        return "0"
+    return ("+" if d > 0 else "−") + fmt(abs(d))
 
 
 def _human(n: int) -> str:
