@@ -4,6 +4,7 @@ nodes, BatchNormalization left in, Concats of very different ranges (a detector 
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import onnx
@@ -93,12 +94,21 @@ def test_clip_wider_than_the_calibrated_range_of_a_signed_q_is_kept():
     assert ops(q)["Clip"] == 2 and res.stats["activations_folded"] == 0
 
 
-def test_opset_11_model_is_converted_then_quantized(tmp_path):
+def test_opset_11_model_is_converted_then_quantized(tmp_path, caplog):
     model = relu6_model(opset=11, constant_nodes=False)
-    q, stats, out = _cli(tmp_path, model, "-p", "quantize-int8:target_cosine=none")
-    assert stats["opset_converted"] == "11 -> 13" and "converted opset 11 → 13" in out
+    q, stats, _ = _cli(tmp_path, model, "-p", "quantize-int8:target_cosine=none")
+    assert stats["opset_converted"] == "11 -> 13"
     assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) == 13
     assert optimized_ops(q)["QLinearConv"] == 2
+    # The conversion is said, not only recorded (the CLI shows the pass's warnings).
+    logger = logging.getLogger("onnxcomp")
+    caplog.set_level(logging.WARNING, logger="onnxcomp")
+    logger.addHandler(caplog.handler)
+    try:
+        run_pass(model, calib(model), target_cosine=None)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "converted opset 11 → 13 for QDQ" in caplog.text
 
 
 def test_failed_opset_conversion_is_one_clear_refusal(monkeypatch):
