@@ -312,6 +312,13 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                     ctx.logger.warning(
                         "quantize-int8: fidelity target not met after %d layers fell back (cosine %.4f)", len(excluded_layers), fb.score.cosine
                     )
+                elif excluded_layers:
+                    # Said, not only counted: float layers cost speed (and Q/DQ pairs around them).
+                    ctx.logger.warning(
+                        "quantize-int8: %d of %d layers kept float to reach cosine %.4f (worst output and channel); "
+                        "target_cosine=none quantizes them all",
+                        len(excluded_layers), len(probe.layers), aim,
+                    )
         reuse = built.get(frozenset(excluded_layers))
         if reuse is not None:
             # The last candidate scored is the answer: adopt it instead of rebuilding.

@@ -7,7 +7,8 @@ batches (never a session per node). The number of candidates is bounded:
   order); candidate *g* quantizes only group *g*; its sensitivity is ``1 - cosine``
   (worst output) against the float model;
 * fallback: groups go back to float, most sensitive first, one candidate each, until the
-  target holds or ``max_fallback`` groups are float.
+  target holds or ``max_fallback`` groups are float; then each of those groups but the
+  last is tried 8-bit again (one candidate each) and stays 8-bit if the target still holds.
 """
 
 from __future__ import annotations
@@ -137,12 +138,26 @@ def fallback(
     excluded: set[str] = set()
     score = Score(0.0, float("inf"))
     n = 0
+    chosen: list[int] = []
     for _, i in sens[:max_fallback]:
         excluded |= set(groups[i])
+        chosen.append(i)
         n += 1
         if progress:
             progress(f"fallback: {len(excluded)} layers float")
         score = evaluator.score(build(excluded))
         if score.meets(target_cosine, target_max_abs):
+            # Sensitivity was measured one group at a time; errors add up differently
+            # together, so some groups sent back early may not be needed once later ones
+            # are float. Try re-quantizing each (least sensitive first): every group kept
+            # 8-bit saves a float layer and its Q/DQ pairs. At most one candidate per group.
+            for j in reversed(chosen[:-1]):
+                trial = excluded - set(groups[j])
+                if progress:
+                    progress(f"fallback: re-quantizing, {len(trial)} layers float")
+                s = evaluator.score(build(trial))
+                n += 1
+                if s.meets(target_cosine, target_max_abs):
+                    excluded, score = trial, s
             return FallbackResult(excluded, score, len(groups) + n, True)
     return FallbackResult(excluded, score, len(groups) + n, False)
