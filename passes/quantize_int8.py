@@ -315,9 +315,9 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                 elif excluded_layers:
                     # Said, not only counted: float layers cost speed (and Q/DQ pairs around them).
                     ctx.logger.warning(
-                        "quantize-int8: %d of %d layers kept float to reach cosine %.4f (worst output and channel); "
-                        "target_cosine=none quantizes them all",
-                        len(excluded_layers), len(probe.layers), aim,
+                        "quantize-int8: %d of %d layers kept float to meet the fidelity target (cosine %.4f, worst "
+                        "output and channel); target_cosine=none quantizes them all",
+                        len(excluded_layers), len(probe.layers), fb.score.cosine,
                     )
         reuse = built.get(frozenset(excluded_layers))
         if reuse is not None:
