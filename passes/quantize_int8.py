@@ -103,6 +103,9 @@ class QuantizeInt8Options(PassOptions):
     )
     min_weight_size: int = field(default=16384, metadata={"help": "dynamic mode: skip MatMuls with smaller weights"})
     quantize_embeddings: bool = field(default=True, metadata={"help": "int8 tables for Gather from constant embeddings"})
+    quantize_depthwise: bool = field(
+        default=False, metadata={"help": "static mode: also quantize depthwise convs (onnxruntime's int8 kernel is slower on CPU)"}
+    )
     concat_range_ratio: float = field(
         default=10.0,
         metadata={"help": "static mode: a Concat whose input ranges differ more than this stays float (no shared scale)"},
@@ -229,6 +232,7 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         rule_opts = RuleOptions(
             per_channel=o.per_channel, quantize_activation_matmul=o.quantize_activation_matmul,
             min_weight_size=o.min_weight_size, concat_range_ratio=o.concat_range_ratio,
+            quantize_depthwise=o.quantize_depthwise,
         )
         registry = DYNAMIC_RULES if mode == "dynamic" else STATIC_RULES
         if not o.quantize_embeddings:

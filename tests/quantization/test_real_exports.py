@@ -160,3 +160,34 @@ def test_concat_of_similar_ranges_still_shares_one_scale():
     q, res = run_pass(model, calib(model), target_cosine=None)
     assert res.stats["concats_float"] == 0
     assert _scale_of(q, "a") == _scale_of(q, "b")
+
+
+def depthwise_model() -> onnx.ModelProto:
+    """x -> Conv 3x3 -> Relu -> depthwise Conv 3x3 -> Relu -> pointwise Conv -> y."""
+    rng = np.random.default_rng(0)
+    return make_model(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c1"], name="dense", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c1"], ["r1"]),
+            helper.make_node("Conv", ["r1", "wd"], ["c2"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c2"], ["r2"]),
+            helper.make_node("Conv", ["r2", "wp"], ["y"], name="pointwise"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        {"w1": _w(rng, 8, 3, 3, 3), "wd": _w(rng, 8, 1, 3, 3), "wp": _w(rng, 8, 8, 1, 1)},
+    )
+
+
+def _quantized_convs(model: onnx.ModelProto) -> set[str]:
+    produced = {o for n in model.graph.node for o in n.output}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in produced}
+
+
+def test_depthwise_convs_stay_float_unless_asked():
+    # onnxruntime's int8 depthwise kernel is slower than its float one on CPU.
+    model = depthwise_model()
+    q, res = run_pass(model, calib(model), target_cosine=None)
+    assert _quantized_convs(q) == {"dense", "pointwise"} and res.stats["layers_quantized"] == 2
+    q, res = run_pass(model, calib(model), target_cosine=None, quantize_depthwise=True)
+    assert _quantized_convs(q) == {"dense", "depthwise", "pointwise"}
