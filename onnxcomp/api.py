@@ -29,6 +29,12 @@ def default_output_path(input_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + ".opt.onnx")
 
 
+def _same_file(a: Any, b: Any) -> bool:
+    """Both are paths naming the same file or folder."""
+    paths = (str, os.PathLike)
+    return isinstance(a, paths) and isinstance(b, paths) and Path(a).resolve() == Path(b).resolve()
+
+
 def channel_splits(model: onnx.ModelProto, channels: Sequence[str] | Mapping[str, ChannelSplit]) -> dict[str, ChannelSplit]:
     """Parse and check ``--channels`` specs against the model's outputs (before any work).
 
@@ -77,6 +83,7 @@ def optimize(
     progress: Callable[[str], None] | None = None,
     min_cosine: float | None = None,
     channels: Sequence[str] | Mapping[str, ChannelSplit] = (),
+    speed_check: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     """Optimize a model with a pipeline of passes; verify; optionally write the result.
 
@@ -105,6 +112,9 @@ def optimize(
             output and per channel, is below this.
         channels: Channel splits for fidelity: ``"NAME:AXIS[=N1,N2,...]"`` / ``"NAME:none"``
             strings, or a mapping of output name to `ChannelSplit`.
+        speed_check: When a lossy pass changed the model, time result vs input on the CPU
+            EP for about a second (`onnxcomp.perf.speed_check`): ``report.speed`` and, when
+            the result is slower, a warning. Off by default here, on in the CLI.
 
     Returns:
         The optimized model and the report.
@@ -123,14 +133,17 @@ def optimize(
         raise UsageError(f"verify must be each, final or none (got {verify!r})")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise UsageError(f"min_cosine must be between -1 and 1 (got {min_cosine})")
+    if min_cosine is not None and verify == "none":
+        raise UsageError("--min-cosine needs verification; it cannot be combined with --verify none")
+    if _same_file(eval_data, calibration_data) or _same_file(eval_data, train_data):
+        raise UsageError(f"--eval-data {eval_data} is also the calibration or training data: passes are fitted on it")
     splits = channel_splits(model, channels)
     calib = CalibrationData.from_source(calibration_data, model, seed=seed) if calibration_data is not None else None
-    train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None
+    if train_data is not None and _same_file(train_data, calibration_data):
+        train = calib  # one object: the manager then holds the verification part out of training too
+    else:
+        train = CalibrationData.from_source(train_data, model, seed=seed, role="train") if train_data is not None else None
     evaluation = CalibrationData.from_source(eval_data, model, seed=seed, role="eval") if eval_data is not None else None
-    if evaluation is not None and isinstance(eval_data, (str, os.PathLike)):
-        fitted = [d for d in (calibration_data, train_data) if isinstance(d, (str, os.PathLike)) and Path(d).resolve() == Path(eval_data).resolve()]
-        if fitted:
-            raise UsageError(f"--eval-data {eval_data} is also the calibration or training data: passes are fitted on it")
     manager = PassManager(
         pipeline,
         options=ManagerOptions(
@@ -144,6 +157,14 @@ def optimize(
     )
     result, report = manager.run(model)
     report.input = str(input_path) if input_path else None
+    if speed_check and any(r.modified and not r.lossless for r in report.passes):
+        from onnxcomp.perf.speed_check import check_speed
+
+        if progress:
+            progress("speed check: timing the result against the input")
+        report.speed, slower = check_speed(model, result, data=calibration_data, seed=seed)
+        if slower:
+            report.warnings.append(slower)
     if output is not None:
         written = save_model(result, output, protect=[input_path] if input_path else [])
         report.output = str(written)

@@ -9,7 +9,8 @@ Format (the command-line contract; the README "Calibration data" section says th
   (strings ``"NAME=AXIS"`` or ``"NAME=none"``) overrides the axes;
 * a folder of such files, read one at a time. A file holding at most one batch is fed as
   is, so a folder of *complete feeds* (one ``.npz`` per sample, arrays exactly as the model
-  takes them: scalars as scalars, states with their batch of 1) needs no stacking;
+  takes them: scalars as scalars, states with their batch of 1) needs no stacking; a file
+  whose inputs disagree on the sample count is a complete feed too (fed as given);
 * the word ``random`` (generated inputs, with a warning);
 * through the API also a dict of arrays, or an onnxruntime ``CalibrationDataReader`` (any
   object with ``get_next() -> dict | None``), whose batches are complete feeds.
@@ -27,16 +28,28 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from onnxcomp.checking.data_sources import ArraysSource, Chunk, GeneratedSource, NpzFilesSource, ReaderSource, SampleSource
+from onnxcomp.checking.data_sources import (
+    ArraysSource,
+    Chunk,
+    GeneratedSource,
+    NpzFilesSource,
+    ReaderSource,
+    SampleSource,
+)
 from onnxcomp.checking.data_validate import LABEL_KEY, InputSpec, take
-from onnxcomp.checking.generated import generate_inputs, input_specs, required_input_specs
+from onnxcomp.checking.generated import (
+    generate_inputs,
+    input_specs,
+    required_input_specs,
+    runnable_plan,
+)
 from onnxcomp.errors import CalibrationDataError
 
 log = logging.getLogger("onnxcomp")
@@ -61,8 +74,9 @@ class CalibrationData:
         has_labels: A ``label`` array comes with the samples.
         role: ``calibration``, ``train`` or ``eval`` (for messages).
         num_samples: Samples available (None for a reader: unknown until read).
+        name: The source, e.g. ``"calib.npz"`` or ``"calib/"`` (a folder).
         description: What the data is, for consoles and reports: ``"32 samples of calib.npz"``,
-            ``"8 held-out samples of calib.npz"``, ``"8 generated samples"``.
+            ``"8 held-out samples of calib.npz"``, ``"8 generated samples of random inputs"``.
     """
 
     def __init__(
@@ -99,6 +113,11 @@ class CalibrationData:
             self.num_samples = sum(len(v) for v in self._select.values())
 
     @property
+    def name(self) -> str:
+        """The source: ``"calib.npz"``, ``"calib/"``, ``"random inputs"``, ``"arrays"``, ..."""
+        return self._label
+
+    @property
     def description(self) -> str:
         """What the data is, e.g. ``"32 samples of calib.npz"`` (see the class docstring)."""
         if self.num_samples is None:
@@ -110,7 +129,7 @@ class CalibrationData:
     @classmethod
     def from_source(
         cls,
-        source: "str | os.PathLike[str] | Mapping[str, np.ndarray] | Any",
+        source: str | os.PathLike[str] | Mapping[str, np.ndarray] | Any,
         model: onnx.ModelProto,
         *,
         batch_size: int | None = None,
@@ -118,7 +137,7 @@ class CalibrationData:
         seed: int = 0,
         role: str = "calibration",
         sample_axes: Mapping[str, int | None] | None = None,
-    ) -> "CalibrationData":
+    ) -> CalibrationData:
         """Build from a path, ``"random"``, a dict of arrays or a ``CalibrationDataReader``.
 
         Every file is validated against the model before this returns (names, dtype, rank,
@@ -140,7 +159,8 @@ class CalibrationData:
         known = {s.name for s in input_specs(model)}  # inputs with an initializer default may be fed too
         if isinstance(source, str) and source == "random":
             log.warning("using random %s data: statistics will not reflect real inputs", role)
-            gen = GeneratedSource(lambda s: generate_inputs(model, seed=s), random_samples, seed, specs, role)
+            plan, _ = runnable_plan(model, seed=seed, batch=batch_size)
+            gen = GeneratedSource(lambda s: plan.feeds(model, s), random_samples, seed, specs, role)
             return cls(gen, specs=specs, batch_size=batch_size, generated=True, label="random inputs", kind="generated")
         if isinstance(source, Mapping):
             return cls(ArraysSource(source, specs, role, sample_axes, known), specs=specs, batch_size=batch_size)
@@ -162,7 +182,7 @@ class CalibrationData:
             return cls(ReaderSource(source, specs, role, known), specs=specs, batch_size=batch_size or 1, label="a CalibrationDataReader")
         raise CalibrationDataError(f"{role} data: unsupported type {type(source).__name__}")
 
-    def holdout(self, n: int | None = None) -> "tuple[CalibrationData, CalibrationData] | None":
+    def holdout(self, n: int | None = None) -> tuple[CalibrationData, CalibrationData] | None:
         """Split into ``(fit, held_out)``: disjoint, deterministic, together all samples.
 
         Held out by default: 25% of the samples, at least 1 and at most 32 (``n`` asks for
@@ -204,7 +224,7 @@ class CalibrationData:
             (held if j in picked else fit).setdefault(c, []).append(idx)
         return self._subset(fit, "fit"), self._subset(held, "held-out")
 
-    def _subset(self, parts: dict[int, list[np.ndarray]], kind: str) -> "CalibrationData":
+    def _subset(self, parts: dict[int, list[np.ndarray]], kind: str) -> CalibrationData:
         select = {c: np.concatenate(v) for c, v in parts.items()}
         sub = CalibrationData(self._source, specs=self._specs, batch_size=self.batch_size, generated=self.generated,
                               label=self._label, select=select, kind=kind)
@@ -245,6 +265,24 @@ class CalibrationData:
                 yield batch, labels
             if max_samples is not None and seen >= max_samples:
                 return
+
+    @property
+    def sample_axes(self) -> dict[str, int | None]:
+        """Each input's sample axis in the batches (None: one value shared by all samples)."""
+        return dict(self._source.axes)
+
+    def samples_in(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """The number of samples a batch of this data holds (1 if every input is shared)."""
+        axes = self.sample_axes
+        return next((int(v.shape[axes[k]]) for k, v in feeds.items() if axes.get(k) is not None), 1)
+
+    def merge(self, batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Several batches as one: each input concatenated on its sample axis (a shared
+        input, such as a sample rate, taken once). For callers that want larger batches than
+        the data gives (a fixed-batch model cannot take them)."""
+        axes = self.sample_axes
+        return {k: batches[0][k] if axes.get(k) is None else np.concatenate([b[k] for b in batches], axis=axes[k])
+                for k in batches[0]}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         for feeds, _ in self.iter_with_labels():

@@ -58,6 +58,8 @@ class SampleSource:
     def __init__(self, specs: list[InputSpec], role: str, axes: Mapping[str, int | None] | None) -> None:
         self.specs, self.role = specs, role
         self.explicit_axes = dict(axes or {})
+        #: Each input's sample axis (of the first file, where a file names its own).
+        self.axes = sample_axes(specs, self.explicit_axes)
 
     def sizes(self) -> list[int] | None:
         """Samples per chunk, in order (None when unknown until read: a reader)."""
@@ -86,7 +88,7 @@ class SampleSource:
         if LABEL_KEY in arrays:
             out[LABEL_KEY] = np.asarray(arrays[LABEL_KEY])
         n = sample_count(self.role, where, {k: v.shape for k, v in out.items()}, axes)
-        return Chunk(out, axes, n, where, complete)
+        return Chunk(out, axes, 1 if n is None else n, where, complete or n is None)
 
 
 def npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
@@ -138,11 +140,14 @@ class NpzFilesSource(SampleSource):
             explicit.update(parse_sample_axes(self._read(f)[SAMPLE_AXES_KEY], f"{self.role} data{where}"))
         check_keys(self.role, where, headers.keys(), self.specs, self.known)
         axes = sample_axes(self.specs, explicit)
+        if f == self.files[0]:
+            self.axes = axes
         for spec in self.specs:
             dtype, shape = headers[spec.name]
             check_header(self.role, where, spec, axes[spec.name], dtype, shape)
         shapes = {k: headers[k][1] for k in [s.name for s in self.specs] + ([LABEL_KEY] if LABEL_KEY in headers else [])}
-        return sample_count(self.role, where, shapes, axes)
+        n = sample_count(self.role, where, shapes, axes)
+        return 1 if n is None else n  # inputs that disagree: one complete feed
 
     def validate(self) -> None:
         """Every file's headers, then every file's values (one file in memory at a time).
@@ -178,6 +183,7 @@ class ArraysSource(SampleSource):
                  known: Container[str] = ()) -> None:
         super().__init__(specs, role, axes)
         self._chunk = self.make_chunk(arrays, "", known=known)
+        self.axes = self._chunk.axes
         self.has_labels = LABEL_KEY in self._chunk.arrays
 
     def sizes(self) -> list[int] | None:

@@ -6,9 +6,8 @@ runs, naming the data's role, the input, what the model expects and what was fou
 
 Layout of an array (the command-line contract, see the README "Calibration data" section):
 each input's samples are stacked on its **sample axis**, the model's batch axis for that
-input. By default that is the first dim the model does not fix (symbolic, unnamed or -1):
-axis 0 for ``images[batch, 3, H, W]``, axis 1 for silero's ``state[2, ?, 128]``; axis 0 when
-the model fixes every dim. Rank-0 inputs (silero's ``sr``) have no sample axis: they hold one
+input (see `default_sample_axis`): axis 0 for ``images[batch, 3, H, W]`` and ``x[1, 3, H, W]``,
+axis 1 for silero's ``state[2, ?, 128]`` (a dim fixed to more than 1 is no batch). Rank-0 inputs (silero's ``sr``) have no sample axis: they hold one
 value shared by every sample. An ``.npz`` may override the axes with the reserved array
 `SAMPLE_AXES_KEY`, strings ``"NAME=AXIS"`` (``"NAME=none"``: shared).
 """
@@ -69,11 +68,21 @@ class InputSpec:
 
 
 def default_sample_axis(spec: InputSpec) -> int | None:
-    """The axis samples are stacked on: the first free dim, else 0; None for rank-0 inputs."""
+    """The axis samples are stacked on (None for rank-0 inputs).
+
+    A dim named like a batch (``batch``, ``batch_size``, ``N``); else axis 0 when the model
+    leaves it free or fixes it to 1; else the first free dim (an LSTM state
+    ``[layers, batch, hidden]`` fixes axis 0 to the layer count); else axis 0.
+    """
     if spec.shape is None:
         return 0
     if len(spec.shape) == 0:
         return None
+    named = [i for i, d in enumerate(spec.shape) if isinstance(d, str) and ("batch" in d.lower() or d == "N")]
+    if named:
+        return named[0]
+    if not is_fixed(spec.shape[0]) or spec.shape[0] == 1:
+        return 0
     return next((i for i, d in enumerate(spec.shape) if not is_fixed(d)), 0)
 
 
@@ -171,27 +180,32 @@ def check_keys(role: str, where: str, keys: Iterable[str], specs: list[InputSpec
         )
 
 
-def sample_count(role: str, where: str, shapes: Mapping[str, tuple[int, ...]], axes: Mapping[str, int | None]) -> int:
+def sample_count(role: str, where: str, shapes: Mapping[str, tuple[int, ...]], axes: Mapping[str, int | None]) -> int | None:
     """How many samples the arrays hold (the same on every input's sample axis).
 
     Arrays without a sample axis (shared) do not count; a file of only shared arrays is
-    one sample. Labels hold their samples on axis 0.
+    one sample. None when the inputs disagree: the file is then a *complete feed*, fed
+    exactly as given in one batch (a model input such as a target shape ``[2]`` has no
+    batch axis at all).
 
     Raises:
-        CalibrationDataError: The inputs disagree.
+        CalibrationDataError: The inputs agree but the ``label`` array (samples on axis 0)
+            holds another number of samples.
     """
-    counts = {}
-    for name, shape in shapes.items():
-        axis = 0 if name == LABEL_KEY else axes.get(name)
-        if axis is not None and axis < len(shape):
-            counts[name] = shape[axis]
+    counts = {k: shape[axes[k]] for k, shape in shapes.items()  # type: ignore[index]
+              if k != LABEL_KEY and axes.get(k) is not None and axes[k] < len(shape)}  # type: ignore[operator]
     if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{k} {v} (axis {0 if k == LABEL_KEY else axes.get(k)})" for k, v in counts.items())
-        raise CalibrationDataError(f"{role} data{where}: arrays hold different numbers of samples: {detail}")
-    return next(iter(counts.values()), 1)
+        return None
+    n = next(iter(counts.values()), 1)
+    labels = shapes.get(LABEL_KEY)
+    if labels is not None and counts and (len(labels) == 0 or labels[0] != n):
+        raise CalibrationDataError(
+            f"{role} data{where}: '{LABEL_KEY}' holds {labels[0] if labels else 0} labels for {n} samples"
+        )
+    return n
 
 
-def take(arr: np.ndarray, axis: int | None, index: "slice | np.ndarray") -> np.ndarray:
+def take(arr: np.ndarray, axis: int | None, index: slice | np.ndarray) -> np.ndarray:
     """``arr`` restricted to samples ``index`` on ``axis`` (a shared array as is)."""
     if axis is None:
         return arr

@@ -173,7 +173,7 @@ class OutputFidelity:
 
     def where(self, name: str) -> str:
         """Where this output's headline cosine comes from, e.g. "output0 channel 7 (axis 1)"."""
-        if self.worst_channel is not None and self.worst_channel_cosine is not None and self.worst_channel_cosine <= self.output_cosine:
+        if self.worst_channel is not None and self.worst_channel_cosine is not None and self.worst_channel_cosine < self.output_cosine:
             kind = "channels" if "-" in self.worst_channel else "channel"
             return f"{name} {kind} {self.worst_channel} (axis {self.channel_axis})"
         return name

@@ -22,9 +22,10 @@ import onnx
 
 from onnxcomp.checking.calibration import (
     CalibrationData,
-    generate_inputs,
     required_input_specs,
 )
+from onnxcomp.checking.data_validate import is_fixed
+from onnxcomp.checking.generated import runnable_inputs
 from onnxcomp.checking.metrics import ChannelSplit, FidelityAccumulator, OutputFidelity
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.errors import CalibrationDataError, one_line
@@ -65,7 +66,7 @@ def _as_array(v: Any) -> np.ndarray:
 
 
 def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
-    return any(any(not isinstance(d, int) for d in (s.shape or ())) for s in required_input_specs(model))
+    return any(any(not is_fixed(d) for d in (s.shape or ())) for s in required_input_specs(model))
 
 
 #: Most samples of held-out or ``--eval-data`` data that verification runs on: their
@@ -94,9 +95,8 @@ class VerificationData:
 
 
 def _data_name(data: CalibrationData) -> str:
-    """The source's name ("calib.npz" of "32 samples of calib.npz"), to describe the part
-    of it that verification used."""
-    return data.description.rpartition(" of ")[2]
+    """The source's name ("calib.npz"), to describe the part of it verification used."""
+    return data.name
 
 
 def _batches(data: CalibrationData, max_batches: int | None, max_samples: int | None) -> tuple[Outputs, list[np.ndarray | None], int]:
@@ -107,7 +107,7 @@ def _batches(data: CalibrationData, max_batches: int | None, max_samples: int | 
     for batch, lab in data.iter_with_labels(max_samples=max_samples):
         feeds.append(batch)
         labels.append(lab)
-        n += len(next(iter(batch.values()))) if batch else 1
+        n += data.samples_in(batch)
         if max_batches is not None and len(feeds) >= max_batches:
             break
     return feeds, labels, n
@@ -157,9 +157,8 @@ def select_verification_data(
                 if warn is not None:
                     warn(msg)
             return VerificationData(feeds, labels, desc, calibration, False)
-    feeds = [generate_inputs(model, dim_value=2, seed=seed)]
-    if _has_symbolic_dims(model):
-        feeds.append(generate_inputs(model, dim_value=3, seed=seed + 1))
+    # Sizes the model runs on (tried in one session), a second feed at other sizes.
+    feeds = runnable_inputs(model, seed=seed, count=2 if _has_symbolic_dims(model) else 1)
     return VerificationData(feeds, [None] * len(feeds), "generated inputs", calibration, False)
 
 
@@ -309,7 +308,7 @@ class Verifier:
         except Cancelled:
             pass
         except Exception as e:
-            self._unverifiable = f"onnxruntime cannot run the input model ({one_line(e)[:240]})"
+            self._unverifiable = f"onnxruntime cannot run the input model on the verification inputs ({one_line(e)[:240]})"
             log.warning("cannot verify numerics: %s", self._unverifiable)
 
     @property

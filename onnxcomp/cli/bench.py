@@ -16,6 +16,7 @@ import click
 
 from onnxcomp.cli.common import State, handle_errors, progress_bar
 from onnxcomp.errors import UsageError
+from onnxcomp.io.outputs import check_output_paths, write_text_atomic
 
 _EP_HELP = "Execution provider: cpu, cuda, tensorrt, openvino, … (cuda:1 picks a device)."
 
@@ -24,11 +25,11 @@ def _input_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the three commands: EP, threads, inputs."""
     opts = [
         click.option("--ep", default="cpu", show_default=True, help=_EP_HELP),
-        click.option("--batch", type=int, help="Size of a symbolic batch dim (axis 0) of generated inputs (default 1)."),
+        click.option("--batch", type=int, help="Size of a free batch dim (symbolic, unnamed or -1) of generated inputs (default 1)."),
         click.option("--shape", "shapes", multiple=True, metavar="NAME=DxDx…",
                      help="Shape of an input with dynamic dims, e.g. input=1x3x224x224 (repeatable)."),
         click.option("--data", type=str, metavar="PATH",
-                     help=".npz (keys = input names, samples on axis 0; optional 'label') or a folder of them."),
+                     help=".npz (keys = input names, samples on each input's batch axis; optional 'label') or a folder of them."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for generated inputs."),
     ]
     for o in reversed(opts):
@@ -42,11 +43,12 @@ def _check_data(data: str | None) -> None:
         raise UsageError(f"--data {data} not found (expected an .npz file or a folder of them)")
 
 
-def _check_models(paths: tuple[Path, ...] | list[Path]) -> None:
-    """A missing model is a usage error before anything is loaded."""
+def _check_models(paths: tuple[Path, ...] | list[Path], outputs: tuple[tuple[str, Path | None], ...] = ()) -> None:
+    """A missing model, or an output that cannot be written, is a usage error before anything is loaded."""
     for p in paths:
         if not p.exists():
             raise UsageError(f"{p} not found")
+    check_output_paths(outputs, protect=paths)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -57,9 +59,7 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     if str(path) == "-":
         click.echo(text)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, text + "\n")
 
 
 @click.command()
@@ -79,7 +79,7 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
     """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
     from onnxcomp.perf.benchmark import bench as run_bench
 
-    _check_models(models)
+    _check_models(models, (("--json", json_out),))
     _check_data(data)
     if warmup < 0 or duration <= 0:
         raise UsageError("--warmup must be >= 0 and --duration > 0")
@@ -101,22 +101,30 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
 @click.option("--rounds", type=int, help="Exact number of timed rounds (default: run for --duration).")
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds of timed rounds.")
 @click.option("--no-speed", is_flag=True, help="Fidelity only; skip timing.")
+@click.option("--channels", "channel_specs", multiple=True, metavar="OUTPUT:AXIS[=N1,N2,..]",
+              help="How fidelity splits an output into channels (as for optimize; repeatable).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
 @handle_errors
 def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None,
             seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
-            json_out: Path | None) -> None:
+            channel_specs: tuple[str, ...], json_out: Path | None) -> None:
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
     from onnxcomp.perf.comparison import compare as run_compare
 
-    _check_models([reference, candidate])
+    _check_models([reference, candidate], (("--json", json_out),))
     _check_data(data)
     if max_samples < 1 or duration <= 0:
         raise UsageError("--max-samples must be >= 1 and --duration > 0")
+    from onnxcomp.checking.metrics import parse_channel_spec
+
+    try:
+        channels = dict(parse_channel_spec(c) for c in channel_specs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     with progress_bar("compare") as progress:
         result = run_compare(reference, candidate, data, ep=ep, threads=threads, batch=batch, shapes=shapes,
                              max_samples=max_samples, speed=not no_speed, rounds=rounds, duration_s=duration,
-                             progress=progress, seed=seed)
+                             progress=progress, seed=seed, channels=channels)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
     if not State.quiet and str(json_out) != "-":
@@ -163,7 +171,7 @@ def gate(models: tuple[Path, ...], max_slowdown: float, min_cosine: float | None
 
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
-    _check_models(models)
+    _check_models(models, (("--json", json_out), ("--markdown", md_out), ("--record", record_out)))
     _check_data(data)
     budget = Budget(min_rounds=min_rounds, max_rounds=max_rounds, max_time_s=max_time)
     if record_out is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -60,6 +61,59 @@ def group_rows(model_path: Path, exclude: tuple[str, ...] = (), ratio: float | N
     return rows
 
 
+#: Widest the status column gets (it wraps at words inside).
+_STATUS_WIDTH = 24
+
+
+def _status(r: dict, all_reasons: bool) -> str:
+    if r["prunable"]:
+        return "prunable"
+    if r["frozen_by"]:
+        more = len(r["frozen_by"]) - 1
+        return "frozen: " + ("; ".join(r["frozen_by"]) if all_reasons else r["frozen_by"][0] + (f" (+{more} more)" if more else ""))
+    return "single unit"
+
+
+def groups_table(rows: list[dict], title: str, console: Any, all_reasons: bool = False) -> Any:
+    """The groups as a rich table that fits ``console``'s width.
+
+    One group per row; its names take at most three lines of one column: the label
+    (the weight's name in the source framework, when the exporter kept it), the root
+    weight with its axis, and the root node, each shortened in the middle when too long
+    (the JSON output has them whole).
+    """
+    from rich.markup import escape
+
+    from onnxcomp.perf.render import elide_middle, fit_table, table
+
+    def names(r: dict) -> list[str]:
+        weight = r["root"].rsplit("[", 1)[0]
+        lines = [r["label"]] if r["label"] and r["label"] != weight else []
+        return [*lines, r["root"], f"node {r['root_node']}"]
+
+    def build(width: int) -> Any:
+        t = table(title, console)
+        t.add_column("id", justify="right", no_wrap=True)
+        t.add_column("group", no_wrap=True)
+        t.add_column("channels", justify="right", no_wrap=True)
+        t.add_column("units", justify="right", no_wrap=True)
+        t.add_column("tensors", justify="right", no_wrap=True)
+        t.add_column("status", max_width=_STATUS_WIDTH)
+        for r in rows:
+            first, *rest = [escape(elide_middle(n, width)) for n in names(r)]
+            cell = "\n".join([first, *(f"[dim]{n}[/]" for n in rest)])
+            units = f"{r['units']}" + (f" x {r['unit_size']}" if r["unit_size"] > 1 else "")
+            channels = str(r["channels"]) + (f" -> {r['channels_after']}" if "channels_after" in r else "")
+            t.add_row(str(r["id"]), cell, channels, units, str(r["tensors"]), escape(_status(r, all_reasons)))
+        t.caption = escape("group: label, root weight [axis], root node"
+                           + (" (shortened with …; --json has them whole)" if width < longest else ""))
+        t.caption_justify = "left"
+        return t
+
+    longest = max((len(n) for r in rows for n in names(r)), default=1)
+    return fit_table(build, console, longest, min_width=20)
+
+
 @click.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--exclude", multiple=True, help="Node-name glob pattern to leave whole (repeatable).")
@@ -73,34 +127,20 @@ def inspect(model: Path, exclude: tuple[str, ...], json_out: Path | None, all_re
             round_to: int) -> None:
     """List the channel groups of MODEL that prune-channels would prune, and what froze the rest."""
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     from onnxcomp.errors import UsageError
+    from onnxcomp.io.outputs import check_output_paths, write_text_atomic
 
     if not model.exists():
         raise UsageError(f"no such file: {model}")
+    check_output_paths([("--json", json_out)], protect=[model])
     rows = group_rows(model, tuple(exclude), ratio, round_to)
-    table = Table(title=f"channel groups of {model.name}")
-    for col in ("id", "root node", "root weight", "name", "channels", "units", "tensors", "status"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        units = f"{r['units']}" + (f" x {r['unit_size']}" if r["unit_size"] > 1 else "")
-        channels = str(r["channels"]) + (f" -> {r['channels_after']}" if "channels_after" in r else "")
-        if r["prunable"]:
-            status = "prunable"
-        elif r["frozen_by"]:
-            status = "frozen: " + ("; ".join(r["frozen_by"]) if all_reasons else r["frozen_by"][0]
-                                   + (f" (+{len(r['frozen_by']) - 1} more)" if len(r["frozen_by"]) > 1 else ""))
-        else:
-            status = "single unit"
-        table.add_row(str(r["id"]), escape(r["root_node"]), escape(r["root"]), escape(r["label"] if r["label"] != r["root"].rsplit("[", 1)[0] else ""), channels,
-                      units, str(r["tensors"]), escape(status))
-    Console().print(table)
+    console = Console()
+    console.print(groups_table(rows, f"channel groups of {model.name}", console, all_reasons))
     n_ok = sum(r["prunable"] for r in rows)
     click.echo(f"{len(rows)} groups, {n_ok} prunable, {len(rows) - n_ok} frozen")
     if json_out is not None:
-        json_out.write_text(json.dumps({"model": str(model), "groups": rows}, indent=2))
+        write_text_atomic(json_out, json.dumps({"model": str(model), "groups": rows}, indent=2))
 
 
 COMMANDS = [inspect]

@@ -18,6 +18,7 @@ from onnxcomp._version import __version__
 from onnxcomp.cli.bench import COMMANDS as BENCH_COMMANDS
 from onnxcomp.cli.common import State, handle_errors, status_line
 from onnxcomp.cli.inspect import COMMANDS as INSPECT_COMMANDS
+from onnxcomp.errors import OnnxcompError
 
 log = logging.getLogger("onnxcomp")
 
@@ -38,7 +39,8 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
 @click.option("--preset", help="Named pipeline: lossless (default), int8, prune, prune-recover, prune-distill-int8.")
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="A pass with options; repeat in pipeline order.")
-@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on axis 0), a folder of them, or 'random'.")
+@click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on each input's batch axis, scalars shared), a folder of them "
+              "or of complete feeds (one .npz per sample), or 'random'. Validated before any work.")
 @click.option("--train-data", metavar="PATH", help="Training data for distill (same format; optional 'label' array).")
 @click.option("--eval-data", metavar="PATH", help="Verify on this data (same format; no pass sees it). Default for lossy pipelines: "
               "a held-out part of the calibration data.")
@@ -55,11 +57,13 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--rtol", type=float, default=1e-4, show_default=True, help="Tolerance relative to each output's largest magnitude.")
 @click.option("--allow-unverified", is_flag=True, help="Write the result even if its numerics could not be checked.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")
+@click.option("--speed-check/--no-speed-check", default=True, show_default=True,
+              help="After a lossy pass, time result vs input on CPU (~1 s); warn when the result is slower.")
 @handle_errors
 def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: tuple[str, ...], calibration_data: str | None,
              train_data: str | None, eval_data: str | None, min_cosine: float | None, channel_specs: tuple[str, ...],
              plugins: tuple[str, ...], report_path: Path | None, strict: bool, verify: str,
-             atol: float, rtol: float, allow_unverified: bool, seed: int) -> None:
+             atol: float, rtol: float, allow_unverified: bool, seed: int, speed_check: bool) -> None:
     """Run a pipeline of passes over MODEL, verify it, write the result.
 
     Fidelity is measured per output and per channel, on data no pass was fitted on
@@ -69,20 +73,28 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
     """
     from onnxcomp.api import default_output_path
     from onnxcomp.api import optimize as run_optimize
+    from onnxcomp.io.outputs import check_output_paths
 
     out = output or default_output_path(model)
+    if model.exists():  # (a missing input is reported as such by the loader, not as a missing output folder)
+        check_output_paths([("output", out), ("--report", report_path)], protect=[model])  # before any work
     status, progress = status_line()
     try:
         _, report = run_optimize(
             model, pass_specs, preset=preset, calibration_data=calibration_data, train_data=train_data, eval_data=eval_data,
             output=out, plugins=plugins, strict=strict, verify=verify, atol=atol, rtol=rtol,  # type: ignore[arg-type]
             allow_unverified=allow_unverified, seed=seed, progress=progress, min_cosine=min_cosine, channels=channel_specs,
+            speed_check=speed_check,
         )
     finally:
         if status is not None:
             status.stop()
+    State.written.append(str(out))
     if report_path is not None:
-        report.write_json(report_path)
+        try:
+            report.write_json(report_path)
+        except OnnxcompError as e:  # the model is written: say where, whatever else failed
+            raise type(e)(f"{e} (the model was written: {out})") from None
     if not State.quiet:
         report.render()
     click.echo(str(out))
@@ -94,9 +106,9 @@ def optimize(model: Path, output: Path | None, preset: str | None, pass_specs: t
 @handle_errors
 def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
     """List passes with their summaries and options (types, defaults)."""
-    from onnxcomp.pipeline.registry import describe_pass, registered_passes
     from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
     from onnxcomp.pipeline.presets import PRESET_SUMMARIES, PRESETS
+    from onnxcomp.pipeline.registry import describe_pass, registered_passes
 
     load_entry_point_plugins()
     for p in plugins:

@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from onnxcomp.errors import InvalidModelError, UsageError, one_line
 from onnxcomp.io import safety
+from onnxcomp.io.outputs import check_output_path, external_data_files, remove_stale_temps, temp_prefix
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
 PROTO_LIMIT = 2**31 - 2**26
@@ -167,47 +168,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def external_data_files(model_path: str | os.PathLike[str]) -> list[Path]:
-    """External-data files a model on disk refers to (header read only)."""
-    p = Path(model_path)
-    try:
-        model = onnx.load_model(str(p), load_external_data=False)
-    except Exception:
-        return []
-    out: set[Path] = set()
-    for t in safety.iter_tensors(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            for kv in t.external_data:
-                if kv.key == "location":
-                    out.add((p.parent / kv.value).resolve())
-    return sorted(out)
-
-
-def check_output_path(output: str | os.PathLike[str], protect: Iterable[str | os.PathLike[str]] = ()) -> Path:
-    """Refuse outputs that would overwrite an input (model or its external data)."""
-    out = Path(output)
-    data = out.with_name(out.name + ".data")
-    for src in protect:
-        src_p = Path(src)
-        guarded = [src_p, *external_data_files(src_p)] if src_p.exists() else [src_p]
-        for g in guarded:
-            for candidate in (out, data):
-                if candidate.resolve() == g.resolve() or _same_file(candidate, g):
-                    raise UsageError(f"refusing to write {candidate}: it is an input file ({src_p}); choose another -o")
-    if out.exists() and out.is_dir():
-        raise UsageError(f"output {out} is a directory")
-    if not out.parent.exists():
-        raise UsageError(f"output folder {out.parent} does not exist")
-    return out
-
-
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -217,8 +177,10 @@ def save_model(
 ) -> Path:
     """Write ``model`` to ``path`` atomically; ``model`` itself is not modified.
 
-    Steps: refuse paths that would overwrite an input; write model (and data file) into a
-    fresh temporary folder beside the destination; fsync; verify what was written (sizes,
+    Steps: refuse paths that would overwrite an input; remove temporary folders that dead
+    processes left for this destination (`onnxcomp.io.outputs.remove_stale_temps`); write
+    model (and data file) into a fresh temporary folder ``.NAME.<pid>.<random>.tmp``
+    beside the destination; fsync; verify what was written (sizes,
     header parses, external ranges in bounds); rename the data file, then the model file
     last; fsync the folder. On any failure — including Ctrl-C — the temporary folder is
     removed and nothing at the destination changed. Serialization is deterministic, so
@@ -239,6 +201,7 @@ def save_model(
             be written (read-only folder, disk full, ...).
     """
     out = check_output_path(path, protect)
+    remove_stale_temps(out)  # leftovers of a killed run writing the same output
     use_external = needs_external_data(model) if external_data is None else external_data
     data_name = out.name + ".data"
     final_data = out.parent / data_name
@@ -246,7 +209,7 @@ def save_model(
     old_refers = final_data.exists() and _refers_to(out, data_name)
     tmpdir: Path | None = None
     try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
         tmp_model = tmpdir / out.name
         tmp_data = tmpdir / data_name
         to_write = _externalized_copy(model, tmp_data, data_name) if use_external else model

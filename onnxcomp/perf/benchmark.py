@@ -22,7 +22,7 @@ from onnxcomp.perf.feeds import feed_shapes, parse_shape_specs
 from onnxcomp.perf.machine import environment, model_size_bytes, peak_rss_mb
 from onnxcomp.perf.placement import node_placement
 from onnxcomp.perf.prepare import prepare_models
-from onnxcomp.perf.render import default_console, fmt_g, human_bytes
+from onnxcomp.perf.render import default_console, elide_middle, fit_table, fmt_g, human_bytes, table
 from onnxcomp.perf.timing import InterleavedTimer, LatencyStats, ProgressFn, paired_ratio, timed_rounds
 
 log = logging.getLogger("onnxcomp")
@@ -98,17 +98,22 @@ class BenchResult:
 
     def render(self, console: Any | None = None) -> None:
         """A rich table: latency percentiles, ratio to the first model, size, memory."""
-        from rich.table import Table
-
         console = console or default_console()
-        t = Table(title=f"latency on {self.providers[0]} · threads={self.threads or 'default'} · "
-                        f"{self.rounds} interleaved rounds", title_justify="left")
-        for col in ("model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "sd ms", "× first", "samples/s", "size", "mem MB"):
-            t.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-        for m in self.models:
-            s = m.latency
-            t.add_row(Path(m.path).name, fmt_g(s.p50), fmt_g(s.p90), fmt_g(s.p99), fmt_g(s.mean), fmt_g(s.stdev),
-                      f"{m.ratio_to_first:.3f}", fmt_g(m.throughput), human_bytes(m.size_bytes), f"{m.host_memory_mb:.1f}")
+        title = (f"latency (ms) on {self.providers[0]} · threads={self.threads or 'default'} · "
+                 f"{self.rounds} interleaved rounds")
+
+        def build(width: int) -> Any:
+            t = table(title, console)
+            for col in ("model", "p50 ms", "p90", "p99", "mean", "sd", "× first", "per s", "size", "mem MB"):
+                t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col != "model")
+            for m in self.models:
+                s = m.latency
+                t.add_row(elide_middle(Path(m.path).name, width), fmt_g(s.p50), fmt_g(s.p90), fmt_g(s.p99), fmt_g(s.mean),
+                          fmt_g(s.stdev), f"{m.ratio_to_first:.3f}", fmt_g(m.throughput), human_bytes(m.size_bytes),
+                          f"{m.host_memory_mb:.1f}")
+            return t
+
+        t = fit_table(build, console, max(len(Path(m.path).name) for m in self.models))
         console.print(t)
         shapes = {Path(m.path).name: m.input_shapes for m in self.models}
         console.print(f"inputs: {shapes}  (× first = p50 of the first model ÷ p50 of this one; > 1 is faster)")

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 
 from onnxcomp.checking.calibration import CalibrationData, required_input_specs
-from onnxcomp.checking.metrics import FidelityAccumulator, OutputFidelity, summarize
+from onnxcomp.checking.metrics import ChannelSplit, FidelityAccumulator, OutputFidelity, summarize
 from onnxcomp.checking.runtime import open_session, parse_ep, providers_for
 from onnxcomp.errors import CalibrationDataError, InvalidModelError, UsageError, one_line
 from onnxcomp.io.files import load_model
 from onnxcomp.perf.benchmark import BenchResult, bench
 from onnxcomp.perf.feeds import feed_shapes, make_feeds, parse_shape_specs
-from onnxcomp.perf.render import default_console
+from onnxcomp.perf.render import default_console, elide_middle, fit_table, table
 from onnxcomp.perf.timing import ProgressFn
 
 
@@ -66,19 +66,25 @@ class CompareResult:
 
     def render(self, console: Any | None = None) -> None:
         """A rich table of per-output fidelity and the latency line."""
-        from rich.table import Table
-
         console = console or default_console()
-        t = Table(title=f"{Path(self.candidate).name} vs {Path(self.reference).name} on {self.samples} samples ({self.data})",
-                  title_justify="left")
-        for col in ("output", "cosine", "max |diff|", "mean |diff|", "SNR dB", "top-1 agree", "accuracy ref → cand"):
-            t.add_column(col, justify="left" if col == "output" else "right")
-        for name, f in self.outputs.items():
-            acc = (f"{f.accuracy_reference:.4f} → {f.accuracy_candidate:.4f}"
-                   if f.accuracy_candidate is not None and f.accuracy_reference is not None else "–")
-            t.add_row(name, f"{f.cosine:.6f}", f"{f.max_abs_diff:.3g}", f"{f.mean_abs_diff:.3g}", f"{f.snr_db:.1f}",
-                      f"{f.top1_agreement:.4f}" if f.top1_agreement is not None else "–", acc)
+        title = f"{Path(self.candidate).name} vs {Path(self.reference).name} on {self.samples} samples ({self.data})"
+
+        def build(width: int) -> Any:
+            t = table(title, console)
+            for col in ("output", "cosine", "max |diff|", "mean |diff|", "SNR dB", "top-1", "accuracy"):
+                t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
+            for name, f in self.outputs.items():
+                acc = (f"{f.accuracy_reference:.4f}→{f.accuracy_candidate:.4f}"
+                       if f.accuracy_candidate is not None and f.accuracy_reference is not None else "–")
+                t.add_row(elide_middle(name, width), f"{f.cosine:.6f}", f"{f.max_abs_diff:.3g}", f"{f.mean_abs_diff:.3g}",
+                          f"{f.snr_db:.1f}", f"{f.top1_agreement:.4f}" if f.top1_agreement is not None else "–", acc)
+            return t
+
+        t = fit_table(build, console, max((len(n) for n in self.outputs), default=1))
         console.print(t)
+        worst = self.overall.get("worst") or {}
+        if worst.get("where") and worst["where"] != worst.get("output"):
+            console.print(f"worst: {worst['where']}, cosine {worst['cosine']:.6f} (whole output: {self.outputs[worst['output']].output_cosine:.6f})")
         if self.bench is not None:
             ref, cand = self.bench.models
             console.print(f"latency p50 {ref.latency.p50:.3f} ms → {cand.latency.p50:.3f} ms: speedup ×{self.speedup:.3f} "
@@ -109,8 +115,10 @@ def fidelity_on(
     shapes: Mapping[str, Sequence[int]] | None = None,
     max_samples: int = 512,
     seed: int = 0,
+    channels: Mapping[str, ChannelSplit] | None = None,
 ) -> tuple[dict[str, OutputFidelity], int, bool]:
-    """Stream batches through both models (one session each) and accumulate fidelity.
+    """Stream batches through both models (one session each) and accumulate fidelity
+    (per output and per channel; ``channels`` overrides an output's channel split).
 
     Returns:
         ``(per-output fidelity, samples seen, whether labels were present)``.
@@ -127,13 +135,16 @@ def fidelity_on(
     cs = open_session(str(candidate), providers, threads=threads, spinning=False, device_id=device_id)
     ref_names = [o.name for o in rs.get_outputs()]
     mapping = align_outputs(ref_names, [o.name for o in cs.get_outputs()])
+    unknown = sorted(set(channels or {}) - set(ref_names))
+    if unknown:
+        raise UsageError(f"--channels: the reference has no output {unknown[0]!r} (outputs: {', '.join(ref_names)})")
     if data is not None:
-        calib = CalibrationData.from_source(data, ref_model, batch_size=batch)
+        calib = CalibrationData.from_source(data, ref_model, batch_size=batch, role="eval")
         batches: Any = calib.iter_with_labels(max_samples=max_samples)
     else:
         # Two batches of 8 (where the batch dim is symbolic): enough samples for top-1 agreement
         # to mean something, cheap enough for a CI job.
-        symbolic = any(s.shape and not isinstance(s.shape[0], int) for s in required_input_specs(ref_model))
+        symbolic = any(s.shape and s.fixed_batch is None for s in required_input_specs(ref_model))
         fb = batch or (8 if symbolic else None)
         batches = [(make_feeds(ref_model, batch=fb, shapes=shapes, seed=seed + i), None) for i in range(2)]
     accs: dict[str, FidelityAccumulator] = {}
@@ -149,7 +160,9 @@ def fidelity_on(
         for name, r in zip(ref_names, ro):
             r, c = np.asarray(r), np.asarray(co[mapping[name]])
             if r.shape == c.shape and r.dtype.kind in "fiub" and r.size:
-                accs.setdefault(name, FidelityAccumulator()).add(r, c, labels)
+                if name not in accs:
+                    accs[name] = FidelityAccumulator((channels or {}).get(name), name)
+                accs[name].add(r, c, labels)
         samples += int(next(iter(feeds.values())).shape[0]) if feeds else 1
     if samples == 0:
         raise CalibrationDataError(f"{data} yielded no complete batch for the reference model")
@@ -173,11 +186,13 @@ def compare(
     warmup: int = 10,
     progress: ProgressFn | None = None,
     seed: int = 0,
+    channels: Mapping[str, ChannelSplit] | None = None,
 ) -> CompareResult:
     """Fidelity of ``candidate`` against ``reference`` plus their latency ratio.
 
-    Fidelity (per output cosine, max/mean |diff|, SNR, top-1 agreement for ``[N, C]``
-    float outputs, accuracy when ``data`` has a ``label`` array) is computed on up to
+    Fidelity (cosine per output and per channel — the worst is the output's ``cosine`` —,
+    max/mean |diff|, SNR, top-1 agreement for class-score outputs, accuracy when ``data``
+    has a ``label`` array; see `onnxcomp.checking.metrics`) is computed on up to
     ``max_samples`` samples of ``data`` — or on two generated batches — with both models
     running on ``ep``. Speed is `bench` of the pair, interleaved, on the first batch.
 
@@ -188,7 +203,8 @@ def compare(
     providers = providers_for(ep_name)
     shape_map = parse_shape_specs(shapes)
     outputs, n, labelled = fidelity_on(reference, candidate, providers=providers, device_id=device_id, threads=threads,
-                                       data=data, batch=batch, shapes=shape_map, max_samples=max_samples, seed=seed)
+                                       data=data, batch=batch, shapes=shape_map, max_samples=max_samples, seed=seed,
+                                       channels=channels)
     result = None
     if speed:
         result = bench([reference, candidate], ep=ep, threads=threads, batch=batch, shapes=shape_map, data=data,

@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnxcomp.checking.calibration import CalibrationData, generate_inputs, required_input_specs
+from onnxcomp.checking.calibration import CalibrationData, required_input_specs
+from onnxcomp.checking.data_validate import is_fixed
+from onnxcomp.checking.generated import runnable_inputs
 from onnxcomp.errors import CalibrationDataError, UsageError
 
 log = logging.getLogger("onnxcomp")
@@ -53,16 +55,20 @@ def make_feeds(
 
     Generated inputs get ``shapes[name]`` where given (checked against fixed dims). A
     symbolic dim named in a ``--shape`` input takes that size in every input that shares
-    it (a sequence length ``seq`` in both ``input_ids`` and ``attention_mask``); other
-    symbolic dims become ``batch`` on axis 0 (default 1) and 1 elsewhere.
+    it (a sequence length ``seq`` in both ``input_ids`` and ``attention_mask``); free
+    batch dims (each input's first free dim) become ``batch`` (default 1); other free
+    dims (symbolic, unnamed or -1) take sizes the model runs on
+    (`onnxcomp.checking.generated.runnable_plan`), and a scalar compared with a constant
+    (a sample rate) takes that constant.
 
     Raises:
         UsageError: ``shapes`` names an unknown input or contradicts a fixed dim.
-        CalibrationDataError: ``data`` is missing, unreadable or lacks an input.
+        CalibrationDataError: ``data`` is missing, unreadable or does not fit the model,
+            or generated inputs cannot run it.
     """
     specs = required_input_specs(model)
     if data is not None:
-        calib = CalibrationData.from_source(data, model, batch_size=batch)
+        calib = CalibrationData.from_source(data, model, batch_size=batch, role="benchmark")
         first = calib.first_batches(1)
         if not first:
             raise CalibrationDataError(f"{data} has no complete batch for this model (batch size {calib.batch_size})")
@@ -71,29 +77,19 @@ def make_feeds(
     unknown = sorted(set(shapes) - {s.name for s in specs})
     if unknown:
         raise UsageError(f"--shape names unknown input(s) {unknown}; model inputs: {[s.name for s in specs]}")
-    dim_sizes: dict[str, int] = {}
     for s in specs:
         if s.name not in shapes:
             continue
         want = shapes[s.name]
         if s.shape is not None and len(s.shape) != len(want):
             raise UsageError(f"--shape {s.name}: rank {len(want)} but the model input has rank {len(s.shape)} {list(s.shape)}")
-        for d, w in zip(s.shape or (), want):
-            if isinstance(d, int) and d != w:
-                raise UsageError(f"--shape {s.name}={'x'.join(map(str, want))} contradicts the fixed shape {list(s.shape or ())}")
-            if isinstance(d, str):
-                dim_sizes[d] = w
-    for s in specs:
-        if s.shape and isinstance(s.shape[0], str) and s.shape[0] not in dim_sizes:
-            dim_sizes[s.shape[0]] = batch or 1
-    feeds = generate_inputs(model, dim_value=1, dim_sizes=dim_sizes, seed=seed)
-    for name, want in shapes.items():
-        if feeds[name].shape != tuple(want):  # unnamed dims: generate this one explicitly
-            dt = feeds[name].dtype
-            rng = np.random.default_rng(seed)
-            feeds[name] = rng.standard_normal(want).astype(dt) if dt.kind == "f" else np.zeros(want, dt)
+        if any(is_fixed(d) and d != w for d, w in zip(s.shape or (), want)):
+            raise UsageError(f"--shape {s.name}={'x'.join(map(str, want))} contradicts the fixed shape {list(s.shape or ())}")
+    # Sizes the model runs on: --shape and --batch where given, else sizes it declares or
+    # implies (one onnxruntime session tries a few; see checking.generated).
+    feeds = runnable_inputs(model, seed=seed, count=1, batch=batch, shapes=shapes)[0]
     if batch is not None:
-        fixed = {s.name: s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+        fixed = {s.name: s.fixed_batch for s in specs if s.fixed_batch is not None}
         if fixed and all(v != batch for v in fixed.values()):
             log.warning("--batch %d ignored for input(s) with a fixed batch size %s", batch, fixed)
     return feeds

@@ -170,10 +170,9 @@ def record_baseline(
         "environment": environment(),
     }
     if output is not None:
-        out = Path(output)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, out)
+        from onnxcomp.io.outputs import write_text_atomic
+
+        write_text_atomic(output, json.dumps(record, indent=1))
     return record
 
 

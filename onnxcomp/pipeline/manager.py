@@ -7,6 +7,10 @@ The data path of one run (`PassManager.run`)::
                         -> Candidate.export(graph) -> Checker.check -> accept / roll back
       -> Checker.final(result) -> (result ModelProto, Report)
 
+Verification data (`onnxcomp.checking.select_verification_data`): a lossy pipeline's passes
+see only the *fit* part of the calibration data, and the checker verifies on the held-out
+rest (or on ``eval_data``), so the fidelity reported is measured on data no pass fitted.
+
 After every pass that reports ``modified``: dead-node cleanup + toposort, export as a
 `Candidate`, and the `Checker` (``onnx.checker`` full check, numeric check in onnxruntime).
 
@@ -190,7 +194,8 @@ class PipelineRun:
             original_model=self.input,
             meta=self.meta,
             calibration=fit,
-            train_data=manager.train_data,
+            # The same data given for training: training must not see the held-out part either.
+            train_data=fit if manager.train_data is manager.calibration else manager.train_data,
             seed=opts.seed,
             progress=manager.progress,
         )

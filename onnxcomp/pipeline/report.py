@@ -45,6 +45,8 @@ class Report:
     check_seconds: float = 0.0
     onnxcomp_version: str = ""
     seed: int = 0
+    #: Result vs input speed when ``optimize`` timed them (`onnxcomp.perf.speed_check`).
+    speed: dict[str, Any] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -69,14 +71,14 @@ class Report:
             "verification": self.verification,
             "degraded": self.degraded,
             "warnings": self.warnings,
+            "speed": self.speed,
         }
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
         """Write the report as JSON (atomically)."""
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(json_safe(self.to_dict()), indent=2, default=json_default, allow_nan=False))
-        os.replace(tmp, p)
+        from onnxcomp.io.outputs import write_text_atomic
+
+        write_text_atomic(path, json.dumps(json_safe(self.to_dict()), indent=2, default=json_default, allow_nan=False))
 
     def render(self, console: Any | None = None) -> None:
         """Print the passes that changed something and the verification (rich).

@@ -101,7 +101,7 @@ def merged_batches(data: "CalibrationData", model: onnx.ModelProto, *, target: i
     """
     from onnxcomp.checking.calibration import required_input_specs
 
-    symbolic = all(s.fixed_batch is None for s in required_input_specs(model))
+    symbolic = all(not isinstance(s.batch_dim, int) for s in required_input_specs(model))
     pending: list[dict[str, np.ndarray]] = []
     count = 0
     for feeds, _ in data.iter_with_labels(max_samples):

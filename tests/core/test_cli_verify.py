@@ -24,6 +24,8 @@ PLUGIN = str(Path(__file__).with_name("verify_plugin.py"))
 
 
 def _save(nodes: list, inputs: list, outputs: list, inits: dict[str, np.ndarray], path: Path) -> Path:
+    for i, node in enumerate(nodes):
+        node.name = node.name or f"{node.op_type.lower()}{i}"
     g = h.make_graph(nodes, "g", inputs, outputs, [nh.from_array(v, k) for k, v in inits.items()])
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     m.ir_version = 8
@@ -115,6 +117,20 @@ def test_broken_small_range_part_of_a_concat_is_reported(detector: Path, det_cal
     assert v["worst"]["channel"] == "4-7" and "out channels 4-7 (axis 1)" in r.output
 
 
+def test_int8_keeps_the_small_range_part_within_target(detector: Path, det_calib: Path, tmp_path: Path) -> None:
+    """quantize-int8's fallback scores candidates with the same per-channel worst cosine: the
+    layer feeding the probabilities stays float and the held-out worst channel meets 0.99."""
+    report = tmp_path / "r.json"
+    r = _run("optimize", detector, "-o", tmp_path / "det.int8.onnx", "--preset", "int8", "--calibration-data", det_calib,
+             "--report", report)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    stats = next(p["stats"] for p in rep["passes"] if p["name"] == "quantize-int8")
+    assert stats["layers_float"] >= 1 and stats["target_met"] is True
+    assert rep["verification"]["cosine"] > 0.99 and rep["degraded"] is False
+    assert rep["verification"]["data"] == "8 held-out samples of calib.npz"
+
+
 def test_min_cosine_fails_with_nothing_written(detector: Path, det_calib: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "det.int8.onnx", tmp_path / "r.json"
     r = _run("optimize", detector, "-o", out, "-p", "quantize-int8:target_cosine=none,concat_range_ratio=1e9", "--calibration-data", det_calib,
@@ -123,6 +139,11 @@ def test_min_cosine_fails_with_nothing_written(detector: Path, det_calib: Path, 
     assert "--min-cosine 0.9" in r.output and "out channel" in r.output and "held-out samples of calib.npz" in r.output
     assert not out.exists() and not report.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "det.onnx"]
+
+
+def test_min_cosine_needs_verification(detector: Path, tmp_path: Path) -> None:
+    r = _run("optimize", detector, "-o", tmp_path / "o.onnx", "--verify", "none", "--allow-unverified", "--min-cosine", "0.5")
+    assert r.exit_code == 2 and "--min-cosine" in r.output and not (tmp_path / "o.onnx").exists()
 
 
 @pytest.mark.parametrize("spec", ["nope:1", "out:7", "out:1=4,5", "out"])
@@ -236,3 +257,30 @@ def test_report_fits_80_columns() -> None:
     for r in rep.passes:
         assert any(line.lstrip().startswith(r.name + " ") for line in text.splitlines()), r.name
     assert "rolled back" in text and "verified on 8 held-out samples of calib.npz" in text
+
+
+def test_compare_judges_channels_too(detector: Path, det_calib: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "det.int8.onnx"
+    assert _run("optimize", detector, "-o", broken, "-p", "quantize-int8:target_cosine=none",
+                "--calibration-data", det_calib).exit_code == 0
+    out = tmp_path / "c.json"
+    r = _run("compare", detector, broken, "--no-speed", "--channels", "out:1=4,4", "--json", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["outputs"]["out"]["output_cosine"] > 0.99 and doc["overall"]["cosine"] < 0.9
+    assert doc["overall"]["worst"]["where"] == "out channels 4-7 (axis 1)" and "worst: out channels 4-7" in r.output
+    r = _run("compare", detector, broken, "--no-speed", "--channels", "nope:1")
+    assert r.exit_code == 2 and "--channels" in r.output
+
+
+
+def test_training_on_the_calibration_file_leaves_the_held_out_part_alone(convnet: Path, tmp_path: Path) -> None:
+    """The same file as --train-data and --calibration-data: training gets the fit part only."""
+    calib = _npz(tmp_path / "calib.npz", 32, 1)
+    report = tmp_path / "r.json"
+    r = _run("optimize", convnet, "-o", tmp_path / "a.onnx", "-p", "test-note-fit-data", "--plugin", PLUGIN,
+             "--calibration-data", calib, "--train-data", calib, "--report", report)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    assert rep["passes"][0]["stats"]["train_data"] == "24 fit samples of calib.npz"
+    assert rep["verification"]["data"] == "8 held-out samples of calib.npz"

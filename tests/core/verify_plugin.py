@@ -28,11 +28,13 @@ class SqrtOutput(Pass):
 
 @register_pass("test-note-fit-data")
 class NoteFitData(Pass):
-    """Scale the output by 1.001 and record which calibration data the pass was given."""
+    """Scale the output by 1.001 and record which calibration and training data the pass was given."""
 
     lossless = False
 
     def run(self, graph, ctx):
         _append(graph, "Mul", [gs.Constant("test_scale", np.array(1.001, np.float32))])
-        data = ctx.calibration
-        return PassResult(modified=True, stats={"fit_data": data.description if data is not None else None})
+        def name(data):
+            return data.description if data is not None else None
+
+        return PassResult(modified=True, stats={"fit_data": name(ctx.calibration), "train_data": name(ctx.train_data)})

@@ -95,7 +95,7 @@ def lfs_pointer(d: Path) -> Path:
 class _Boom:
     """Unpickling this would create a file: the test checks it never appears."""
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (open, (os.path.join(os.environ.get("ONNXCOMP_PICKLE_CANARY", "/nonexistent"), "pwned"), "w"))
 
 

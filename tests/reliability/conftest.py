@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxcomp.cli import main
-from onnxcomp.pipeline.registry import load_builtin_passes, registered_passes
 from onnxcomp.pipeline.presets import CLEANUP
+from onnxcomp.pipeline.registry import load_builtin_passes, registered_passes
 
 
 def lossless_args() -> list[str]:

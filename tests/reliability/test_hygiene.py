@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.errors import InvalidModelError
-from onnxcomp.ir.convert import to_graph, to_model
-from onnxcomp.io.hygiene import check_unique_names, normalize
 from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.errors import InvalidModelError
+from onnxcomp.io.hygiene import check_unique_names, normalize
+from onnxcomp.ir.convert import to_graph, to_model
 
 from . import _cases
 from .conftest import lossless_args, run_cli

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxcomp.io import files as model_io
 from onnxcomp.errors import UsageError
+from onnxcomp.io import files as model_io
 from onnxcomp.io.files import load_model, save_model
 
 from ._cases import relu_model, save, with_external

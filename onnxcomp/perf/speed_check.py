@@ -1,0 +1,130 @@
+"""The speed check of ``optimize``: is a lossy result really faster than its input?
+
+A lossy pipeline trades fidelity for speed; when the result is *slower* on the target
+execution provider (INT8 QDQ that the EP does not fuse, pruning that breaks a fused
+pattern), the trade is all loss and the user should hear it. `check_speed` times input
+and result the way ``bench`` does — one session each, warm-up, interleaved rounds (A B,
+B A, …), the median of per-round ratios (`onnxcomp.perf.timing`) — but briefly (about
+`DURATION_S` seconds of rounds, at least `MIN_ROUNDS`), and `slower_warning` turns a ratio
+below `SLOWER_BELOW` into a warning. ``bench`` / ``compare`` remain the tools for a real
+measurement; this check is short and its ratio is noisy by a few percent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import onnx
+
+from onnxcomp.checking.runtime import make_session, parse_ep, providers_for
+from onnxcomp.errors import one_line
+from onnxcomp.perf.feeds import make_feeds
+from onnxcomp.perf.timing import (
+    InterleavedTimer,
+    make_runner,
+    paired_ratio,
+    timed_rounds,
+)
+
+log = logging.getLogger("onnxcomp")
+
+#: Seconds of timed rounds (after warm-up).
+DURATION_S = 1.0
+#: Rounds at least, even when they take longer than `DURATION_S`.
+MIN_ROUNDS = 5
+#: Untimed runs of each model first.
+WARMUP = 3
+#: A result at less than this fraction of the input's speed is reported as slower
+#: (below 1.0 by more than the noise of a one-second interleaved measurement).
+SLOWER_BELOW = 0.95
+
+
+def measure_speed(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    *,
+    ep: str = "cpu",
+    data: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    duration_s: float = DURATION_S,
+    min_rounds: int = MIN_ROUNDS,
+    warmup: int = WARMUP,
+) -> dict[str, Any]:
+    """Time ``candidate`` against ``reference`` interleaved on one EP.
+
+    Args:
+        reference: The input model.
+        candidate: The optimized model (same graph inputs).
+        ep: Execution provider (``cpu``, ``cuda``, …, as for ``bench``).
+        data: Calibration ``.npz`` / folder whose first batch is the input; None: generated
+            inputs (symbolic dims 1).
+        seed: Seed of generated inputs.
+        duration_s: Seconds of timed rounds.
+        min_rounds: Fewest timed rounds.
+        warmup: Untimed runs of each model first.
+
+    Returns:
+        ``{"ratio": r, "ep": provider, "rounds": n, "input_ms": p50, "result_ms": p50}``;
+        ``ratio`` is the median over rounds of input time ÷ result time (> 1: faster).
+    """
+    import numpy as np
+
+    ep_name, device_id = parse_ep(ep)
+    providers = providers_for(ep_name)
+    feeds = make_feeds(reference, data=data, seed=seed)
+    # Two sessions timed in turn must not spin (see onnxcomp.perf.timing).
+    sessions = [make_session(m, providers=providers, spinning=False, device_id=device_id) for m in (reference, candidate)]
+    timer = InterleavedTimer([make_runner(s, feeds, s.get_providers(), device_id) for s in sessions])
+    timer.warmup(warmup)
+    ms = timed_rounds(timer, rounds=None, duration_s=duration_s, min_rounds=min_rounds)
+    return {
+        "ratio": paired_ratio(ms[:, 0], ms[:, 1]),
+        "ep": sessions[1].get_providers()[0],
+        "rounds": int(ms.shape[0]),
+        "input_ms": float(np.median(ms[:, 0])),
+        "result_ms": float(np.median(ms[:, 1])),
+    }
+
+
+def slower_warning(speed: dict[str, Any], below: float = SLOWER_BELOW) -> str | None:
+    """The warning for a result slower than its input, or None."""
+    ratio = speed.get("ratio")
+    if ratio is None or ratio >= below:
+        return None
+    return (f"result is {ratio:.2f}x the speed of the input on {speed['ep']} "
+            f"(a lossy result that is slower; check with `onnxcomp compare`)")
+
+
+def check_speed(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    *,
+    ep: str = "cpu",
+    data: Any = None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], str | None]:
+    """`measure_speed`, never failing the run: a model that cannot be timed gives ``{"skipped": why}``.
+
+    Args:
+        reference: The input model.
+        candidate: The optimized model.
+        ep: Execution provider.
+        data: The run's calibration source; a path is used for the input, anything else
+            (``"random"``, arrays, readers) means generated inputs.
+        seed: Seed of generated inputs.
+
+    Returns:
+        The report's ``speed`` entry and the warning (None when not slower).
+    """
+    path = data if isinstance(data, (str, os.PathLike)) and str(data) != "random" else None
+    try:
+        speed = measure_speed(reference, candidate, ep=ep, data=path, seed=seed)
+    except Exception as e:  # noqa: BLE001 - a measurement only: nothing that stops it (onnxruntime errors too) may fail the run
+        log.info("speed check skipped: %s", one_line(e, 300))
+        return {"skipped": one_line(e, 300)}, None
+    warning = slower_warning(speed)
+    if warning:
+        log.warning(warning)
+    return speed, warning
