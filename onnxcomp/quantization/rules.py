@@ -46,6 +46,8 @@ from onnxcomp.ir import OpRules, consumer_map
 
 #: Ops whose output, when it follows a quantized op with no other consumer, carries the Q.
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
+#: Ops that read a quantized input inside their integer kernel (no DQ/Q pair in between).
+INTEGER_READERS = ("Conv", "Gemm", "MatMul")
 PASS_THROUGH = ("MaxPool", "Resize", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
@@ -183,6 +185,15 @@ class GraphView:
                 return act.outputs[0]
         return out
 
+    def feeds_integer_layers(self, node: gs.Node) -> bool:
+        """True when ``node``'s output, past a lone Relu/Clip, is read only by Conv/Gemm/MatMul."""
+        out = node.outputs[0]
+        users = [n for n, _ in self.consumers.get(out.name, ())]
+        if len(users) == 1 and users[0].op in FUSABLE_ACTIVATIONS and out.name not in self.outputs:
+            out = users[0].outputs[0]
+            users = [n for n, _ in self.consumers.get(out.name, ())]
+        return bool(users) and out.name not in self.outputs and all(u.op in INTEGER_READERS for u in users)
+
 
 def activation_bounds(act: gs.Node) -> tuple[float, float] | None:
     """The (low, high) a Relu or a Clip with constant bounds clamps to; None otherwise.
@@ -235,11 +246,14 @@ def _conv_like(node: gs.Node, view: GraphView, plan: QuantPlan, axis: int | None
 def conv_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     """Conv: activation in, per-output-channel (axis 0) int8 weight, int32 bias, Q out.
 
-    Depthwise convolutions stay float unless ``quantize_depthwise``: onnxruntime's int8
-    depthwise kernel is slower than its float one (a chain of six measured 0.45-0.84x on
-    AVX-512 VNNI, ORT 1.32), while pointwise and dense convolutions gain 1.9x and more.
+    A depthwise convolution is quantized only inside an 8-bit chain (its output, past a
+    Relu/Clip, feeds only Conv/Gemm/MatMul), or with ``quantize_depthwise``: onnxruntime's
+    int8 depthwise kernel is slower than its float one (a chain of six measured 0.45-0.84x
+    on AVX-512 VNNI, ORT 1.32; pointwise and dense convolutions gain 1.9x and more), so it
+    pays only where it saves a DQ/Q pair (MobileNetV2: 0.73x of onnxruntime's speed with
+    every depthwise float, 1.0x in chains), not before a hard-swish or an SE gate.
     """
-    if not view.options.quantize_depthwise and is_depthwise(node):
+    if not view.options.quantize_depthwise and is_depthwise(node) and not view.feeds_integer_layers(node):
         return False
     return _conv_like(node, view, plan, 0 if view.options.per_channel else None)
 

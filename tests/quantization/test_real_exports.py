@@ -162,16 +162,23 @@ def test_concat_of_similar_ranges_still_shares_one_scale():
     assert _scale_of(q, "a") == _scale_of(q, "b")
 
 
-def depthwise_model() -> onnx.ModelProto:
-    """x -> Conv 3x3 -> Relu -> depthwise Conv 3x3 -> Relu -> pointwise Conv -> y."""
+def depthwise_model(gate: bool) -> onnx.ModelProto:
+    """x -> Conv 3x3 -> Relu -> depthwise Conv 3x3 -> Relu [-> x * Sigmoid(x)] -> pointwise Conv -> y."""
     rng = np.random.default_rng(0)
+    tail = [helper.make_node("Conv", ["r2", "wp"], ["y"], name="pointwise")]
+    if gate:
+        tail = [
+            helper.make_node("Sigmoid", ["r2"], ["s"]),
+            helper.make_node("Mul", ["r2", "s"], ["m"]),
+            helper.make_node("Conv", ["m", "wp"], ["y"], name="pointwise"),
+        ]
     return make_model(
         [
             helper.make_node("Conv", ["x", "w1"], ["c1"], name="dense", pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["c1"], ["r1"]),
             helper.make_node("Conv", ["r1", "wd"], ["c2"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
             helper.make_node("Relu", ["c2"], ["r2"]),
-            helper.make_node("Conv", ["r2", "wp"], ["y"], name="pointwise"),
+            *tail,
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
@@ -184,10 +191,19 @@ def _quantized_convs(model: onnx.ModelProto) -> set[str]:
     return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[1] in produced}
 
 
-def test_depthwise_convs_stay_float_unless_asked():
-    # onnxruntime's int8 depthwise kernel is slower than its float one on CPU.
-    model = depthwise_model()
+def test_depthwise_conv_before_float_ops_stays_float_unless_asked():
+    # onnxruntime's int8 depthwise kernel is slower than its float one on CPU; before a
+    # float gate it would not even save a DQ/Q pair.
+    model = depthwise_model(gate=True)
     q, res = run_pass(model, calib(model), target_cosine=None)
     assert _quantized_convs(q) == {"dense", "pointwise"} and res.stats["layers_quantized"] == 2
     q, res = run_pass(model, calib(model), target_cosine=None, quantize_depthwise=True)
     assert _quantized_convs(q) == {"dense", "depthwise", "pointwise"}
+
+
+def test_depthwise_conv_inside_an_8bit_chain_is_quantized():
+    model = depthwise_model(gate=False)
+    q, _ = run_pass(model, calib(model), target_cosine=None)
+    assert _quantized_convs(q) == {"dense", "depthwise", "pointwise"}
+    fused = optimized_ops(q)
+    assert fused["QLinearConv"] == 3 and fused["Conv"] == 0
