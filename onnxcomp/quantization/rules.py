@@ -23,7 +23,8 @@ Placement follows onnxruntime's CPU QDQ fusions:
 * MaxPool/Resize/Transpose/Reshape/Squeeze/Unsqueeze/Flatten: pass-through when the input is
   quantized; the output shares the input's scale so onnxruntime drops the DQ/Q pair and runs
   the op on 8-bit data.
-* Average pooling: own output scale (QLinearAveragePool/QLinearGlobalAveragePool).
+* Average pooling, Sigmoid, LeakyRelu: own output scale when the input is 8-bit
+  (QLinearAveragePool/QLinearGlobalAveragePool/QLinearSigmoid/QLinearLeakyRelu).
 * Gather from a constant table (embeddings): the table becomes int8 per-tensor and the
   Gather reads it directly, ``Gather(int8 table) -> DequantizeLinear`` (what onnxruntime
   would make of ``DQ -> Gather -> Q``, written out so the table is never dequantized whole).
@@ -383,6 +384,9 @@ def _own_scale(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
 
 STATIC_RULES.register(*PASS_THROUGH)(_pass_through)
 STATIC_RULES.register("AveragePool", "GlobalAveragePool")(_own_scale)
+# Sigmoid and LeakyRelu of an 8-bit input run as QLinearSigmoid/QLinearLeakyRelu; a SiLU
+# ``x * Sigmoid(x)`` then becomes QLinearSigmoid + QLinearMul with no float island (YOLOv8).
+STATIC_RULES.register("Sigmoid", "LeakyRelu")(_own_scale)
 
 
 def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
