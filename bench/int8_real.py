@@ -400,7 +400,7 @@ def write_section(text: str, path: Path) -> None:
     if head in old:
         pre, rest = old.split(head, 1)
         nxt = rest.find("\n## ")
-        old = pre + body + (rest[nxt + 1 :] if nxt >= 0 else "")
+        old = pre + body + ("\n" + rest[nxt + 1 :] if nxt >= 0 else "")
     else:
         old = old.rstrip() + "\n\n" + body
     path.write_text(old)
