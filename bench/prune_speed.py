@@ -28,9 +28,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models  # noqa: E402
-import onnxcomp  # noqa: E402
-from onnxcomp.ir.cost import model_cost  # noqa: E402
+import models
+import onnxcomp
+from onnxcomp.ir.cost import model_cost
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:

@@ -20,7 +20,12 @@ first use, so this namespace imports without PyTorch.
 from typing import TYPE_CHECKING, Any
 
 from onnxcomp.recovery.activations import TensorTap
-from onnxcomp.recovery.refit import RefitContext, RefitSettings, reconstruct
+from onnxcomp.recovery.refit import (
+    RefitContext,
+    RefitSettings,
+    reconstruct,
+    teacher_for,
+)
 
 if TYPE_CHECKING:
     from onnxcomp.recovery.distill_loop import DistillConfig, DistillResult, distill
@@ -35,6 +40,7 @@ __all__ = [
     "TensorTap",
     "distill",
     "reconstruct",
+    "teacher_for",
 ]
 
 

@@ -39,6 +39,9 @@ class DistillConfig:
     epochs: int = 20
     lr: float = 3e-3
     batch_size: int = 64
+    #: The model runs only whole batches of ``batch_size`` (a fixed batch dimension):
+    #: the split and every batch are then multiples of it, and a ragged rest is skipped.
+    fixed_batch: bool = False
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0
@@ -136,7 +139,10 @@ def distill(
     with deterministic(cfg.seed, cfg.threads):
         gen = torch.Generator().manual_seed(cfg.seed)
         order = torch.randperm(n, generator=gen)
-        n_val = min(n - 1, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n > 1 else 0
+        n_val = min(n - 1, round(n * cfg.val_fraction)) if cfg.val_fraction > 0 and n > 1 else 0
+        if cfg.fixed_batch:
+            b = cfg.batch_size
+            n_val = max(b, n_val // b * b) if n_val and n >= 2 * b else 0
         val_idx, train_idx = order[:n_val], order[n_val:]
         x_all = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         t_all = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in teacher.items()}
@@ -156,13 +162,17 @@ def distill(
                 loss = loss + cfg.beta * _nmse(out[f], t_all[f][idx])
             return loss, s
 
+        def batches(idx: torch.Tensor) -> Iterator[torch.Tensor]:
+            last = len(idx) - len(idx) % cfg.batch_size if cfg.fixed_batch else len(idx)
+            for start in range(0, last, cfg.batch_size):
+                yield idx[start : start + cfg.batch_size]
+
         def evaluate() -> dict[str, float]:
             idx = val_idx if n_val else train_idx
             student.eval()
             losses, kls, agree, count = 0.0, 0.0, 0.0, 0
             with torch.no_grad():
-                for start in range(0, len(idx), cfg.batch_size):
-                    b = idx[start : start + cfg.batch_size]
+                for b in batches(idx):
                     loss, s = loss_of(b)
                     t = t_all[output][b]
                     losses += float(loss) * len(b)
@@ -187,8 +197,7 @@ def distill(
             student.train()
             perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
             total, seen = 0.0, 0
-            for start in range(0, len(perm), cfg.batch_size):
-                b = perm[start : start + cfg.batch_size]
+            for b in batches(perm):
                 loss, _ = loss_of(b)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
