@@ -25,7 +25,7 @@ Cost: ``1 + 2·sweeps`` forward passes over the calibration data, plus the produ
 (``rows · F²`` per layer and batch; ``max_rows`` subsamples large feature maps).
 
 Held-out samples (one in five, see `split_batches`) guard against overfitting the
-calibration set: per layer they choose the ridge (`RIDGE_GRID`, relative to
+calibration set: per layer they choose the ridge (`refit_job.RIDGE_GRID`, relative to
 mean(diag(XᵀX)), unless ``ridge`` is given) and a refit is kept only when it lowers the
 layer's held-out error. The model's held-out output error (relative squared error per
 output channel, averaged) is measured after every sweep, the pruned model's included, and
@@ -53,22 +53,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.errors import UsageError
 from onnxcomp.ir import default_opset, dims_of, infer_shapes, toposort
 from onnxcomp.recovery.activations import TensorTap, split_batches
 from onnxcomp.recovery.layers import LinearLayer, match_layer
-from onnxcomp.recovery.lstsq import NormalEquations
+from onnxcomp.recovery.refit_job import DEFAULT_RIDGE, OutputError, RefitJob
 
 if typing.TYPE_CHECKING:
     from onnxcomp.checking.calibration import CalibrationData
     from onnxcomp.pruning.record import PruneRecord
-
-
-#: Relative ridge strengths tried per layer when none is given; the held-out samples pick one.
-RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-
-#: The ridge used when no sample could be held out to choose one.
-DEFAULT_RIDGE = 1e-3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +69,7 @@ class RefitSettings:
 
     Attributes:
         ridge: Ridge strength relative to mean(diag(XᵀX)); None: chosen per layer from
-            `RIDGE_GRID` on the held-out calibration samples.
+            ``refit_job.RIDGE_GRID`` on the held-out calibration samples.
         scope: Layers to refit: those whose input changed because of pruning and
             everything after them (``downstream``), only those whose input channels were
             pruned (``pruned``), or every layer (``all``).
@@ -116,33 +108,6 @@ class RefitContext(Protocol):
 
     def progress(self, message: str) -> None: ...
 
-
-
-@dataclass
-class _Job:
-    """One layer being refit: where its target and inputs come from, and its running sums.
-
-    ``fit`` accumulates the fitting samples, ``held`` the held-out ones.
-    """
-
-    layer: LinearLayer
-    kept: np.ndarray | None  # teacher output channels to match (None: all)
-    x_kept: tuple[int, np.ndarray] | None | bool  # teacher input channels the student kept; False: unusable
-    fit: NormalEquations
-    held: NormalEquations
-
-    def reset(self) -> None:
-        layer = self.layer
-        self.fit = NormalEquations(layer.features, layer.outputs // layer.groups, layer.groups, layer.bias)
-        self.held = NormalEquations(layer.features, layer.outputs // layer.groups, layer.groups, layer.bias)
-
-    @property
-    def in_channels(self) -> int:
-        """Input channels the layer reads (its input's channel axis)."""
-        layer = self.layer
-        if layer.geometry is None:
-            return layer.features
-        return layer.features // int(np.prod(layer.geometry.kernel)) * layer.groups
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:
@@ -197,97 +162,7 @@ def _kept(layer: LinearLayer, record: PruneRecord | None,
     return True
 
 
-def _teacher_input(job: _Job, x: np.ndarray) -> np.ndarray | None:
-    """The teacher's input of ``job``'s layer as the student sees it (kept channels), or
-    None when it cannot be mapped (then the layer waits for the student sweeps)."""
-    axis = 1 if job.layer.kind == "conv" else x.ndim - 1
-    if isinstance(job.x_kept, tuple):
-        rec_axis, idx = job.x_kept
-        if rec_axis % x.ndim != axis:
-            return None
-        x = np.take(x, idx, axis=axis)
-    return x if x.shape[axis] == job.in_channels else None
-
-
-def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray, held: bool, rng: np.random.Generator, max_rows: int) -> None:
-    layer = job.layer
-    if job.kept is not None:
-        y = np.take(y, job.kept, axis=layer.out_axis)
-    if y.shape[layer.out_axis] != layer.outputs:
-        # Only reachable when the teacher's shapes were unknown before running it.
-        raise UsageError(
-            f"reconstruct: teacher tensor {layer.y!r} has {y.shape[layer.out_axis]} channels but the student's has "
-            f"{layer.outputs}, and no prune-channels record says which were kept (exclude={layer.node.name!r} skips it)"
-        )
-    m = layer.rows(x)
-    positions = None
-    if m > max_rows:
-        positions = np.sort(rng.choice(m, size=max_rows, replace=False))
-    (job.held if held else job.fit).add(layer.design(x, positions), layer.targets(y, positions))
-
-
-def _solve(job: _Job, ridge: float | None) -> tuple[np.ndarray | None, float, float]:
-    """The refit of one layer from its sums: ``(new weights or None, error before, after)``.
-
-    Errors are relative squared errors on the held-out samples (on the fitting samples
-    when none was held out). The new weights come back only when they lower that error.
-    """
-    old = job.layer.current()
-    if job.fit.samples == 0:
-        return None, 0.0, 0.0
-    judge = job.held if job.held.samples else job.fit
-    if ridge is not None:
-        candidates = [ridge]
-    else:
-        candidates = list(RIDGE_GRID) if job.held.samples else [DEFAULT_RIDGE]
-    best_err, best = float("inf"), old
-    for r in candidates:
-        w = job.fit.solve(r)
-        err = judge.residual(w)
-        if err < best_err:
-            best_err, best = err, w
-    before = judge.residual(old)
-    # Keep the old weights unless the refit really helps (relative error < 1e-7: float noise).
-    if before - best_err > max(1e-6 * before, 1e-7):
-        return best, before, best_err
-    return None, before, before
-
-
-class _OutputError:
-    """Held-out error of the student's graph outputs against the teacher's, streamed.
-
-    Per output and channel (axis 1; a [N] output is one channel): ``Σ(s − t)² / Σt²``;
-    the value is the mean over channels and outputs, so an output part with large values
-    (box coordinates beside class scores) does not hide the others.
-    """
-
-    def __init__(self) -> None:
-        self.num: dict[str, np.ndarray] = {}
-        self.den: dict[str, np.ndarray] = {}
-
-    def add(self, student: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> None:
-        for name, s in student.items():
-            t = teacher.get(name)
-            if t is None or s.shape != t.shape or s.dtype.kind != "f" or not s.size:
-                continue
-            axes = tuple(a for a in range(s.ndim) if a != 1) if s.ndim > 1 else None
-            d = np.square(s.astype(np.float64) - t).sum(axis=axes)
-            n = np.square(t.astype(np.float64)).sum(axis=axes)
-            self.num[name] = self.num.get(name, 0.0) + d
-            self.den[name] = self.den.get(name, 0.0) + n
-
-    def value(self) -> float | None:
-        """Mean relative squared error over output channels (None: nothing measured)."""
-        errs = []
-        for name, num in self.num.items():
-            num, den = np.atleast_1d(num), np.atleast_1d(self.den[name])
-            live = den > 1e-30
-            errs.extend((num[live] / den[live]).tolist())
-            errs.extend([0.0 if v == 0 else 1.0 for v in num[~live]])  # a zero target: exact or not
-        return float(np.mean(errs)) if errs else None
-
-
-def _blocks(graph: gs.Graph, jobs: list[_Job], count: int) -> list[list[_Job]]:
+def _blocks(graph: gs.Graph, jobs: list[RefitJob], count: int) -> list[list[RefitJob]]:
     """Split ``jobs`` into at most ``count`` blocks of consecutive depth levels.
 
     A layer's level is 1 + the largest level of a refit layer upstream of it, so layers
@@ -308,14 +183,14 @@ def _blocks(graph: gs.Graph, jobs: list[_Job], count: int) -> list[list[_Job]]:
     count = min(count, levels)
     if count <= 0:
         return []
-    blocks: list[list[_Job]] = [[] for _ in range(count)]
+    blocks: list[list[RefitJob]] = [[] for _ in range(count)]
     for job in jobs:
         blocks[job_level[id(job)] * count // levels].append(job)
     return [b for b in blocks if b]
 
 
 def _select(graph: gs.Graph, teacher: onnx.ModelProto, record: PruneRecord | None, settings: RefitSettings,
-            ) -> tuple[list[_Job], int]:
+            ) -> tuple[list[RefitJob], int]:
     """The layers to refit (as jobs) and how many candidates were skipped."""
     pruned = set(record.tensors) if record is not None else set()
     teacher_tensors = _tensor_names(teacher)
@@ -323,7 +198,7 @@ def _select(graph: gs.Graph, teacher: onnx.ModelProto, record: PruneRecord | Non
     opset = default_opset(graph)
     region = None if settings.scope == "all" or not pruned else _downstream(graph, pruned)
     exclude = set(settings.exclude)
-    jobs: list[_Job] = []
+    jobs: list[RefitJob] = []
     skipped = 0
     for node in graph.nodes:
         layer = match_layer(node, opset)
@@ -345,10 +220,7 @@ def _select(graph: gs.Graph, teacher: onnx.ModelProto, record: PruneRecord | Non
             continue
         x_entry = record.channels(layer.x) if record is not None else None
         x_kept: tuple[int, np.ndarray] | None | bool = False if layer.x not in teacher_tensors else x_entry
-        job = _Job(layer, kept if isinstance(kept, np.ndarray) else None, x_kept,
-                   NormalEquations(1, 1), NormalEquations(1, 1))
-        job.reset()
-        jobs.append(job)
+        jobs.append(RefitJob.create(layer, kept if isinstance(kept, np.ndarray) else None, x_kept))
     return jobs, skipped
 
 
@@ -376,7 +248,7 @@ def reconstruct(
         ``layers_skipped``, and when any layer was tried ``layers_unchanged``, ``sweeps``,
         ``held_out_samples``, ``rel_error_before`` / ``rel_error_after`` (mean per-layer
         held-out error of the last sweep) and ``output_error_pruned`` /
-        ``output_error_after`` (the model's held-out output error, see `_OutputError`).
+        ``output_error_after`` (the model's held-out output error, see `OutputError`).
 
     Raises:
         UsageError: A teacher tensor has another channel count than the student's and no
@@ -408,7 +280,7 @@ def reconstruct(
     # The teacher's outputs on the held-out samples (small; the inputs are re-read).
     held_targets: list[dict[str, np.ndarray]] = []
 
-    def remember(err: _OutputError) -> None:
+    def remember(err: OutputError) -> None:
         nonlocal best_err, best_state
         value = err.value()
         errors.append(value)
@@ -418,7 +290,7 @@ def reconstruct(
     def measure() -> None:
         """Held-out output error of the graph as it is now (state after a step)."""
         if held_targets:
-            tap, err = TensorTap(ctx.to_model(graph), outputs), _OutputError()
+            tap, err = TensorTap(ctx.to_model(graph), outputs), OutputError()
             held_feeds = (feeds for feeds, held in batches() if held)
             for feeds, target in zip(held_feeds, held_targets):
                 err.add(tap(feeds), target)
@@ -426,9 +298,9 @@ def reconstruct(
 
     per_layer: list[tuple[float, float]] = []
 
-    def solve(active: list[_Job], step: int) -> None:
+    def solve(active: list[RefitJob], step: int) -> None:
         for job in active:
-            new, before, after = _solve(job, settings.ridge)
+            new, before, after = job.solve(settings.ridge)
             if new is not None:
                 job.layer.assign(new)
             per_layer.append((before, after))
@@ -440,7 +312,7 @@ def reconstruct(
     ctx.progress(f"reconstruct: step 1/{total} (teacher inputs, {len(from_teacher)} layers)")
     teacher_tap = TensorTap(teacher, [j.layer.y for j in from_teacher] + [j.layer.x for j in from_teacher] + outputs)
     pruned_tap = TensorTap(ctx.to_model(graph), outputs)
-    pruned_err = _OutputError()
+    pruned_err = OutputError()
     held_samples = 0
     for feeds, held in batches():
         t_out = teacher_tap(feeds)
@@ -449,9 +321,9 @@ def reconstruct(
             held_targets.append({o: t_out[o] for o in outputs})
             pruned_err.add(pruned_tap(feeds), held_targets[-1])
         for job in from_teacher:
-            x = _teacher_input(job, t_out[job.layer.x])
+            x = job.teacher_input(t_out[job.layer.x])
             if x is not None:
-                _accumulate(job, x, t_out[job.layer.y], held, ctx.rng, settings.max_rows)
+                job.accumulate(x, t_out[job.layer.y], held, ctx.rng, settings.max_rows)
     del teacher_tap, pruned_tap
     if held_targets:
         remember(pruned_err)
@@ -468,7 +340,7 @@ def reconstruct(
         for feeds, held in batches():
             s_out, t_out = student_tap(feeds), teacher_tap(feeds)
             for job in block:
-                _accumulate(job, s_out[job.layer.x], t_out[job.layer.y], held, ctx.rng, settings.max_rows)
+                job.accumulate(s_out[job.layer.x], t_out[job.layer.y], held, ctx.rng, settings.max_rows)
         solve(block, k)
         measure()
 
