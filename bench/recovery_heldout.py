@@ -45,6 +45,10 @@ MODELS = {
 }
 
 
+#: Models whose first output is class scores (top-1 agreement means something there).
+CLASSIFIERS = {"ocr_cls", "resnet18", "mobilenetv2"}
+
+
 def _symbolic_batch(src: Path, dst: Path) -> Path:
     """A copy whose ``-1`` / ``0`` dims are symbolic (the PP-OCR classifier declares batch -1,
     which this onnxcomp version's calibration reading does not accept yet)."""
@@ -92,7 +96,7 @@ def fidelity(reference: list[np.ndarray], candidate: list[np.ndarray], key: str)
     r, c = reference[0], candidate[0]
     if key == "yolo":
         out["class_cosine"] = _cos(r[:, 4:], c[:, 4:])
-    if r.ndim == 2 and r.shape[1] > 1:
+    if key in CLASSIFIERS:
         out["top1_agreement"] = float((r.argmax(1) == c.argmax(1)).mean())
     return out
 

@@ -85,7 +85,7 @@ class NormalEquations:
         ``||XW − Y||² = tr(WᵀXᵀXW) − 2·tr(WᵀXᵀY) + ||Y||²``, from the accumulated sums.
         """
         w = w.astype(np.float64)
-        quad = np.einsum("gfc,gfh,ghc->", w, self.xtx, w)
+        quad = np.einsum("gfc,gfc->", w, np.matmul(self.xtx, w))  # BLAS, not a 3-operand einsum loop
         cross = np.einsum("gfc,gfc->", w, self.xty)
         total = float(self.yty.sum())
         return max(float(quad - 2 * cross + total), 0.0) / max(total, 1e-30)

@@ -5,6 +5,7 @@ The orchestration -- which layers, which data, in which order -- is `onnxcomp.re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,21 +99,44 @@ class RefitJob:
         if self.fit.samples == 0:
             return None, 0.0, 0.0
         judge = self.held if self.held.samples else self.fit
-        if ridge is not None:
-            candidates = [ridge]
-        else:
-            candidates = list(RIDGE_GRID) if self.held.samples else [DEFAULT_RIDGE]
-        best_err, best = float("inf"), old
-        for r in candidates:
+
+        def attempt(r: float) -> tuple[float, np.ndarray]:
             w = self.fit.solve(r)
-            err = judge.residual(w)
-            if err < best_err:
-                best_err, best = err, w
+            return judge.residual(w), w
+
+        if ridge is not None:
+            best_err, best = attempt(ridge)
+        elif self.held.samples:
+            best_err, best = _ridge_search(attempt)
+        else:
+            best_err, best = attempt(DEFAULT_RIDGE)
         before = judge.residual(old)
         # Keep the old weights unless the refit really helps (relative error < 1e-7: float noise).
         if before - best_err > max(1e-6 * before, 1e-7):
             return best, before, best_err
         return None, before, before
+
+
+def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
+    """The ``(error, weights)`` of the best ridge in `RIDGE_GRID`, by descent from its middle.
+
+    Held-out error is close to unimodal in the ridge, so walking to the better neighbour
+    until none is better finds the grid's best in 3-4 solves instead of 5 (a solve costs
+    ``F³``: the largest cost of a wide layer).
+    """
+    seen: dict[int, tuple[float, np.ndarray]] = {}
+
+    def at(i: int) -> float:
+        if i not in seen:
+            seen[i] = evaluate(RIDGE_GRID[i])
+        return seen[i][0]
+
+    i = len(RIDGE_GRID) // 2
+    while True:
+        best = min((j for j in (i - 1, i, i + 1) if 0 <= j < len(RIDGE_GRID)), key=at)
+        if best == i:
+            return seen[i]
+        i = best
 
 
 class OutputError:
