@@ -185,9 +185,10 @@ class Distill(Pass[DistillOptions]):
             raise UsageError(f"distill: tensor(s) not in the teacher model: {', '.join(missing)}")
         # Data and batch size are settled before any expensive work (refit, teacher, training).
         fixed = _fixed_batch(ctx.to_model(graph))
-        batch_size = fixed or opts.batch_size
-        if fixed is not None and fixed != opts.batch_size:
-            ctx.logger.info("distill: the model's batch dimension is fixed at %d; training in batches of %d", fixed, fixed)
+        # A fixed batch B: batches of batch_size rounded to a multiple of B, run B at a time.
+        batch_size = max(fixed, opts.batch_size // fixed * fixed) if fixed else opts.batch_size
+        if fixed is not None and batch_size != opts.batch_size:
+            ctx.logger.info("distill: the model's batch dimension is fixed at %d; batches of %d samples", fixed, batch_size)
         inputs, labels = _load_data(ctx, opts.max_samples, fixed)
         n = len(next(iter(inputs.values())))
         needed = max(2, fixed or 0)
@@ -205,12 +206,12 @@ class Distill(Pass[DistillOptions]):
         targets = _teacher_outputs(teacher, inputs, names, fixed or max(opts.batch_size, 64))
         if opts.beta > 0:
             with torch.no_grad():
-                probe = module({k: torch.from_numpy(v[:batch_size]) for k, v in inputs.items()}, capture=opts.features)
+                probe = module({k: torch.from_numpy(v[: fixed or 1]) for k, v in inputs.items()}, capture=opts.features)
             for f in opts.features:
                 targets[f] = _restrict(f, targets[f], tuple(probe[f].shape), record)
 
         cfg = DistillConfig(
-            epochs=opts.epochs, lr=opts.lr, batch_size=batch_size, fixed_batch=fixed is not None, temperature=opts.temperature, alpha=opts.alpha,
+            epochs=opts.epochs, lr=opts.lr, batch_size=batch_size, micro_batch=fixed, temperature=opts.temperature, alpha=opts.alpha,
             beta=opts.beta, weight_decay=opts.weight_decay, val_fraction=opts.val_fraction, patience=opts.patience,
             seed=ctx.seed if opts.seed is None else opts.seed, threads=opts.threads,
         )
