@@ -119,7 +119,12 @@ class TensorTap:
         return out
 
 
-def split_batches(data: CalibrationData, model: onnx.ModelProto, *, target: int = 64,
+#: Samples per batch `split_batches` aims for when the batch dim is symbolic; row budgets
+#: (``max_rows``) are per this many samples.
+BATCH_SAMPLES = 64
+
+
+def split_batches(data: CalibrationData, model: onnx.ModelProto, *, target: int = BATCH_SAMPLES,
                   max_samples: int | None = None, every: int = 5) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
     """Stream ``data`` as ``(feeds, held_out)`` batches: one sample in ``every`` is held out.
 

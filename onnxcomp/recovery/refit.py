@@ -77,7 +77,8 @@ class RefitSettings:
             inputs, after the first pass that fits each one on the teacher's input (0: that
             first pass only).
         max_samples: Calibration samples used (None: all).
-        max_rows: Regression rows per layer per batch (spatial subsampling).
+        max_rows: Regression rows per layer per 64 samples (spatial subsampling; at least
+            2 per feature).
         exclude: Node names never refit.
     """
 

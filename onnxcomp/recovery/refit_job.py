@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxcomp.errors import UsageError
+from onnxcomp.recovery.activations import BATCH_SAMPLES
 from onnxcomp.recovery.layers import LinearLayer
 from onnxcomp.recovery.lstsq import NormalEquations
 
@@ -83,10 +84,14 @@ class RefitJob:
                 f"reconstruct: teacher tensor {layer.y!r} has {y.shape[layer.out_axis]} channels but the student's has "
                 f"{layer.outputs}, and no prune-channels record says which were kept (exclude={layer.node.name!r} skips it)"
             )
+        # The row budget is per BATCH_SAMPLES samples (a batch of 1 gets its share, not
+        # max_rows), and at least 2 rows per feature so wide layers stay determined.
+        budget = max(max_rows, 2 * (layer.features + 1))
+        cap = max(1, -(-budget * x.shape[0] // BATCH_SAMPLES))
         m = layer.rows(x)
         positions = None
-        if m > max_rows:
-            positions = np.sort(rng.choice(m, size=max_rows, replace=False))
+        if m > cap:
+            positions = np.sort(rng.choice(m, size=cap, replace=False))
         (self.held if held else self.fit).add(layer.design(x, positions), layer.targets(y, positions))
 
     def solve(self, ridge: float | None) -> tuple[np.ndarray | None, float, float]:
