@@ -63,6 +63,10 @@ if typing.TYPE_CHECKING:
     from onnxcomp.pruning.record import PruneRecord
 
 
+#: Relative held-out improvement a refit state needs over the best earlier one (pruned included).
+STATE_MARGIN = 0.02
+
+
 @dataclass(frozen=True, kw_only=True)
 class RefitSettings:
     """How `reconstruct` refits (the ``reconstruct`` pass's options, teacher aside).
@@ -276,17 +280,19 @@ def reconstruct(
         return split_batches(calibration, teacher, max_samples=settings.max_samples)
 
     initial = snapshot()
-    best_err, best_state = float("inf"), initial
+    best_err, best_state, best_index = float("inf"), initial, 0
     errors: list[float | None] = []
     # The teacher's outputs on the held-out samples (small; the inputs are re-read).
     held_targets: list[dict[str, np.ndarray]] = []
 
     def remember(err: OutputError) -> None:
-        nonlocal best_err, best_state
+        nonlocal best_err, best_state, best_index
         value = err.value()
         errors.append(value)
-        if value is not None and value < best_err:
-            best_err, best_state = value, snapshot()
+        # A later state must beat the best by a margin: the held-out fifth is small, and an
+        # improvement within its noise is not worth leaving the earlier weights for.
+        if value is not None and value < best_err * (1 - STATE_MARGIN):
+            best_err, best_state, best_index = value, snapshot(), len(errors) - 1
 
     def measure() -> None:
         """Held-out output error of the graph as it is now (state after a step)."""
@@ -345,8 +351,8 @@ def reconstruct(
         solve(block, k)
         measure()
 
-    if held_targets:
-        chosen = int(np.argmin([e if e is not None else np.inf for e in errors]))
+    if held_targets and best_err < float("inf"):
+        chosen = best_index
         if chosen != len(errors) - 1:
             for job, (inputs, attrs) in zip(jobs, best_state):
                 job.layer.node.inputs.clear()  # graphsurgeon lists keep tensor links in sync
@@ -354,8 +360,9 @@ def reconstruct(
                 job.layer.node.attrs.clear()
                 job.layer.node.attrs.update(attrs)
     else:
-        ctx.logger.warning("reconstruct: too few calibration batches to hold any out; ridge %g, refits unchecked "
-                           "on unseen samples", settings.ridge if settings.ridge is not None else DEFAULT_RIDGE)
+        if not held_targets:
+            ctx.logger.warning("reconstruct: too few calibration batches to hold any out; ridge %g, refits unchecked "
+                               "on unseen samples", settings.ridge if settings.ridge is not None else DEFAULT_RIDGE)
         chosen = len(errors) - 1
     changed = sum(
         any(a is not b for a, b in zip(inputs, j.layer.node.inputs)) or len(inputs) != len(j.layer.node.inputs)
