@@ -103,7 +103,7 @@ def main() -> None:
         if not calib.exists():
             models.make_calibration(name, calib, n=8)
         t0 = time.perf_counter()
-        pruned, report = onnxcomp.optimize(str(path), passes=[f"prune-channels:ratio={ratio},criterion={args.criterion}"],
+        pruned, _ = onnxcomp.optimize(str(path), passes=[f"prune-channels:ratio={ratio},criterion={args.criterion}"],
                                            calibration_data=str(calib))
         secs = time.perf_counter() - t0
         orig = onnx.load(str(path))
