@@ -28,9 +28,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models  # noqa: E402
-import onnxcomp  # noqa: E402
-from onnxcomp.ir.cost import model_cost  # noqa: E402
+import models
+import onnxcomp
+from onnxcomp.ir.cost import model_cost
 
 
 def _session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -103,7 +103,7 @@ def main() -> None:
         if not calib.exists():
             models.make_calibration(name, calib, n=8)
         t0 = time.perf_counter()
-        pruned, report = onnxcomp.optimize(str(path), passes=[f"prune-channels:ratio={ratio},criterion={args.criterion}"],
+        pruned, _ = onnxcomp.optimize(str(path), passes=[f"prune-channels:ratio={ratio},criterion={args.criterion}"],
                                            calibration_data=str(calib))
         secs = time.perf_counter() - t0
         orig = onnx.load(str(path))

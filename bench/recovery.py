@@ -32,10 +32,10 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import models  # noqa: E402
-import onnxcomp  # noqa: E402
-from onnxcomp.ir.cost import model_cost  # noqa: E402
-from onnxcomp.pipeline.registry import registered_passes  # noqa: E402
+import models
+import onnxcomp
+from onnxcomp.ir.cost import model_cost
+from onnxcomp.pipeline.registry import registered_passes
 
 
 def accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:

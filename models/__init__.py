@@ -10,6 +10,12 @@ Models (``MODEL_NAMES``):
   ``[B, S, 384]`` and mean-pooled ``sentence_embedding`` ``[B, 384]``.
 * ``vit`` -- ViT-Ti/16 (12 blocks, hidden 192, 3 heads), input
   ``pixel_values`` ``[B, 3, 224, 224]``, output ``logits``.
+* ``decoder`` -- Llama-style decoder LM (RMSNorm, rotary positions, SwiGLU,
+  grouped-query attention, tied embedding; see :mod:`models.decoder`), input
+  ``input_ids`` int64 ``[B, S]`` (``S`` always symbolic), output ``logits``
+  ``[B, S, vocab]``. ``decoder_kv`` is the same model with a KV cache: inputs
+  ``past_key_values.<i>.key|value`` ``[B, kv_heads, P, head_dim]`` (``P``
+  symbolic), outputs ``logits`` and ``present.<i>.key|value``.
 * ``digits`` -- residual CNN *trained* on scikit-learn's ``load_digits``,
   input ``input`` ``[B, 1, 8, 8]``, output ``logits`` (see :mod:`models.digits`).
 
@@ -29,13 +35,15 @@ import torch
 from . import digits
 from ._onnx_export import DEFAULT_OPSET, cosine, export_module, run_onnx
 from .bert import BERT, BERT_SMALL, BertConfig, build_bert
+from .decoder import DECODER, DECODER_SMALL, build_decoder, past_names
 from .mobilenetv2 import MOBILENETV2, MOBILENETV2_SMALL, build_mobilenetv2
 from .resnet import RESNET18, RESNET18_SMALL, RESNET50, RESNET50_SMALL, build_resnet
 from .vit import VIT, VIT_SMALL, build_vit
 
 __all__ = [
-    "MODEL_NAMES",
+    "CAUSAL_LMS",
     "DEFAULT_OPSET",
+    "MODEL_NAMES",
     "ModelSpec",
     "build",
     "cosine",
@@ -48,7 +56,10 @@ __all__ = [
     "spec",
 ]
 
-MODEL_NAMES: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2", "bert", "vit", "digits")
+MODEL_NAMES: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv2", "bert", "vit", "digits", "decoder", "decoder_kv")
+
+#: The causal LMs among `MODEL_NAMES` (kind ``"causal_lm"``).
+CAUSAL_LMS: tuple[str, ...] = ("decoder", "decoder_kv")
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class ModelSpec:
 
     Attributes:
         name: Model name.
-        kind: ``"image"``, ``"text"`` or ``"digits"``.
+        kind: ``"image"``, ``"text"``, ``"causal_lm"`` or ``"digits"``.
         input_names: Graph input names, in forward-argument order.
         output_names: Graph output names, in forward-return order.
         image_size: Square image side (image/digits models).
@@ -110,6 +121,12 @@ def spec(name: str, *, small: bool = False) -> ModelSpec:
             vocab_size=cfg.vocab_size,
             max_seq_len=cfg.max_position,
         )
+    if name in CAUSAL_LMS:
+        dcfg = DECODER_SMALL if small else DECODER
+        pin, pout = past_names(dcfg) if name == "decoder_kv" else ((), ())
+        return ModelSpec(
+            name, "causal_lm", ("input_ids", *pin), ("logits", *pout), vocab_size=dcfg.vocab_size, max_seq_len=dcfg.max_position
+        )
     if name == "digits":
         return ModelSpec(name, "digits", (digits.INPUT_NAME,), ("logits",), image_size=8, channels=1)
     image_cfg = _IMAGE_BUILDERS[name][2 if small else 1]
@@ -135,6 +152,8 @@ def build(name: str, *, small: bool = False, seed: int = 0) -> torch.nn.Module:
         return digits.train_or_load(small=small, seed=seed)[0]
     if name == "bert":
         return build_bert(BERT_SMALL if small else BERT, seed)
+    if name in CAUSAL_LMS:
+        return build_decoder(DECODER_SMALL if small else DECODER, seed)
     builder, full_cfg, small_cfg = _IMAGE_BUILDERS[name]
     return builder(small_cfg if small else full_cfg, seed)
 
@@ -151,8 +170,15 @@ def _random_inputs(s: ModelSpec, batch: int, seq_len: int, rng: np.random.Genera
     if seq_len < 1 or seq_len > s.max_seq_len:
         raise ValueError(f"seq_len must be in [1, {s.max_seq_len}] for {s.name}, got {seq_len}")
     # Ids 0..999 are left out as "special/padding" tokens, as in real vocabularies.
-    low = 1000 if s.vocab_size > 2000 else 1
+    low = 1000 if s.vocab_size > 2000 and s.kind == "text" else 1
     ids = rng.integers(low, s.vocab_size, size=(batch, seq_len), dtype=np.int64)
+    if s.kind == "causal_lm":
+        out = {"input_ids": ids}
+        if len(s.input_names) > 1:  # KV cache: a past as long as the new tokens
+            cfg = DECODER_SMALL if s.vocab_size == DECODER_SMALL.vocab_size else DECODER
+            for n in s.input_names[1:]:
+                out[n] = rng.standard_normal((batch, cfg.num_kv_heads, seq_len, cfg.head_dim), dtype=np.float32)
+        return out
     mask = np.ones((batch, seq_len), dtype=np.int64)
     # Row 0 is full length; other rows are right-padded to random lengths so
     # masking (attention and mean pooling) is actually exercised.
@@ -270,7 +296,13 @@ def export(
     inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=trace_seq, seed=seed)
     dynamic_axes = None
     dynamic_max = None
-    if dynamic_batch:
+    if s.kind == "causal_lm":
+        # Sequence (and past) lengths are always symbolic: a causal LM is fed prompts of
+        # any length and, with a cache, one token at a time.
+        inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=max(seq_len, 2), seed=seed)
+        b = {0: "batch"} if dynamic_batch else {}
+        dynamic_axes = {n: ({**b, 1: "seq"} if n == "input_ids" else {**b, 2: "past"}) for n in s.input_names}
+    elif dynamic_batch:
         axes = {0: "batch", 1: "seq"} if s.kind == "text" else {0: "batch"}
         dynamic_axes = {n: axes for n in s.input_names}
         dynamic_max = {"seq": s.max_seq_len} if s.kind == "text" else None

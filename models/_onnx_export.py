@@ -28,6 +28,7 @@ equal values), which is a useful second graph "dialect" for testing passes.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -119,9 +120,12 @@ def export_module(
                     hi = (dynamic_max or {}).get(sym)
                     dims[sym] = torch.export.Dim(sym, max=hi) if hi else torch.export.Dim(sym)
         # torch.export wants one spec per positional arg (None = fully static).
-        dynamic_shapes = tuple(
-            {ax: dims[sym] for ax, sym in dynamic_axes[n].items()} if n in dynamic_axes else None for n in names
-        )
+        specs = [{ax: dims[sym] for ax, sym in dynamic_axes[n].items()} if n in dynamic_axes else None for n in names]
+        # torch.export binds the specs to forward's signature: a ``*args`` tail (the
+        # decoder's past keys/values) takes one nested tuple of specs.
+        params = list(inspect.signature(model.forward).parameters.values())
+        star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+        dynamic_shapes = tuple(specs) if star is None or star >= len(specs) else (*specs[:star], tuple(specs[star:]))
 
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(

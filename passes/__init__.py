@@ -13,5 +13,6 @@ from onnxcomp.passes import (  # noqa: F401
     fold_constants,
     prune_channels,
     quantize_int8,
+    quantize_weights,
     reconstruct,
 )

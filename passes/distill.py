@@ -2,7 +2,8 @@
 
 The current (e.g. pruned) graph is turned into a trainable PyTorch module whose
 parameters are the graph's weight initializers (`onnxcomp.recovery.torch_graph`), trained
-against the teacher -- the model the run started from, or ``teacher=PATH`` -- with::
+against the teacher -- the model ``prune-channels`` started from (else the run's input),
+or ``teacher=PATH`` -- with::
 
     L = α·CE(labels) + (1 − α)·T²·KL(teacher_T ‖ student_T) + β·feature MSE
 
@@ -19,16 +20,24 @@ tensor, the teacher's copy is restricted to the kept channels (the pruning recor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp import CalibrationData, Pass, PassContext, PassOptions, PassResult, load_model, register_pass
+from onnxcomp import (
+    CalibrationData,
+    Pass,
+    PassContext,
+    PassOptions,
+    PassResult,
+    load_model,
+    register_pass,
+)
+from onnxcomp.checking import required_input_specs
 from onnxcomp.errors import UsageError
 from onnxcomp.pruning import PruneRecord
-from onnxcomp.recovery import RefitSettings, TensorTap, reconstruct
+from onnxcomp.recovery import RefitSettings, TensorTap, reconstruct, teacher_for
 
 _NO_TORCH = "distill needs PyTorch: pip install 'onnxcomp[torch]'"
 
@@ -47,15 +56,15 @@ class DistillOptions(PassOptions):
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
     val_fraction: float = field(default=0.1, metadata={"help": "held-out fraction for early stopping"})
     patience: int = field(default=5, metadata={"help": "epochs without validation improvement before stopping"})
-    max_samples: Optional[int] = field(default=None, metadata={"help": "cap on training samples held in memory"})
-    seed: Optional[int] = field(default=None, metadata={"help": "training seed (default: the run's seed)"})
-    output: Optional[str] = field(default=None, metadata={"help": "graph output to distil (default: the first)"})
+    max_samples: int | None = field(default=None, metadata={"help": "cap on training samples held in memory"})
+    seed: int | None = field(default=None, metadata={"help": "training seed (default: the run's seed)"})
+    output: str | None = field(default=None, metadata={"help": "graph output to distil (default: the first)"})
     refit: bool = field(
         default=True,
         metadata={"help": "start from the least-squares layer refit of `reconstruct` (cheap, closed form)"},
     )
     threads: int = field(default=1, metadata={"help": "torch intra-op threads (1 is fastest for small models)"})
-    teacher: Optional[str] = field(default=None, metadata={"help": "teacher ONNX path (default: the model the run started from)"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher ONNX path (default: the model before prune-channels, else the run's input)"})
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -82,7 +91,7 @@ class DistillOptions(PassOptions):
             raise UsageError(f"max_samples must be >= 2, got {self.max_samples}")
 
 
-def _load_data(ctx: PassContext, max_samples: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def _load_data(ctx: PassContext, max_samples: int | None, fixed: int | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     data = ctx.train_data
     if data is None:
         if ctx.calibration is None:
@@ -100,9 +109,23 @@ def _load_data(ctx: PassContext, max_samples: int | None) -> tuple[dict[str, np.
         else:
             labels.append(y)
     if not feeds:
+        if fixed is not None:  # the data's batches are cut to the fixed size; a rest is dropped
+            raise UsageError(f"distill: the training data has no complete batch of the model's fixed batch size {fixed}")
         raise UsageError("distill: the training data is empty")
     inputs = {k: np.concatenate(v) for k, v in feeds.items()}
     return inputs, (np.concatenate(labels).reshape(-1) if has_labels and labels else None)
+
+
+def _fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The model's fixed batch size (None: symbolic): every batch it runs must have it.
+
+    Exports with a fixed batch often bake it into Reshape shapes too, so neither
+    onnxruntime nor the torch interpreter can run another one.
+    """
+    fixed = {s.batch_dim for s in required_input_specs(model) if isinstance(s.batch_dim, int) and s.batch_dim > 0}
+    if len(fixed) > 1:
+        raise UsageError(f"distill: the model's inputs have different fixed batch sizes {sorted(fixed)}")
+    return fixed.pop() if fixed else None
 
 
 def _teacher_outputs(teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
@@ -139,13 +162,17 @@ class Distill(Pass[DistillOptions]):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         opts = self.options
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             raise UsageError(_NO_TORCH) from None
-        from onnxcomp.recovery import DistillConfig, OnnxModule, distill  # need torch: imported here
+        from onnxcomp.recovery import (  # need torch: imported here
+            DistillConfig,
+            OnnxModule,
+            distill,
+        )
 
-        teacher = load_model(opts.teacher) if opts.teacher is not None else ctx.original_model
         record = ctx.records.get(PruneRecord)
+        teacher = load_model(opts.teacher) if opts.teacher is not None else teacher_for(record, ctx.original_model)
         module = OnnxModule(ctx.to_model(graph))  # fails early, naming unsupported ops
         if not module.trainable_names:
             return PassResult(modified=False, stats={"params_trained": 0})
@@ -156,26 +183,35 @@ class Distill(Pass[DistillOptions]):
         missing = [f for f in (output, *opts.features) if f not in teacher_names]
         if missing:
             raise UsageError(f"distill: tensor(s) not in the teacher model: {', '.join(missing)}")
+        # Data and batch size are settled before any expensive work (refit, teacher, training).
+        fixed = _fixed_batch(ctx.to_model(graph))
+        # A fixed batch B: batches of batch_size rounded to a multiple of B, run B at a time.
+        batch_size = max(fixed, opts.batch_size // fixed * fixed) if fixed else opts.batch_size
+        if fixed is not None and batch_size != opts.batch_size:
+            ctx.logger.info("distill: the model's batch dimension is fixed at %d; batches of %d samples", fixed, batch_size)
+        inputs, labels = _load_data(ctx, opts.max_samples, fixed)
+        n = len(next(iter(inputs.values())))
+        needed = max(2, fixed or 0)
+        if n < needed:
+            why = f" (one batch of the model's fixed batch size {fixed})" if fixed and fixed >= 2 else ""
+            raise UsageError(f"distill needs at least {needed} training samples{why}; the data has {n}")
         refit_stats: dict = {}
         if opts.refit:
             refit_stats = self._refit(graph, ctx, teacher, record)
             if refit_stats.get("layers_refit"):
                 module = OnnxModule(ctx.to_model(graph))
 
-        inputs, labels = _load_data(ctx, opts.max_samples)
-        if len(next(iter(inputs.values()))) < 2:
-            raise UsageError("distill needs at least 2 training samples")
-        ctx.progress(f"distill: teacher outputs for {len(next(iter(inputs.values())))} samples")
+        ctx.progress(f"distill: teacher outputs for {n} samples")
         names = [output, *(opts.features if opts.beta > 0 else ())]
-        targets = _teacher_outputs(teacher, inputs, names, max(opts.batch_size, 64))
+        targets = _teacher_outputs(teacher, inputs, names, fixed or max(opts.batch_size, 64))
         if opts.beta > 0:
             with torch.no_grad():
-                probe = module({k: torch.from_numpy(v[:1]) for k, v in inputs.items()}, capture=opts.features)
+                probe = module({k: torch.from_numpy(v[: fixed or 1]) for k, v in inputs.items()}, capture=opts.features)
             for f in opts.features:
                 targets[f] = _restrict(f, targets[f], tuple(probe[f].shape), record)
 
         cfg = DistillConfig(
-            epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, temperature=opts.temperature, alpha=opts.alpha,
+            epochs=opts.epochs, lr=opts.lr, batch_size=batch_size, micro_batch=fixed, temperature=opts.temperature, alpha=opts.alpha,
             beta=opts.beta, weight_decay=opts.weight_decay, val_fraction=opts.val_fraction, patience=opts.patience,
             seed=ctx.seed if opts.seed is None else opts.seed, threads=opts.threads,
         )
@@ -195,7 +231,8 @@ class Distill(Pass[DistillOptions]):
             "layers_refit": refit_stats.get("layers_refit", 0),
             "epochs_run": result.epochs_run,
             "best_epoch": result.best_epoch,
-            "samples": int(len(next(iter(inputs.values())))),
+            "samples": n,
+            "batch_size": batch_size,
             "labels": labels is not None,
             "params_trained": len(changed),
             "val_kl_before": round(result.initial.get("val_kl", float("nan")), 6),

@@ -12,7 +12,8 @@ exactly ``y = x`` (same values, same dtype, same shape); the node is then bypass
 * ``Transpose`` with the identity permutation; ``Cast`` to the input's own dtype;
   a Transpose read only by Transposes is composed into them (q[j] = p1[p2[j]]);
 * ``Expand`` whose broadcast result shape equals the input's static shape;
-* ``Slice`` with step 1 whose clamped range covers every sliced axis entirely;
+* ``Slice`` with step 1 whose clamped range covers every sliced axis entirely (an axis of
+  unknown size only when the slice is ``[0:INT64_MAX]``-like);
 * ``Pad`` with all-zero pads;
 * ``ReduceMean/Sum/Max/Min/Prod`` with ``keepdims`` over axes of static size 1
   (e.g. global pooling of a 1×1 feature map);
@@ -180,9 +181,13 @@ def _expand(node: gs.Node, opset: int) -> gs.Tensor | None:
     return node.inputs[0] if tuple(out) == shape_in else None
 
 
+#: An end at least this large reaches the end of any axis (exporters write INT64_MAX).
+_TO_THE_END = 1 << 62
+
+
 @_rule("Slice", since=10)
 def _slice(node: gs.Node, opset: int) -> gs.Tensor | None:
-    shape_in = static_shape(node.inputs[0])
+    shape_in = node.inputs[0].shape
     starts, ends = _const_ints(node, 1), _const_ints(node, 2)
     if shape_in is None or starts is None or ends is None:
         return None
@@ -194,8 +199,14 @@ def _slice(node: gs.Node, opset: int) -> gs.Tensor | None:
     for s, e, a, st in zip(starts, ends, axes, steps):
         if st != 1:
             return None  # a reversed or strided slice is never a no-op
+        if not -rank <= a < rank:
+            return None
         dim = shape_in[a + rank if a < 0 else a]
-        lo, hi, _ = slice(s, e, st).indices(dim)
+        if s == 0 and e >= _TO_THE_END:
+            continue  # [0:end] of any axis, static or not
+        if not isinstance(dim, (int, np.integer)) or dim < 0:
+            return None
+        lo, hi, _ = slice(s, e, st).indices(int(dim))
         if lo != 0 or hi != dim:
             return None
     return node.inputs[0]

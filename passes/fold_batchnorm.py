@@ -1,43 +1,38 @@
-"""``fold-batchnorm``: fold inference BatchNormalization into the preceding linear op.
+"""``fold-batchnorm``: fold inference BatchNormalization, and constant per-channel
+``Mul``/``Add``, into the op that produces the channels.
 
 Inference BatchNormalization on channel ``c`` (axis 1) is an affine map::
 
     y = (x − μ) · γ / σ + β,   σ = sqrt(var + ε)
       = x · s + t,             s = γ / σ,   t = β − μ · s
 
-If ``x = W ⊛ a + b`` is linear in constant weights ``W`` with per-output-channel bias ``b``,
-then ``y = (W·s) ⊛ a + (b·s + t)``, i.e. W' = W·γ/σ and b' = (b − μ)·γ/σ + β:
+and so are a ``Mul`` by a per-channel constant (t = 0) and an ``Add`` of one (s = 1). If
+``x`` comes from an op linear in constant weights, the map folds into those weights:
+W' = W·s, b' = b·s + t (for a BN: W' = W·γ/σ, b' = (b − μ)·γ/σ + β). The per-producer
+algebra lives in `onnxcomp.ir.affine` (``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul``
+with a 2-D weight, and inference ``BatchNormalization`` itself: a BN absorbs the
+Caffe-style ``Scale`` Mul/Add after it, γ' = γ·s, β' = β·s + t).
 
-* ``Conv``: W is [M, C/g, k…], output channel = W axis 0 → ``W'[m] = W[m]·s[m]``.
-* ``ConvTranspose``: W is [C, M/g, k…]; output channel ``m = gi·(M/g) + j`` lives in
-  W axis 1 *within group gi*, so W is viewed as [g, C/g, M/g, k…] and scaled by
-  ``s`` reshaped to [g, 1, M/g, 1…].
-* ``Gemm`` (2-D output [N, M]): columns of op(B) are output channels, i.e. rows of B when
-  ``transB=1``, columns otherwise; ``Y·s + t = α·A·(op(B)·s) + (β·C·s + t)`` so the new C is
-  ``β·C·s + t`` with ``beta = 1``.
-* ``MatMul`` with a constant 2-D right operand: its channel is the *last* axis while BN's
-  is axis 1, so folding is valid only when the MatMul output is 2-D (then both are the same
-  axis); it becomes ``Gemm(A, W·s, t)``. For rank ≥ 3 outputs (e.g. [B, T, C] → BN over T)
-  the channels differ and the pass declines.
+What fires, and why it may not:
 
-The producer's output must have BN as its only consumer and must not be a graph output.
+* a BN folds into its producer when the producer's output is read by the BN alone and is
+  not a graph output (changing the producer would change its other readers). BN's channel
+  is axis 1 while MatMul's is the last axis: they coincide only for a 2-D MatMul, which
+  becomes ``Gemm(A, W·s, t)``; higher ranks decline.
+* a constant ``Mul``/``Add`` folds when the constant is a per-channel vector of the
+  producer's channel axis ([C], [C,1,…] or [1,C,1,…] for Conv/BN; [N] for Gemm/MatMul) or
+  a single value, so it cannot broadcast the output to a larger shape. A shift after an
+  N-D ``MatMul`` needs a ``Gemm``, which is 2-D: ``MatMul(x, W) + t`` with x = [*lead, K]
+  of static shape becomes ``Reshape(x, [M, K]) → Gemm → Reshape([*lead, N])``, only where
+  that *saves* nodes after `eliminate-identity` collapses reshape chains — the input
+  Reshape is shared by all MatMuls of x (e.g. Q/K/V projections) and an output Reshape
+  read only by Reshapes disappears (``Linear → view`` in attention).
+* a BN with nothing to fold into stays a BN (one node, one kernel), unless option
+  ``decompose`` turns it into ``Mul`` + ``Add`` with constants shaped [C, 1, …].
+* training-mode BN (``training_mode=1`` or its running-stat outputs in use) never folds.
+
 Math is done in float64 and cast back to the weight dtype; weights are never modified in
-place (graphsurgeon snapshots share numpy arrays; a weight may be shared by other nodes):
-new constants are created.
-
-A BN with no foldable producer becomes ``Mul(x, s) + Add(t)`` with constants shaped
-[C, 1, …] (broadcast over spatial dims), which onnxruntime fuses with neighbours and
-other passes can fold further. Only inference-mode BN qualifies (``training_mode`` unset or
-0 and only the first output used).
-
-The same algebra with s = 1 folds a constant per-channel **bias Add** (``y = x + t``, t of
-shape [C], [C,1,…] or [1,C,1,…]) into a preceding Conv/ConvTranspose (b' = b + t) or Gemm
-(C' = β·C + t); exporters emit such Adds for bias-free linear layers, and a decomposed BN
-leaves one too. ``MatMul(x, W) + t`` becomes ``Gemm``: directly when x is 2-D; for
-x = [*lead, K] with static shape as ``Reshape(x, [M, K]) → Gemm → Reshape([*lead, N])``,
-only where that *saves* nodes after `eliminate-identity` collapses reshape chains — the
-input Reshape is shared by all MatMuls of x (e.g. Q/K/V projections) and an output
-Reshape read only by Reshapes disappears (``Linear → view`` in attention).
+place (a weight may be shared by other nodes): new constants are created.
 
 Subgraphs: only the main graph is rewritten (BN inside If/Loop bodies is left alone: the
 producer may live in the outer scope, and exporters do not put BN there in practice).
@@ -49,18 +44,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.ir import (
     annotate_shapes,
+    batchnorm_affine,
     bypass,
-    can_add_initializers,
     cleanup_after_rewrite,
     constant_value,
+    float_weight_meta,
+    fold_channel_affine,
     is_graph_output,
     is_standard,
     np_dtype,
+    output_channels,
     static_shape,
     toposort,
     unique_namer,
@@ -71,8 +68,10 @@ from onnxcomp.ir import (
 class FoldBatchNormOptions(PassOptions):
     """Options of `fold-batchnorm`."""
 
-    decompose: bool = field(default=True, metadata={"help": "turn a BN with no foldable producer into Mul + Add"})
-    bias: bool = field(default=True, metadata={"help": "also fold constant bias Adds into Conv/ConvTranspose/Gemm/MatMul"})
+    decompose: bool = field(default=False, metadata={"help": "turn a BN with no foldable producer into Mul + Add"})
+    bias: bool = field(
+        default=True, metadata={"help": "also fold constant per-channel Mul/Add into Conv/ConvTranspose/Gemm/MatMul/BatchNormalization"}
+    )
 
 
 def _const(t: gs.Tensor) -> np.ndarray | None:
@@ -81,143 +80,17 @@ def _const(t: gs.Tensor) -> np.ndarray | None:
     return constant_value(t, readonly=True)
 
 
-def _affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
-    """(s, t) in float64 for an inference BN with constant parameters, else None."""
-    if len(bn.inputs) < 5 or bn.attrs.get("training_mode", 0):
-        return None
-    vals = [_const(t) for t in bn.inputs[1:5]]
-    if any(v is None for v in vals):
-        return None
-    gamma, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in vals)  # type: ignore[arg-type]
-    if not (gamma.shape == beta.shape == mean.shape == var.shape):
-        return None
-    eps = float(bn.attrs.get("epsilon", 1e-5))
-    s = gamma / np.sqrt(var + eps)
-    return s, beta - mean * s
-
-
-def _float_weight(t: gs.Tensor) -> np.ndarray | None:
-    v = _const(t)
-    if v is None or v.dtype not in (np.float16, np.float32, np.float64):
-        return None
-    return v
-
-
-def _float_weight_meta(t: gs.Tensor) -> tuple[np.dtype, tuple[int, ...]] | None:
-    """(dtype, shape) of what `_float_weight` would return, without loading the payload
-    where the constant's metadata tells: deciding whether a bias Add folds needs only these,
-    and loading every MatMul weight of a transformer to find out cost more than the fold."""
-    if isinstance(t, gs.Constant) and (type(t._values) is LazyValues or isinstance(t._values, np.ndarray)):
-        dtype = np_dtype(t.dtype)
-        if dtype not in (np.float16, np.float32, np.float64):
-            return None
-        return dtype, tuple(int(d) for d in t.shape)  # type: ignore[return-value]
-    v = _float_weight(t)  # a Constant node's attribute, or an unusual payload: look at it
-    return None if v is None else (v.dtype, v.shape)
-
-
-def _fold_conv(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
-    w = _float_weight(node.inputs[1])
-    if w is None or w.ndim < 3:
-        return False
-    group = int(node.attrs.get("group", 1))
-    if node.op == "Conv":
-        if w.shape[0] != s.size:
-            return False
-        view_shape, s_view = w.shape, s.reshape((-1,) + (1,) * (w.ndim - 1))
-    else:  # ConvTranspose: [C, M/g, k...]; output channel m = gi * (M/g) + j
-        m_per_g = w.shape[1]
-        if m_per_g * group != s.size or w.shape[0] % group:
-            return False
-        view_shape = (group, w.shape[0] // group, m_per_g) + w.shape[2:]
-        s_view = s.reshape((group, 1, m_per_g) + (1,) * (w.ndim - 2))
-    bias = _bias(node, 2, s.size)
-    if bias is None:
-        return False
-    node.inputs[1] = gs.Constant(fresh(node.inputs[1].name), _scaled(w, view_shape, s_view))
-    b_new = (bias * s + t).astype(w.dtype)
-    if len(node.inputs) > 2:
-        node.inputs[2] = gs.Constant(fresh(node.inputs[2].name or "bias"), b_new)
-    else:
-        node.inputs.append(gs.Constant(fresh(node.name or "bias"), b_new))
-    return True
-
-
-def _scaled(w: np.ndarray, view_shape: tuple[int, ...], s_view: np.ndarray) -> np.ndarray:
-    """``w`` (viewed as ``view_shape``) times float64 ``s_view``, back in ``w``'s dtype and shape.
-
-    The same numbers as ``(w.astype(float64).reshape(view_shape) * s_view).astype(w.dtype)``
-    (each product is exact-input float64, rounded once to ``w.dtype``), but in one ufunc
-    pass with no float64 copy of the weight: less than half the time on a ResNet's weights.
-    """
-    out = np.empty(w.shape, dtype=w.dtype)
-    np.multiply(w.reshape(view_shape), s_view, out=out.reshape(view_shape), dtype=np.float64, casting="same_kind")
-    return out
-
-
-def _bias(node: gs.Node, pos: int, n: int) -> np.ndarray | None:
-    """The node's bias as float64 [n] (zeros when absent), or None if not constant."""
-    if len(node.inputs) <= pos or not node.inputs[pos].name:
-        return np.zeros(n)
-    b = _const(node.inputs[pos])
-    if b is None or b.size != n:
-        return None
-    return b.astype(np.float64).reshape(-1)
-
-
-def _fold_gemm(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
-    b = _float_weight(node.inputs[1])
-    if b is None or b.ndim != 2:
-        return False
-    trans_b = int(node.attrs.get("transB", 0))
-    if (b.shape[0] if trans_b else b.shape[1]) != s.size:
-        return False
-    b_new = b.astype(np.float64) * (s[:, None] if trans_b else s[None, :])
-    beta = float(node.attrs.get("beta", 1.0))
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        c = _const(node.inputs[2])
-        if c is None:
-            return False
-        try:
-            c_new = np.broadcast_to(beta * c.astype(np.float64), np.broadcast_shapes(c.shape, (s.size,))) * s + t
-        except ValueError:
-            return False
-    else:
-        c_new = t
-    node.inputs[1] = gs.Constant(fresh(node.inputs[1].name), b_new.astype(b.dtype))
-    c_const = gs.Constant(fresh(node.name or "gemm_c"), np.ascontiguousarray(c_new).astype(b.dtype))
-    if len(node.inputs) > 2:
-        node.inputs[2] = c_const
-    else:
-        node.inputs.append(c_const)
-    node.attrs["beta"] = 1.0
-    return True
-
-
-def _fold_matmul(node: gs.Node, s: np.ndarray, t: np.ndarray, fresh) -> bool:
-    # BN normalises axis 1; MatMul's output channel is the last axis. They coincide only
-    # for a 2-D output, which also means A is 2-D and a Gemm can replace the MatMul.
-    w = _float_weight(node.inputs[1])
-    a_shape = node.inputs[0].shape
-    if w is None or w.ndim != 2 or w.shape[1] != s.size or a_shape is None or len(a_shape) != 2:
-        return False
-    node.op = "Gemm"
-    node.attrs = {"alpha": 1.0, "beta": 1.0}
-    node.inputs[1] = gs.Constant(fresh(node.inputs[1].name), (w.astype(np.float64) * s[None, :]).astype(w.dtype))
-    node.inputs.append(gs.Constant(fresh(node.name or "gemm_c"), t.astype(w.dtype)))
-    return True
-
-
-# --------------------------------------------------------------------------- bias Adds
+# --------------------------------------------------------------- per-channel Mul / Add
 
 _RESHAPE_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+_PRODUCERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"})
 
 
-def _bias_operand(add: gs.Node, x: gs.Tensor) -> np.ndarray | None:
-    """The constant operand of ``add`` (the one that is not ``x``)."""
-    if add.op != "Add" or not is_standard(add) or len(add.inputs) != 2:
+def _affine_operand(node: gs.Node, x: gs.Tensor) -> np.ndarray | None:
+    """The float constant that ``node`` (a Mul or Add) combines ``x`` with, else None."""
+    if node.op not in ("Mul", "Add") or not is_standard(node) or len(node.inputs) != 2:
         return None
-    other = add.inputs[1] if add.inputs[0] is x else add.inputs[0]
+    other = node.inputs[1] if node.inputs[0] is x else node.inputs[0]
     if other is x:
         return None
     v = _const(other)
@@ -225,13 +98,32 @@ def _bias_operand(add: gs.Node, x: gs.Tensor) -> np.ndarray | None:
 
 
 def _channel_vector(c: np.ndarray, n: int, out_rank: int, channel_axis: int) -> np.ndarray | None:
-    """``c`` as an [n] vector if adding it is a per-channel shift that cannot enlarge the output."""
-    if c.size != n or c.ndim > out_rank:
+    """``c`` as an [n] vector if combining it is per-channel and cannot enlarge the output."""
+    if c.ndim > out_rank:
+        return None
+    if c.size == 1:
+        return np.full(n, float(c.reshape(-1)[0]))
+    if c.size != n:
         return None
     shape = (1,) * (out_rank - c.ndim) + c.shape
     expect = [1] * out_rank
     expect[channel_axis] = n
-    return c.reshape(-1).astype(np.float64) if list(shape) == expect or n == 1 and c.ndim <= out_rank else None
+    return c.reshape(-1).astype(np.float64) if list(shape) == expect else None
+
+
+def _out_layout(node: gs.Node) -> tuple[int, int] | None:
+    """(rank, channel axis) of ``node``'s output, or None if unknown."""
+    if node.op in ("Conv", "ConvTranspose"):
+        meta = float_weight_meta(node.inputs[1])
+        return None if meta is None else (len(meta[1]), 1)
+    if node.op == "Gemm":
+        return 2, 1
+    shape = node.inputs[0].shape
+    if shape is None:
+        return None
+    if node.op == "MatMul":
+        return max(len(shape), 2), max(len(shape), 2) - 1
+    return (len(shape), 1) if len(shape) >= 2 else None  # BatchNormalization
 
 
 def _single_reader(graph: gs.Graph, t: gs.Tensor) -> gs.Node | None:
@@ -249,60 +141,37 @@ def _reshape_reader_safe(node: gs.Node, t: gs.Tensor) -> bool:
     return target is not None and (node.attrs.get("allowzero", 0) or not np.any(target == 0))
 
 
-def fold_bias_adds(graph: gs.Graph, fresh) -> int:
-    """Fold constant per-channel bias Adds into the preceding linear op; return the count."""
+def fold_channel_ops(graph: gs.Graph, fresh) -> int:
+    """Fold constant per-channel Mul/Add into the producer of their input; return the count.
+
+    A producer absorbs a whole chain (``Conv → Mul → Add``) in one walk.
+    """
     folded = 0
     matmul_groups: dict[int, list[tuple[gs.Node, gs.Node, np.ndarray]]] = {}
+    # A reader inside an If/Loop body may write that body's output, which `bypass` cannot
+    # rename from here: only main-graph readers fold.
+    main = {id(n) for n in graph.nodes}
     for node in list(graph.nodes):
-        if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not is_standard(node) or len(node.outputs) != 1:
+        if node.op not in _PRODUCERS or not is_standard(node) or len(node.outputs) != 1 or not node.inputs:
             continue
-        y = node.outputs[0]
-        add = _single_reader(graph, y)
-        c = _bias_operand(add, y) if add is not None else None
-        if c is None:
-            continue
-        if node.op in ("Conv", "ConvTranspose"):
-            meta = _float_weight_meta(node.inputs[1])
-            if meta is None:
-                continue
-            w_dtype, w_shape = meta
-            n = w_shape[0] if node.op == "Conv" else w_shape[1] * int(node.attrs.get("group", 1))
-            t = _channel_vector(c, n, len(w_shape), 1)
-            bias = _bias(node, 2, n) if t is not None else None
-            if bias is None:
-                continue
-            b_new = gs.Constant(fresh(node.name or "bias"), (bias + t).astype(w_dtype))
-            if len(node.inputs) > 2:
-                node.inputs[2] = b_new
-            else:
-                node.inputs.append(b_new)
-        elif node.op == "Gemm":
-            meta = _float_weight_meta(node.inputs[1])
-            if meta is None or len(meta[1]) != 2:
-                continue
-            n = meta[1][0] if node.attrs.get("transB", 0) else meta[1][1]
-            t = _channel_vector(c, n, 2, 1)
-            if t is None or not _fold_gemm(node, np.ones(n), t, fresh):
-                continue
-        else:  # MatMul
-            meta = _float_weight_meta(node.inputs[1])
-            x = node.inputs[0]
-            if meta is None or len(meta[1]) != 2 or x.shape is None:
-                continue
-            w_dtype, w_shape = meta
-            t = _channel_vector(c, w_shape[1], max(len(x.shape), 2), max(len(x.shape), 2) - 1)
-            if t is None:
-                continue
-            if len(x.shape) == 2:
-                node.op = "Gemm"
-                node.attrs = {"alpha": 1.0, "beta": 1.0}
-                node.inputs.append(gs.Constant(fresh(node.name or "gemm_c"), t.astype(w_dtype)))
-            else:
-                if len(x.shape) > 2 and static_shape(x) is not None and static_shape(y) is not None:
-                    matmul_groups.setdefault(id(x), []).append((node, add, t))
-                continue
-        bypass(graph, add, y, add.outputs[0])
-        folded += 1
+        while True:
+            # Recomputed after each fold: a 2-D MatMul that took a bias is a Gemm now.
+            n, layout = output_channels(node), _out_layout(node)
+            y = node.outputs[0]
+            reader = _single_reader(graph, y)
+            c = _affine_operand(reader, y) if reader is not None and id(reader) in main else None
+            v = _channel_vector(c, n, *layout) if c is not None and n is not None and layout is not None else None
+            if v is None or reader is None:
+                break
+            if reader.op == "Add" and node.op == "MatMul" and layout[0] > 2:
+                if static_shape(node.inputs[0]) is not None and static_shape(y) is not None:
+                    matmul_groups.setdefault(id(node.inputs[0]), []).append((node, reader, v))
+                break
+            s, t = (v, np.zeros(n)) if reader.op == "Mul" else (np.ones(n), v)
+            if not fold_channel_affine(node, s, t, fresh):
+                break
+            bypass(graph, reader, y, reader.outputs[0])
+            folded += 1
     for members in matmul_groups.values():
         folded += _fold_matmul_group(graph, members, fresh)
     return folded
@@ -335,7 +204,7 @@ def _fold_matmul_group(graph: gs.Graph, members: list[tuple[gs.Node, gs.Node, np
         gs.Node("Reshape", name=fresh("gemm_in_reshape"), inputs=[x, gs.Constant(fresh("gemm_in_shape"), np.array([m, k], np.int64))], outputs=[x2d])
     )
     for (mm, add, t), free in zip(members, out_free):
-        meta = _float_weight_meta(mm.inputs[1])
+        meta = float_weight_meta(mm.inputs[1])
         assert meta is not None
         w_dtype, (_, n) = meta
         y = add.outputs[0]
@@ -358,35 +227,29 @@ def _fold_matmul_group(graph: gs.Graph, members: list[tuple[gs.Node, gs.Node, np
     return len(members)
 
 
-_FOLDERS = {"Conv": _fold_conv, "ConvTranspose": _fold_conv, "Gemm": _fold_gemm, "MatMul": _fold_matmul}
-
-
 @register_pass("fold-batchnorm")
 class FoldBatchNorm(Pass[FoldBatchNormOptions]):
-    """Fold inference BatchNormalization into Conv/ConvTranspose/Gemm/MatMul weights."""
+    """Fold inference BatchNormalization and per-channel Mul/Add into Conv/Gemm/MatMul weights."""
 
     lossless = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         opts = self.options
         has_bn = any(n.op == "BatchNormalization" for n in graph.nodes)
-        if not can_add_initializers(ctx):  # IR < 4: new weights would need new graph inputs
-            return PassResult(modified=False, stats={"folded": 0, "decomposed": 0, "bias_folded": 0})
-        if not has_bn and not (opts.bias and any(n.op == "Add" for n in graph.nodes)):
+        if not has_bn and not (opts.bias and any(n.op in ("Add", "Mul") for n in graph.nodes)):
             return PassResult(modified=False, stats={"folded": 0, "decomposed": 0, "bias_folded": 0})
         annotate_shapes(graph, ctx)
         fresh = unique_namer(graph, "bnfold")
-        bias_folded = fold_bias_adds(graph, fresh) if opts.bias else 0
         folded = decomposed = 0
         # Main-graph nodes, for the "producer is not an outer-scope node" test. Nodes the
         # loop below adds (Mul/Add of decomposed BNs) are never foldable producers.
         main_nodes = {id(n) for n in graph.nodes}
         for bn in list(graph.nodes):
-            if bn.op != "BatchNormalization" or not is_standard(bn):
+            if bn.op != "BatchNormalization" or not is_standard(bn) or not bn.inputs:
                 continue
             if any(t.outputs or is_graph_output(graph, t) for t in bn.outputs[1:]):
                 continue  # running mean/var outputs in use: a training graph
-            affine = _affine(bn)
+            affine = batchnorm_affine(bn)
             if affine is None:
                 continue
             s, t = affine
@@ -396,6 +259,7 @@ class FoldBatchNorm(Pass[FoldBatchNormOptions]):
                 folded += 1
             elif opts.decompose and self._decompose(graph, bn, x, y, s, t, fresh):
                 decomposed += 1
+        bias_folded = fold_channel_ops(graph, fresh) if opts.bias else 0
         modified = bool(folded or decomposed or bias_folded)
         if modified:
             # Replaced nodes go now; the manager's cleanup removes any left dead.
@@ -408,12 +272,13 @@ class FoldBatchNorm(Pass[FoldBatchNormOptions]):
         if len(x.inputs) != 1 or len(x.outputs) != 1 or is_graph_output(graph, x):
             return False  # x is read elsewhere: changing its producer would change them too
         producer = x.inputs[0]
-        folder = _FOLDERS.get(producer.op)
-        if folder is None or not is_standard(producer) or len(producer.outputs) != 1:
+        if not is_standard(producer) or len(producer.outputs) != 1 or id(producer) not in main_nodes:
             return False
-        if id(producer) not in main_nodes:
+        if producer.op == "MatMul" and (producer.inputs[0].shape is None or len(producer.inputs[0].shape) != 2):
+            return False  # BN's channel is axis 1, MatMul's the last: the same only in 2-D
+        if producer.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization"):
             return False
-        return folder(producer, s, t, fresh)
+        return fold_channel_affine(producer, s, t, fresh)
 
     @staticmethod
     def _decompose(graph: gs.Graph, bn: gs.Node, x: gs.Tensor, y: gs.Tensor, s: np.ndarray, t: np.ndarray, fresh) -> bool:

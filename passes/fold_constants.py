@@ -22,18 +22,28 @@ How values are computed — two evaluators, chosen per node:
 Never folded: random ops (RandomNormal*, RandomUniform*, Bernoulli, Multinomial), ops with
 subgraphs (If/Loop/Scan), sequence/optional ops, custom-domain ops, and nodes producing a
 graph output (the output would become an initializer, which some runtimes reject).
+An ``If`` whose condition has become a constant is replaced by its taken branch
+(`onnxcomp.ir.inline_if`): both branches compute the same kind of result, and which one
+runs is known.
 
 Size limit: an output is materialised only if it is at most ``max_size_bytes`` or no
 larger than the node's constant inputs together — folding must not make the model much
-bigger (an Expand/Tile of a small constant to a huge tensor stays a node).
+bigger (an Expand/Tile of a small constant to a huge tensor stays a node). An output read
+only as a layer's weight (Conv/Gemm/MatMul weights, normalization and RNN parameters,
+embedding tables; e.g. a ``ConstantOfShape`` that builds a Conv kernel) gets the larger
+``max_weight_bytes``: a normal export stores it as an initializer, onnxruntime builds it
+at session start anyway, and only as a constant can later passes (BatchNorm folding,
+quantization, pruning) work on it.
 
-Models with IR version < 4 are left alone: there every initializer must also be a graph
-input, so new initializers would make the model invalid.
+Models with IR version < 4 fold like any other: `onnxcomp.ir.to_graph` imports their
+initializers (which such models must also list as graph inputs) as constants.
 
-Subgraphs: only the main graph is folded. If/Loop/Scan bodies are left alone on purpose:
-their nodes can read outer-scope values and run conditionally or per iteration, and
-the manager's checks run on the main graph's outputs; a constant computed inside a body
-is cheap compared with the risk. (Constants of the main graph that bodies read do fold.)
+Subgraphs: If/Loop/Scan bodies are folded like the main graph. A body node whose inputs
+are all constants (its own, or constants of an enclosing graph) computes the same value on
+every iteration and in every run, so it folds; anything reading a body input (a loop
+counter, a carried or scanned value) or an outer-scope variable is not constant and stays.
+Nodes producing a body's outputs stay, as in the main graph. New constants become
+initializers of the body that reads them.
 """
 
 from __future__ import annotations
@@ -55,20 +65,24 @@ from onnxcomp.ir import (
     EvalDeclined,
     EvalTooLarge,
     annotate_shapes,
-    can_add_initializers,
     cleanup_after_rewrite,
     constant_nbytes,
     default_opset,
     dims_of,
     find_eval_rule,
     has_subgraph,
+    inline_if,
     is_numeric_dtype,
     is_standard,
+    iter_graphs,
     np_dtype,
     onnx_elem_type,
+    own_dims_target,
+    partial_shape_value,
     peek_values,
     shape_op_value,
     static_shape,
+    taken_branch,
     toposort,
 )
 
@@ -93,12 +107,16 @@ class FoldConstantsOptions(PassOptions):
         default=1 << 20,
         metadata={"help": "never materialise an output larger than this unless it is no larger than the node's constant inputs"},
     )
+    max_weight_bytes: int = field(
+        default=1 << 30,
+        metadata={"help": "an output read only as a layer weight (Conv/Gemm/MatMul/normalization/RNN parameters, embedding tables) is materialised up to this size"},
+    )
     shapes: bool = field(default=True, metadata={"help": "fold Shape/Size of tensors with fully static shapes"})
     onnxruntime: bool = field(default=True, metadata={"help": "evaluate ops without a numpy rule in one onnxruntime session per sweep"})
 
     def __post_init__(self) -> None:
-        if self.max_size_bytes < 0:
-            raise UsageError("max_size_bytes must be >= 0")
+        if self.max_size_bytes < 0 or self.max_weight_bytes < 0:
+            raise UsageError("max_size_bytes and max_weight_bytes must be >= 0")
 
 
 #: Ops whose numpy rule reads only the *shape* of its input.
@@ -120,6 +138,56 @@ def _value_of(t: gs.Tensor, op: str) -> np.ndarray | None:
     return peek_values(t, readonly=True)
 
 
+#: Input slots that ops read as parameters: ``op -> input indices``. Exporters store such
+#: tensors as initializers, and onnxruntime materialises a constant expression in one of
+#: them when the session starts anyway; folding it costs file size, not run-time memory.
+_WEIGHT_SLOTS: dict[str, frozenset[int]] = {
+    "Conv": frozenset({1, 2}),
+    "ConvTranspose": frozenset({1, 2}),
+    "Gemm": frozenset({1, 2}),
+    "MatMul": frozenset({1}),
+    "BatchNormalization": frozenset({1, 2, 3, 4}),
+    "InstanceNormalization": frozenset({1, 2}),
+    "LayerNormalization": frozenset({1, 2}),
+    "PRelu": frozenset({1}),
+    "LSTM": frozenset({1, 2, 3}),
+    "GRU": frozenset({1, 2, 3}),
+    "RNN": frozenset({1, 2, 3}),
+    "Gather": frozenset({0}),
+}
+
+
+#: Ops that only rearrange or retype their first input: a weight read through them (e.g.
+#: ``ConstantOfShape → Reshape → Gemm``) is still a weight.
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
+
+
+def _only_weights(node: gs.Node, depth: int = 0) -> bool:
+    """True if every output of ``node`` is read, and read only in weight slots of standard
+    ops (directly or through at most 4 layout ops)."""
+    for t in node.outputs:
+        if not t.name:
+            continue
+        if not t.outputs:
+            return False
+        for reader in t.outputs:
+            if not is_standard(reader):
+                return False
+            for i, inp in enumerate(reader.inputs):
+                if inp is not t or i in _WEIGHT_SLOTS.get(reader.op, ()):
+                    continue
+                if not (i == 0 and reader.op in _LAYOUT_OPS and depth < 4 and _only_weights(reader, depth + 1)):
+                    return False
+    return True
+
+
+def _limit(node: gs.Node, opts: FoldConstantsOptions) -> int:
+    """The size limit for ``node``'s outputs (see `FoldConstantsOptions`)."""
+    if opts.max_weight_bytes > opts.max_size_bytes and _only_weights(node):
+        return opts.max_weight_bytes
+    return opts.max_size_bytes
+
+
 def _foldable_op(node: gs.Node) -> bool:
     return is_standard(node) and node.op not in _NEVER and not has_subgraph(node)
 
@@ -132,32 +200,67 @@ class FoldConstants(Pass[FoldConstantsOptions]):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         opts = self.options
-        if not can_add_initializers(ctx):
-            return PassResult(modified=False, stats={"nodes_folded": 0, "skipped": "IR version < 4"})
         if opts.shapes:
             annotate_shapes(graph, ctx)
-        stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "onnxruntime_runs": 0, "_declined": set()}
-        toposort(graph, recurse_subgraphs=False)
+        stats: dict = {"nodes_folded": 0, "shape_nodes_folded": 0, "ifs_inlined": 0, "onnxruntime_runs": 0, "_declined": set()}
+        toposort(graph)
         for _ in range(_MAX_SWEEPS):
-            if not self._sweep(graph, ctx, opts, stats):
+            folded = self._sweep(graph, ctx, opts, stats)
+            inlined = self._inline_constant_ifs(graph, stats)
+            if not folded and not inlined:
                 break
         # A node declined in several sweeps is counted once.
         stats["declined_too_large"] = len(stats.pop("_declined"))
-        modified = stats["nodes_folded"] > 0
+        modified = stats["nodes_folded"] > 0 or stats["ifs_inlined"] > 0
         if modified:
             # Folded nodes go now; producers left dead go in the manager's cleanup.
             cleanup_after_rewrite(graph)
         return PassResult(modified=modified, stats=stats)
 
+    @staticmethod
+    def _inline_constant_ifs(graph: gs.Graph, stats: dict) -> bool:
+        """Replace each If whose condition is now a constant by its taken branch."""
+        inlined = 0
+        for g in list(iter_graphs(graph)):
+            for node in list(g.nodes):
+                branch = taken_branch(node)
+                if branch is not None:
+                    inline_if(g, node, branch)
+                    inlined += 1
+            if inlined:
+                toposort(g)
+        stats["ifs_inlined"] += inlined
+        return inlined > 0
+
     # ------------------------------------------------------------------ one sweep
     def _sweep(self, graph: gs.Graph, ctx: PassContext, opts: FoldConstantsOptions, stats: dict) -> bool:
+        """Fold what can be folded in ``graph`` and its bodies; True if anything was."""
         opset = default_opset(graph)
         folded_before = stats["nodes_folded"]
         batch: list[gs.Node] = []
         pending: set[int] = set()  # ids of tensors the onnxruntime batch will produce
+        for g in list(iter_graphs(graph)):
+            self._sweep_graph(g, ctx, opts, stats, opset, batch, pending)
+        if batch:
+            self._fold_with_onnxruntime(graph, batch, ctx, opts, stats)
+        return stats["nodes_folded"] > folded_before
+
+    def _sweep_graph(
+        self, graph: gs.Graph, ctx: PassContext, opts: FoldConstantsOptions, stats: dict, opset: int, batch: list[gs.Node], pending: set[int]
+    ) -> None:
+        """One walk over ``graph``'s nodes (not its bodies): numpy folds now, onnxruntime's
+        candidates into ``batch``."""
         graph_outputs = {id(t) for t in graph.outputs}
         for node in list(graph.nodes):
             if not node.outputs or not _foldable_op(node):
+                continue
+            if opts.shapes and node.op == "Reshape" and len(node.inputs) == 2 and not isinstance(node.inputs[1], gs.Constant):
+                # Only the target is replaced (the Reshape stays): fine for a graph output too.
+                target = own_dims_target(node)
+                if target is not None:
+                    node.inputs[1] = gs.Constant(f"{node.inputs[1].name}__own_dims", target)
+                    stats["nodes_folded"] += 1
+                    stats["shape_nodes_folded"] += 1
                 continue
             if any(id(t) in graph_outputs for t in node.outputs):
                 continue
@@ -165,6 +268,12 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 shape = static_shape(node.inputs[0])
                 if shape is not None:
                     value = shape_op_value(node, shape) if node.op == "Shape" else np.array(math.prod(shape), dtype=np.int64)
+                    self._apply(node, [value], stats)
+                    stats["shape_nodes_folded"] += 1
+                continue
+            if opts.shapes and node.op in ("Gather", "Slice") and not isinstance(node.inputs[0], gs.Constant):
+                value = partial_shape_value(node, opset)
+                if value is not None:
                     self._apply(node, [value], stats)
                     stats["shape_nodes_folded"] += 1
                 continue
@@ -192,8 +301,9 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 rule = None  # bfloat16/float8 constants load as float32 in numpy: onnxruntime only
             if rule is not None:
                 values = [_value_of(t, node.op) if (t.name or isinstance(t, gs.Constant)) else None for t in node.inputs]
+                limit = _limit(node, opts)
                 try:
-                    outs = rule(node, values, EvalContext(opset, opts.max_size_bytes, input_bytes))
+                    outs = rule(node, values, EvalContext(opset, limit, input_bytes))
                 except EvalTooLarge:
                     stats["_declined"].add(id(node))
                     continue
@@ -201,7 +311,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                     ctx.logger.debug("fold-constants: numpy rule declined %s (%s): %s", node.name, node.op, e)
                     outs = None
                 if outs is not None:
-                    if self._fits(outs, input_bytes, opts):
+                    if self._fits(outs, input_bytes, limit):
                         self._apply(node, outs, stats)
                     else:
                         stats["_declined"].add(id(node))
@@ -209,14 +319,11 @@ class FoldConstants(Pass[FoldConstantsOptions]):
             if opts.onnxruntime:
                 batch.append(node)
                 pending.update(id(t) for t in node.outputs)
-        if batch:
-            self._fold_with_onnxruntime(graph, batch, ctx, opts, stats)
-        return stats["nodes_folded"] > folded_before
 
     @staticmethod
-    def _fits(outs: list[np.ndarray], input_bytes: int, opts: FoldConstantsOptions) -> bool:
+    def _fits(outs: list[np.ndarray], input_bytes: int, limit: int) -> bool:
         total = sum(o.nbytes for o in outs)
-        return total <= opts.max_size_bytes or total <= input_bytes
+        return total <= limit or total <= input_bytes
 
     @staticmethod
     def _apply(node: gs.Node, outs: list[np.ndarray], stats: dict) -> None:
@@ -268,7 +375,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 continue
             arrays = [np.asarray(o) for o in outs if o is not None]
             input_bytes = sum(constant_nbytes(t) for t in node.inputs if isinstance(t, gs.Constant))
-            if not self._fits(arrays, input_bytes, opts):
+            if not self._fits(arrays, input_bytes, _limit(node, opts)):
                 stats["_declined"].add(id(node))
                 continue
             self._apply(node, [np.asarray(o) if o is not None else None for o in outs], stats)
@@ -289,7 +396,8 @@ class FoldConstants(Pass[FoldConstantsOptions]):
         g = onnx.helper.make_graph(nodes, "fold_constants_batch", [], outputs, list(inits.values()))
         opsets = list(graph.import_domains) if graph.import_domains else [onnx.helper.make_opsetid("", default_opset(graph))]
         model = onnx.helper.make_model(g, opset_imports=opsets)
-        model.ir_version = ctx.original_model.ir_version or model.ir_version
+        # Batch constants are initializers only, which IR < 4 would also require as inputs.
+        model.ir_version = max(ctx.original_model.ir_version, 4)
         return model
 
     def _drop_oversized(
@@ -318,7 +426,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 continue
             input_bytes = sum(constant_nbytes(t) for t in n.inputs if isinstance(t, gs.Constant))
             out_bytes = sum(sizes.get(t.name, 0) for t in n.outputs)
-            if out_bytes > opts.max_size_bytes and out_bytes > max(input_bytes, 1):
+            if out_bytes > _limit(n, opts) and out_bytes > max(input_bytes, 1):
                 stats["_declined"].add(id(n))
                 dropped.update(id(t) for t in n.outputs)
                 continue

@@ -77,7 +77,8 @@ class PruneChannels(Pass[PruneChannelsOptions]):
         groups, shapes = channel_groups(graph, ctx, o.exclude)
         prunable = [g for g in groups if g.prunable]
         ctx.progress(f"prune-channels: {len(groups)} groups, {len(prunable)} prunable")
-        model = ctx.to_model(graph) if o.criterion == "wanda" else None
+        # The graph before slicing: wanda's statistics, and the teacher of recovery passes.
+        model = ctx.to_model(graph)
         consumers = consumer_map(graph)
         scores = group_scores(o.criterion, prunable, consumers, rng=ctx.rng, model=model, calibration=ctx.calibration)
         removed = allocate(prunable, scores, ratio=o.ratio, allocation=o.allocation, round_to=o.round_to, min_channels=o.min_channels)
@@ -99,7 +100,7 @@ class PruneChannels(Pass[PruneChannelsOptions]):
             for g in groups
             if g.id in removed
         )
-        ctx.records.put(PruneRecord(groups=decided, tensors=kept))
+        ctx.records.put(PruneRecord(groups=decided, tensors=kept, source=model))
         ch_before = sum(g.size for g in prunable)
         ch_after = ch_before - sum(int(r.size) for r in removed.values())
         stats = {

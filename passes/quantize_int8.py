@@ -11,6 +11,12 @@ Two schemes, chosen per model by ``mode`` (``auto`` picks by graph shape):
   time); LayerNorm, Softmax, GELU and the attention products stay float. SmoothQuant scale
   migration (`smoothquant`) first moves activation outlier channels into the weights.
 
+Before planning, the pass runs the lossless cleanups placement depends on (`PREPARE`):
+raw exports compute Clip bounds with ``Constant`` nodes and keep BatchNormalization
+between a Conv and its activation, which would leave float ops between DQ and Q that
+onnxruntime cannot fuse. Models below opset 13 (per-channel DequantizeLinear) are
+converted with ``onnx.version_converter`` first, checked, and the conversion is reported.
+
 Accuracy control: ``exclude`` keeps named nodes / op types float; when the quantized model
 misses ``target_cosine`` (or ``target_max_abs``) on a few calibration batches, a
 per-layer-group sensitivity analysis ranks layers and the most sensitive go back to float
@@ -27,9 +33,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
+from onnxcomp import Pass, PassContext, PassOptions, PassResult, get_pass, register_pass
+from onnxcomp.checking import make_session, run
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import default_opset
+from onnxcomp.ir import default_opset, remove_dead_nodes, to_graph, toposort
 from onnxcomp.quantization import (
     CALIBRATORS,
     DYNAMIC_RULES,
@@ -51,6 +58,14 @@ from onnxcomp.quantization import (
 )
 
 NEEDS_DATA = "quantize-int8 needs --calibration-data (an .npz, a folder of them, or 'random')"
+
+#: Opset the QDQ form needs (per-channel DequantizeLinear ``axis``).
+QDQ_OPSET = 13
+
+#: The lossless cleanups run before planning (registered passes, run as the manager would
+#: run them): Constant nodes become initializers (Clip bounds), BatchNormalization folds
+#: into its Conv, identities and dead nodes go. Repeated until none changes the graph.
+PREPARE = ("eliminate-identity", "fold-constants", "fold-batchnorm", "dce")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +103,13 @@ class QuantizeInt8Options(PassOptions):
     )
     min_weight_size: int = field(default=16384, metadata={"help": "dynamic mode: skip MatMuls with smaller weights"})
     quantize_embeddings: bool = field(default=True, metadata={"help": "int8 tables for Gather from constant embeddings"})
+    quantize_depthwise: bool = field(
+        default=False, metadata={"help": "static mode: also quantize depthwise convs (onnxruntime's int8 kernel is slower on CPU)"}
+    )
+    concat_range_ratio: float = field(
+        default=10.0,
+        metadata={"help": "static mode: a Concat whose input ranges differ more than this stays float (no shared scale)"},
+    )
 
     def __post_init__(self) -> None:
         if self.calibrator not in CALIBRATORS:
@@ -109,6 +131,56 @@ class QuantizeInt8Options(PassOptions):
                 raise UsageError(f"{name} must be >= 1")
         if self.max_fallback < 0 or self.min_weight_size < 0:
             raise UsageError("max_fallback and min_weight_size must be >= 0")
+        if not self.concat_range_ratio >= 1.0:
+            raise UsageError("concat_range_ratio must be >= 1")
+
+
+def upgrade_opset(graph: gs.Graph, ctx: PassContext, target: int) -> None:
+    """Convert ``graph`` (in place) to opset ``target`` with ``onnx.version_converter``.
+
+    The conversion runs on the exported ModelProto (the converter's only input) and is
+    checked twice before the graph is replaced: ``onnx.checker`` with shape inference, and
+    the converted model's outputs against the original's on the first calibration batch.
+    Any failure is a one-line refusal naming the opsets; the graph is then untouched.
+    """
+    before = default_opset(graph)
+    model = ctx.to_model(graph)
+    what = f"quantize-int8 needs opset >= {target}; converting this model from opset {before} with onnx.version_converter"
+    try:
+        converted = onnx.version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted, full_check=True)
+    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeError, ValidationError, ...
+        raise UsageError(f"{what} failed: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+    if ctx.calibration is not None:
+        feeds = next(iter(ctx.calibration.first_batches(1)), None)
+        if feeds is not None:
+            want = run(make_session(model), feeds)
+            got = run(make_session(converted), feeds)
+            for k, ref in want.items():
+                ref = np.asarray(ref)
+                if ref.dtype.kind == "f" and not np.allclose(ref, got[k], rtol=1e-3, atol=1e-4, equal_nan=True):
+                    raise UsageError(f"{what} changed output {k!r} (max |diff| {float(np.max(np.abs(ref - got[k]))):.3g})")
+    new, _ = to_graph(converted)
+    graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
+    graph.opset, graph.import_domains = new.opset, new.import_domains
+
+
+def prepare(graph: gs.Graph, ctx: PassContext, max_sweeps: int = 4) -> list[str]:
+    """Run the `PREPARE` cleanups on ``graph`` until none changes it; the names of those that did."""
+    changed: list[str] = []
+    passes = [get_pass(name)() for name in PREPARE]
+    for _ in range(max_sweeps):
+        sweep = False
+        for p in passes:
+            if p.run(graph, ctx).modified:
+                remove_dead_nodes(graph)
+                toposort(graph)
+                sweep = True
+                if p.name not in changed:
+                    changed.append(p.name)
+        if not sweep:
+            break
+    return changed
 
 
 def is_transformer_like(graph: gs.Graph) -> bool:
@@ -130,11 +202,16 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         calibration = ctx.calibration
         if calibration is None:
             raise UsageError(NEEDS_DATA)
+        prepared: dict[str, object] = {}
         opset = default_opset(graph)
-        if opset < 13:
-            # Per-channel DequantizeLinear (axis) needs opset 13; upgrade first with
-            # onnx.version_converter (documented) rather than silently rewriting opsets.
-            raise UsageError(f"quantize-int8 needs opset >= 13 (model has {opset}); convert with onnx.version_converter first")
+        if opset < QDQ_OPSET:
+            upgrade_opset(graph, ctx, QDQ_OPSET)
+            prepared["opset_converted"] = f"{opset} -> {QDQ_OPSET}"
+            ctx.logger.warning("quantize-int8: converted opset %d → %d for QDQ (onnx.version_converter, outputs checked)", opset, QDQ_OPSET)
+            opset = QDQ_OPSET
+        cleaned = prepare(graph, ctx)
+        if cleaned:
+            prepared["cleanup_passes"] = cleaned
         transformer = is_transformer_like(graph)
         mode = o.mode if o.mode != "auto" else ("dynamic" if transformer else "static")
         ops_excluded = set(o.exclude)
@@ -153,14 +230,16 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
             return f
 
         rule_opts = RuleOptions(
-            per_channel=o.per_channel, quantize_activation_matmul=o.quantize_activation_matmul, min_weight_size=o.min_weight_size
+            per_channel=o.per_channel, quantize_activation_matmul=o.quantize_activation_matmul,
+            min_weight_size=o.min_weight_size, concat_range_ratio=o.concat_range_ratio,
+            quantize_depthwise=o.quantize_depthwise,
         )
         registry = DYNAMIC_RULES if mode == "dynamic" else STATIC_RULES
         if not o.quantize_embeddings:
             ops_excluded.add("Gather")
         probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
         if not (probe.layers or probe.activations or probe.weights or probe.dynamic or probe.gathers):
-            return PassResult(modified=False, stats={"mode": mode, "layers_quantized": 0})
+            return PassResult(modified=bool(prepared), stats={"mode": mode, "layers_quantized": 0, **prepared})
 
         # SmoothQuant (dynamic scheme): a lossless rescaling, applied once before any
         # candidate is built, so every candidate and the reference share it.
@@ -194,12 +273,14 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
             )
             ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
 
+        inserted: dict[str, int] = {}
+
         def quantize_into(g: gs.Graph, excluded_layers: set[str]) -> QuantPlan:
-            plan = build_plan(g, registry, rule_opts, opset=opset, skip=skip(excluded_layers))
+            plan = build_plan(g, registry, rule_opts, opset=opset, skip=skip(excluded_layers), ranges=ranges)
             tensors = g.tensors()
             wp = weight_params(plan, tensors)
             acts = self._activation_params(plan, ranges, tensors, o)
-            materialize(g, plan, acts, wp)
+            inserted.update(materialize(g, plan, acts, wp).as_dict())
             return plan
 
         built: dict[frozenset[str], tuple[gs.Graph, QuantPlan]] = {}
@@ -235,6 +316,13 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                     ctx.logger.warning(
                         "quantize-int8: fidelity target not met after %d layers fell back (cosine %.4f)", len(excluded_layers), fb.score.cosine
                     )
+                elif excluded_layers:
+                    # Said, not only counted: float layers cost speed (and Q/DQ pairs around them).
+                    ctx.logger.warning(
+                        "quantize-int8: %d of %d layers kept float to meet the fidelity target (cosine %.4f, worst "
+                        "output and channel); target_cosine=none quantizes them all",
+                        len(excluded_layers), len(probe.layers), fb.score.cosine,
+                    )
         reuse = built.get(frozenset(excluded_layers))
         if reuse is not None:
             # The last candidate scored is the answer: adopt it instead of rebuilding.
@@ -242,6 +330,11 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
             graph.nodes, graph.inputs, graph.outputs = g.nodes, g.inputs, g.outputs
         else:
             plan = quantize_into(graph, excluded_layers)
+        if plan.float_concats:
+            ctx.logger.info(
+                "quantize-int8: %d Concat(s) kept float, their input ranges are more than %gx apart: %s",
+                len(plan.float_concats), o.concat_range_ratio, ", ".join(plan.float_concats[:5]),
+            )
         stats_out = {
             "mode": mode,
             "layers_quantized": len(plan.layers),
@@ -250,9 +343,12 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
             "weights_quantized": len(plan.weights) + len(plan.gathers),
             "dynamic_matmuls": len(plan.dynamic),
             "smoothed_norms": smoothed,
+            "activations_folded": inserted.get("activations_folded", 0),
+            "concats_float": len(plan.float_concats),
+            **prepared,
             **extra,
         }
-        changed = bool(plan.activations or plan.weights or plan.dynamic or plan.gathers) or smoothed > 0
+        changed = bool(plan.activations or plan.weights or plan.dynamic or plan.gathers) or smoothed > 0 or bool(prepared)
         return PassResult(modified=changed, stats=stats_out)
 
     @staticmethod

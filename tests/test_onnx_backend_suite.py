@@ -4,10 +4,18 @@ Every directory under ``onnx/backend/test/data/{pytorch-converted,pytorch-operat
 holds ``model.onnx`` and ``test_data_set_*/{input,output}_*.pb``. A case is skipped (with
 the reason) when the *original* model does not run in onnxruntime or does not reproduce
 its stored outputs; otherwise the optimized model must reproduce them with the same
-tolerance onnx's backend tests use (rtol 1e-3, atol 1e-7 → we allow atol 1e-5).
+tolerance onnx's backend tests use (rtol 1e-3, atol 1e-7 → we allow atol 1e-5). The
+StringNormalizer models (string inputs) are among them.
+
+``light/light_*.onnx`` are onnx's old-IR (IR 3) zoo models (ResNet-50, DenseNet-121,
+Inception, VGG-19, ...), their weights built at run time by ``ConstantOfShape``. They run
+on onnx's own dummy inputs and must give the original model's outputs in onnxruntime;
+the preset must also reach onnxsim 0.8.1's node count on each (measured with
+bench/lossless_corpus.py, written down here so a regression shows).
 
 The manager verifies only the final model here (``verify="final"``) so the suite stays fast;
-per-pass verification is exercised by the per-pass tests. Measured: ~20 s with ``-n 2``.
+per-pass verification is exercised by the per-pass tests. Measured: ~20 s with ``-n 2`` for
+the data-set models, ~60 s for the light models (VGG-19 folds 550 MB of weights).
 """
 
 from __future__ import annotations
@@ -101,3 +109,26 @@ def test_lossless_preset_preserves_stored_outputs(case: Path) -> None:
     for feeds, want in sets:
         problem = _matches(_run(out, feeds), want)
         assert problem is None, problem
+
+
+_LIGHT = sorted((_ROOT / "light").glob("light_*.onnx"))
+#: onnxsim 0.8.1's node count on each light model (bench/lossless_corpus.py).
+_ONNXSIM_NODES = {
+    "light_bvlc_alexnet": 24, "light_densenet121": 550, "light_inception_v1": 139, "light_inception_v2": 226,
+    "light_resnet50": 123, "light_shufflenet": 154, "light_squeezenet": 66, "light_vgg19": 46, "light_zfnet512": 22,
+}
+
+
+@pytest.mark.parametrize("path", _LIGHT, ids=[p.stem for p in _LIGHT])
+def test_lossless_preset_on_old_ir_zoo_models(path: Path) -> None:
+    from onnx.backend.test.runner import Runner
+
+    model = onnx.load(str(path))
+    assert model.ir_version < 4  # what this test is about
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {vi.name: Runner.generate_dummy_data(vi, seed=0, name=path.stem, random=False) for vi in model.graph.input if vi.name not in inits}
+    out, _ = onnxcomp.optimize(model, preset="lossless", verify="final")
+    assert out.ir_version == 4 and [i.name for i in out.graph.input] == list(feeds)
+    assert len(out.graph.node) <= _ONNXSIM_NODES[path.stem]
+    problem = _matches(_run(out, feeds), _run(model, feeds))
+    assert problem is None, problem

@@ -26,6 +26,7 @@ from onnxcomp.checking.metrics import (
     parse_channel_spec,
     summarize,
 )
+from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.runtime import make_session, resolve_providers, run
 from onnxcomp.checking.verify import (
     Tolerance,
@@ -52,6 +53,7 @@ __all__ = [
     "generate_inputs",
     "input_specs",
     "make_session",
+    "paired_perplexity",
     "parse_channel_spec",
     "required_input_specs",
     "resolve_providers",

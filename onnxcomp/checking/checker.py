@@ -37,6 +37,7 @@ from onnxcomp.checking.metrics import (
     fidelity_problem,
     summarize,
 )
+from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.verify import (
     Outputs,
     Tolerance,
@@ -266,6 +267,9 @@ class Checker:
         summary = summarize(per)
         out: dict[str, Any] = {"verified": True, "data": data, **summary, "floor": self._floor, "degraded": False,
                                "outputs": {k: v.to_dict() for k, v in per.items()}}
+        ppl = paired_perplexity(self.input, verifier.feeds, verifier.reference_outputs, outs)
+        if ppl is not None:  # a causal LM: next-token perplexity on the verification feeds
+            out["perplexity"] = ppl
         if lossless:
             bad = drift(verifier.reference_outputs, outs, self._tolerance)
             out["within_tolerance"] = bad is None

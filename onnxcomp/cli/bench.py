@@ -1,7 +1,9 @@
 """``onnxcomp bench``, ``onnxcomp compare`` and ``onnxcomp gate`` (registered on the group by `onnxcomp.cli.main`).
 
 Exit codes: 0 success / gate pass, 1 gate regression, 2 bad input or usage (one line on
-stderr, no traceback).
+stderr, no traceback). ``bench`` with several models: a model that cannot be loaded or run
+is a row saying why, the others are still timed, the table and ``--json`` are still written,
+and the exit code is 1; 2 when no model could be timed.
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None, seed: int,
           threads: int | None, warmup: int, rounds: int | None, duration: float, placement: bool | None,
           json_out: Path | None) -> None:
-    """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first."""
+    """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first.
+
+    A model that cannot be loaded or run is a row saying why; the others are still timed
+    and the exit code is 1 (2 when none could be timed).
+    """
     from onnxcomp.perf.benchmark import bench as run_bench
 
     _check_models(models, (("--json", json_out),))
@@ -85,11 +91,16 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
         raise UsageError("--warmup must be >= 0 and --duration > 0")
     with progress_bar("bench") as progress:
         result = run_bench(list(models), ep=ep, threads=threads, batch=batch, shapes=shapes, data=data, warmup=warmup,
-                           rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed)
+                           rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed,
+                           keep_going=True)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
     if not State.quiet and str(json_out) != "-":
         result.render()
+    if result.failed:
+        names = ", ".join(Path(m.path).name for m in result.failed)
+        click.echo(f"onnxcomp: {len(result.failed)} of {len(result.models)} model(s) not timed: {names}", err=True)
+        sys.exit(1)
 
 
 @click.command()
@@ -103,11 +114,13 @@ def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[st
 @click.option("--no-speed", is_flag=True, help="Fidelity only; skip timing.")
 @click.option("--channels", "channel_specs", multiple=True, metavar="OUTPUT:AXIS[=N1,N2,..]",
               help="How fidelity splits an output into channels (as for optimize; repeatable).")
+@click.option("--metric", type=click.Choice(["fidelity", "perplexity"]), default="fidelity", show_default=True,
+              help="perplexity: also next-token perplexity of both causal LMs on --data's input_ids.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
 @handle_errors
 def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None,
             seed: int, threads: int | None, max_samples: int, rounds: int | None, duration: float, no_speed: bool,
-            channel_specs: tuple[str, ...], json_out: Path | None) -> None:
+            channel_specs: tuple[str, ...], metric: str, json_out: Path | None) -> None:
     """Fidelity of CANDIDATE against REFERENCE (cosine, errors, SNR, top-1, accuracy) and the speed ratio."""
     from onnxcomp.perf.comparison import compare as run_compare
 
@@ -125,10 +138,25 @@ def compare(reference: Path, candidate: Path, ep: str, batch: int | None, shapes
         result = run_compare(reference, candidate, data, ep=ep, threads=threads, batch=batch, shapes=shapes,
                              max_samples=max_samples, speed=not no_speed, rounds=rounds, duration_s=duration,
                              progress=progress, seed=seed, channels=channels)
+    ppl = _perplexity(reference, candidate, data, ep, threads, batch, max_samples) if metric == "perplexity" else None
     if json_out is not None:
-        _write_json(json_out, result.to_dict())
+        _write_json(json_out, {**result.to_dict(), **({"perplexity": ppl} if ppl else {})})
     if not State.quiet and str(json_out) != "-":
         result.render()
+        if ppl:
+            click.echo(f"perplexity {ppl['reference']:.4f} → {ppl['candidate']:.4f} ({ppl['increase']:+.2%}) on {ppl['tokens']} tokens of {ppl['data']}")
+
+
+def _perplexity(reference: Path, candidate: Path, data: str | None, ep: str, threads: int | None, batch: int | None,
+                max_samples: int) -> dict:
+    """``--metric perplexity`` (causal LMs; labels are the input_ids shifted by one)."""
+    from onnxcomp.checking.perplexity import compare_perplexity
+    from onnxcomp.checking.runtime import parse_ep, providers_for
+
+    if data is None or data == "random":
+        raise UsageError("--metric perplexity needs --data with input_ids (held-out text, tokenized)")
+    return compare_perplexity(str(reference), str(candidate), data, providers=providers_for(parse_ep(ep)[0]), threads=threads,
+                              batch=batch, max_samples=max_samples)
 
 
 @click.command()

@@ -38,7 +38,7 @@ def main(verbose: int, quiet: bool) -> None:
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output path (default: <stem>.opt.onnx beside the input).")
-@click.option("--preset", help="Named pipeline: lossless (default), int8, prune, prune-recover, prune-distill-int8.")
+@click.option("--preset", help="Named pipeline: lossless (default), int8, int4, prune, prune-recover, prune-distill-int8.")
 @click.option("-p", "--pass", "pass_specs", multiple=True, metavar="PASS[:k=v,...]", help="A pass with options; repeat in pipeline order.")
 @click.option("--calibration-data", metavar="PATH|random", help=".npz (keys = input names, samples on each input's batch axis, scalars shared), a folder of them "
               "or of complete feeds (one .npz per sample), or 'random'. Validated before any work.")

@@ -8,6 +8,9 @@
   inference and onnxruntime;
 * `onnxcomp.ir.rules`: tables of per-op rules keyed by (domain, op type, opset range);
 * `onnxcomp.ir.cost`: nodes, parameters, bytes and FLOPs;
+* `onnxcomp.ir.control_flow`: an ``If`` with a constant condition replaced by its branch;
+* `onnxcomp.ir.affine`: per-channel affine maps (BatchNormalization, scale and bias)
+  folded into the weights of the op producing the channels;
 * `onnxcomp.ir.constant_eval`: numpy evaluation of standard ops on constants, with size
   checks before allocating.
 
@@ -45,12 +48,16 @@ from onnxcomp.ir.graph import (
 )
 from onnxcomp.ir.shapes import Dim, annotate_shapes, can_add_initializers, dims_of, export_node, infer_shapes, tensor_dims
 from onnxcomp.ir.rules import OpRule, OpRules
+from onnxcomp.ir.control_flow import inline_if, taken_branch
+from onnxcomp.ir.affine import batchnorm_affine, float_weight, float_weight_meta, fold_channel_affine, output_channels
 from onnxcomp.ir.constant_eval import (
     EvalContext,
     EvalDeclined,
     EvalTooLarge,
     find_eval_rule,
     is_numeric_dtype,
+    own_dims_target,
+    partial_shape_value,
     shape_op_value,
 )
 
@@ -102,4 +109,13 @@ __all__ = [
     "find_eval_rule",
     "is_numeric_dtype",
     "shape_op_value",
+    "batchnorm_affine",
+    "float_weight",
+    "float_weight_meta",
+    "fold_channel_affine",
+    "output_channels",
+    "inline_if",
+    "taken_branch",
+    "own_dims_target",
+    "partial_shape_value",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir.graph import constant_node_value, peek_values
+from onnxcomp.ir.graph import constant_node_value, constant_value, is_standard, peek_values
 from onnxcomp.ir.rules import OpRules
 
 
@@ -317,3 +317,104 @@ def _tile(node: gs.Node, inputs: list, ev: EvalContext) -> list[np.ndarray]:
     ev.check([d * r for d, r in zip(x.shape, reps)], x.dtype)
     return [np.tile(x, reps)]
 
+
+
+# ----------------------------------------------------------------- shape facts
+# Values that depend on a tensor only through the static part of its shape.
+
+
+def partial_shape_value(node: gs.Node, opset: int) -> np.ndarray | None:
+    """The value of ``Gather``/``Slice`` (constant indices) of ``Shape(x)`` when every dim it
+    picks is static, though others of x may not be (``Shape(state)[0]`` of a
+    [2, batch, 128] state); None otherwise."""
+    src = node.inputs[0]
+    if len(src.inputs) != 1 or any(not isinstance(t, gs.Constant) for t in node.inputs[1:] if t.name):
+        return None
+    shape_node = src.inputs[0]
+    if shape_node.op != "Shape" or not is_standard(shape_node) or not shape_node.inputs:
+        return None
+    dims = shape_node.inputs[0].shape
+    if dims is None:
+        return None
+    # -1 stands for a dim that is not static (real dims are >= 0), so it shows in the result.
+    known = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in dims)
+    stand_in = shape_op_value(shape_node, known)
+    rule = find_eval_rule(node, opset)
+    if rule is None:
+        return None
+    values = [stand_in] + [peek_values(t) if t.name else None for t in node.inputs[1:]]
+    try:
+        (out,) = rule(node, values, EvalContext(opset, 1 << 20, 0))
+    except (EvalDeclined, EvalTooLarge, ValueError, IndexError, TypeError, KeyError):
+        return None
+    return None if np.any(out < 0) else out
+
+
+def own_dims_target(node: gs.Node) -> np.ndarray | None:
+    """A constant target for ``Reshape(x, Concat(...))`` whose computed entries are x's own
+    dims at the same positions (``Reshape(x, [Shape(x)[0], 200])``): those become 0, which
+    Reshape reads as "copy this dim of x"; the other entries must be constants."""
+    data, target = node.inputs[0], node.inputs[1]
+    if node.attrs.get("allowzero", 0) or len(target.inputs) != 1:
+        return None
+    concat = target.inputs[0]
+    if concat.op != "Concat" or not is_standard(concat) or int(concat.attrs.get("axis", 0)) not in (0, -1):
+        return None
+    entries: list[int] = []
+    for piece in concat.inputs:
+        value = constant_value(piece)
+        if value is not None:
+            entries.extend(int(v) for v in value.reshape(-1))
+        elif _dim_index(piece, data) == len(entries):
+            entries.append(0)
+        else:
+            return None
+    return np.array(entries, np.int64) if entries.count(-1) <= 1 else None
+
+
+def _dim_index(t: gs.Tensor, data: gs.Tensor) -> int | None:
+    """k if one-element ``t`` is dim k of ``data`` (``Shape(data)[k]``, ``Shape(data)[k:k+1]``,
+    through integer Casts and Unsqueeze/Squeeze/Reshape; a Cast to int32 is taken to keep
+    the dim, i.e. dims below 2**31), else None."""
+    for _ in range(6):
+        if len(t.inputs) != 1:
+            return None
+        node = t.inputs[0]
+        if not is_standard(node):
+            return None
+        if node.op in ("Unsqueeze", "Squeeze", "Reshape") or _is_int_cast(node):
+            t = node.inputs[0]
+            continue
+        if node.op not in ("Gather", "Slice"):
+            return None
+        src = node.inputs[0]
+        while len(src.inputs) == 1 and _is_int_cast(src.inputs[0]):  # Shape -> Cast -> Slice
+            src = src.inputs[0].inputs[0]
+        if len(src.inputs) != 1 or src.inputs[0].op != "Shape" or src.inputs[0].inputs[0] is not data:
+            return None
+        shape_node = src.inputs[0]
+        rank = len(data.shape) if data.shape is not None else None
+        if rank is None or int(shape_node.attrs.get("start", 0)) != 0 or shape_node.attrs.get("end") is not None:
+            return None
+        idx = [constant_value(x) for x in node.inputs[1:] if x.name]
+        if any(v is None for v in idx):
+            return None
+        if any(v.size != 1 for v in idx):
+            return None
+        first = [int(v.reshape(-1)[0]) for v in idx]
+        if node.op == "Gather":
+            k = first[0] if int(node.attrs.get("axis", 0)) == 0 else None
+        else:  # Slice(starts, ends, axes, steps) of the 1-D shape: one element
+            starts, ends = first[0], first[1]
+            axis_ok = len(first) < 3 or first[2] in (0, -1)
+            step_ok = len(first) < 4 or first[3] == 1
+            k = starts if axis_ok and step_ok and (ends == starts + 1 or (starts == -1 and ends >= 1 << 62)) else None
+        if k is None:
+            return None
+        k = k + rank if k < 0 else k
+        return k if 0 <= k < rank else None
+    return None
+
+
+def _is_int_cast(node: gs.Node) -> bool:
+    return node.op == "Cast" and is_standard(node) and int(node.attrs.get("to", 0)) in (onnx.TensorProto.INT32, onnx.TensorProto.INT64)

@@ -4,11 +4,19 @@ onnx-graphsurgeon drops a few things on import that a user's model must keep, so
 module carries them beside the graph in a `ModelMeta`:
 
 * model-level metadata (``metadata_props``, ``doc_string``, ``domain``, ``model_version``);
-* initializers that are *also* graph inputs (old IR < 4 exporters emit them; newer models
-  use them as overridable defaults). graphsurgeon would turn them into constants and drop
-  them from the inputs, which changes the model's interface and lets passes fold values the
-  user may override. We strip them before import (so they become plain graph inputs) and
-  restore them on export.
+* initializers that are *also* graph inputs in models of IR version >= 4: there they are
+  overridable defaults (the exporter chose to list them as inputs). graphsurgeon would turn
+  them into constants and drop them from the inputs, which changes the model's interface
+  and lets passes fold values the user may override. We strip them before import (so they
+  become plain graph inputs) and restore them on export.
+
+Models of IR version < 4 are different: there *every* initializer must also be a graph
+input, so listing a weight as an input says nothing about overriding it; they are the
+model's weights. `to_graph` imports them as constants (they leave the graph inputs, as
+onnxsim and onnxslim also do) and raises the graph's IR version to 4, the first that allows
+initializers which are not inputs; opsets are untouched. Outputs for the default feeds
+(everything but the weights) are unchanged; a caller who really feeds new weights at run
+time must keep the original model.
 
 Names are a serialization concern: duplicates are fixed once, here, at export.
 
@@ -28,9 +36,13 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
-from onnxcomp.ir.graph import constant_nbytes, tensor_map
+from onnxcomp.ir.graph import constant_nbytes, iter_graphs, tensor_map
 from onnxcomp.ir.importer import import_plain
 from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, ArrayCache, lendable
+
+
+#: The first IR version whose initializers need not be graph inputs.
+MIN_IR_WITHOUT_INPUTS = 4
 
 
 @dataclass
@@ -54,7 +66,9 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
     Args:
         model: The model to import.
         initializers_as_constants: Treat initializers that are also graph inputs as
-            constants (they then leave the model interface). Default: keep them as inputs.
+            constants (they then leave the model interface). Default: keep them as inputs,
+            except in models of IR version < 4, whose initializers are always constants
+            (see the module docstring); the graph then has IR version 4.
 
     Returns:
         The graph and the metadata needed to export it faithfully.
@@ -72,6 +86,8 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
             meta.interface_types[vi.name] = t
     input_names = {i.name for i in model.graph.input}
     shadowed = [t for t in model.graph.initializer if t.name in input_names]
+    old_ir = model.ir_version < MIN_IR_WITHOUT_INPUTS
+    initializers_as_constants = initializers_as_constants or old_ir
     if shadowed and not initializers_as_constants:
         # Import a copy without those initializers; deep-copying is acceptable here
         # because only old-IR or unusual models take this path.
@@ -93,7 +109,11 @@ def to_graph(model: onnx.ModelProto, *, initializers_as_constants: bool = False)
     graph = import_plain(model)
     if graph is None:  # subgraphs, functions, unusual types: graphsurgeon's importer
         graph = gs.import_onnx(model)
+    if old_ir:
+        # Export writes graph.ir_version: constants need not be inputs from IR 4 on.
+        graph.ir_version = MIN_IR_WITHOUT_INPUTS
     _wrap_referenced(graph)
+    _own_renamed_payloads(graph)
     return graph, meta
 
 
@@ -155,6 +175,25 @@ def _dedupe_tensor_names(graph: gs.Graph) -> None:
                 owner[candidate] = id(t)
 
 
+def _own_renamed_payloads(graph: gs.Graph) -> None:
+    """Give lazily loaded constants outside the main graph's initializers (Constant-node
+    attributes, body initializers) their own TensorProto where exporting them (for
+    shape inference, a batch model or the result) would write into the input model's:
+    graphsurgeon's exporter sets ``name`` on the proto a constant was loaded from, and
+    a Constant node's tensor has none. Main-graph initializers keep their name and are
+    swapped for headers at export (`_swap_in_headers`). Costs one copy of such tensors."""
+    for g in iter_graphs(graph):
+        found: list[gs.Constant] = [t for t in tensor_map(g).values() if isinstance(t, gs.Constant)] if g is not graph else []
+        for node in g.nodes:
+            found.extend(a for a in node.attrs.values() if isinstance(a, gs.Constant))
+        for c in found:
+            v = c._values
+            if isinstance(v, LazyValues) and not (v.tensor.HasField("name") and v.tensor.name == c.name):
+                own = onnx.TensorProto()
+                own.CopyFrom(v.tensor)
+                c._values = type(v)(own)
+
+
 #: Weights not yet written into an exported model: name -> (constant, its values).
 Pending = dict[str, tuple[gs.Constant, object]]
 
@@ -177,6 +216,7 @@ def export_parts(graph: gs.Graph, meta: ModelMeta) -> tuple[onnx.ModelProto, Pen
     model's tensors in place (it sets ``name`` on the TensorProto behind a lazy constant).
     """
     _dedupe_tensor_names(graph)
+    _own_renamed_payloads(graph)  # names `_dedupe_tensor_names` changed
     kwargs = {}
     if graph.import_domains is not None:
         kwargs["opset_imports"] = list(graph.import_domains)

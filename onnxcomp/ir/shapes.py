@@ -22,6 +22,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 from onnxcomp.ir.graph import (
     constant_nbytes,
     default_opset,
+    iter_graphs,
     onnx_elem_type,
     static_shape,
     tensor_map,
@@ -75,9 +76,11 @@ def tensor_dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
 
 
 def can_add_initializers(ctx: ShapeContext) -> bool:
-    """False for IR < 4 models, where every initializer must also be a graph input: a pass
-    that creates constants would produce an invalid model (the exporter does not add inputs)."""
-    return ctx.original_model.ir_version >= 4
+    """Whether a pass may create initializers that are not graph inputs: always, since
+    `onnxcomp.ir.to_graph` imports IR < 4 models (where every initializer had to be an
+    input) with their initializers as constants and exports them at IR 4. Kept for
+    plugins written against earlier versions."""
+    return True
 
 
 
@@ -91,7 +94,7 @@ def _lacks_facts(tensor: gs.Tensor) -> bool:
 _np_dtype_of = functools.cache(onnx.helper.tensor_dtype_to_np_dtype)
 
 def annotate_shapes(graph: gs.Graph, ctx: ShapeContext) -> None:
-    """Fill in missing dtypes/shapes of main-graph variables from ONNX shape inference.
+    """Fill in missing dtypes/shapes of variables (main graph and bodies) from ONNX shape inference.
 
     Inference only runs when some variable still lacks a dtype or a fully static shape:
     otherwise there is nothing it could add, and after the first sweep of a static-shape
@@ -111,6 +114,12 @@ def annotate_shapes(graph: gs.Graph, ctx: ShapeContext) -> None:
     """
     tensors = tensor_map(graph)
     lacking = [(name, t) for name, t in tensors.items() if not isinstance(t, gs.Constant) and _lacks_facts(t)]
+    # Values inside If/Loop/Scan bodies: inference types them too (names are unique model-wide).
+    for body in iter_graphs(graph):
+        if body is not graph:
+            lacking.extend(
+                (name, t) for name, t in tensor_map(body).items() if name not in tensors and not isinstance(t, gs.Constant) and _lacks_facts(t)
+            )
     if not lacking:
         return
     # By id (graphsurgeon tensors are unhashable); weak, so a dead tensor's id is no match.
@@ -130,7 +139,7 @@ def annotate_shapes(graph: gs.Graph, ctx: ShapeContext) -> None:
             return {}
         wanted = {name for name, _ in lacking}
         facts: dict[str, tuple[np.dtype | None, list | None]] = {}
-        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        for vi in _inferred_values(inferred.graph):
             if vi.name not in wanted:
                 continue
             tt = vi.type.tensor_type
@@ -157,6 +166,19 @@ def annotate_shapes(graph: gs.Graph, ctx: ShapeContext) -> None:
         elif len(tensor.shape) == len(shape):
             # Merge dim by dim: an inferred value wins, a dim only the model knew is kept.
             tensor.shape = [new if new is not None else old for new, old in zip(shape, tensor.shape)]
+
+
+def _inferred_values(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """Value infos and outputs of ``graph`` and of every body nested in it."""
+    out: list[onnx.ValueInfoProto] = []
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        out.extend(g.value_info)
+        out.extend(g.output)
+        for node in g.node:
+            stack.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
+    return out
 
 
 def _skeleton_model(graph: gs.Graph, ctx: ShapeContext, tensors: dict[str, gs.Tensor]) -> onnx.ModelProto:

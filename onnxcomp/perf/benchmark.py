@@ -2,6 +2,10 @@
 
 How the timing works is described in `onnxcomp.perf.timing`; this module puts it together
 (sessions, warm-up, rounds, node placement) and holds the result types.
+
+With ``keep_going`` (what the ``bench`` command uses), a model that cannot be loaded or run
+becomes a row with its reason and the others are still timed; ratios are then to the first
+model that ran.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from onnxcomp.checking.runtime import parse_ep, providers_for
-from onnxcomp.errors import UsageError
+from onnxcomp.errors import InvalidModelError, OnnxcompError, UsageError, one_line
 from onnxcomp.perf.feeds import feed_shapes, parse_shape_specs
 from onnxcomp.perf.machine import environment, model_size_bytes, peak_rss_mb
 from onnxcomp.perf.placement import node_placement
-from onnxcomp.perf.prepare import prepare_models
+from onnxcomp.perf.prepare import PreparedModel, prepare_models
 from onnxcomp.perf.render import default_console, elide_middle, fit_table, fmt_g, human_bytes, table
 from onnxcomp.perf.timing import InterleavedTimer, LatencyStats, ProgressFn, paired_ratio, timed_rounds
 
@@ -30,10 +34,10 @@ log = logging.getLogger("onnxcomp")
 
 @dataclass
 class ModelBench:
-    """Benchmark of one model."""
+    """Benchmark of one model; ``latency`` is None and ``error`` says why when it could not be timed."""
 
     path: str
-    latency: LatencyStats
+    latency: LatencyStats | None
     samples_ms: list[float]
     batch: int
     input_shapes: dict[str, list[int]]
@@ -43,17 +47,20 @@ class ModelBench:
     paired_ratio_to_first: float = 1.0
     node_placement: dict[str, dict[str, int]] | None = None
     warnings: list[str] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def throughput(self) -> float:
-        """Samples per second at the median latency."""
+        """Samples per second at the median latency (NaN for a model that was not timed)."""
+        if self.latency is None:
+            return float("nan")
         return self.batch * 1000.0 / self.latency.p50 if self.latency.p50 > 0 else float("inf")
 
     def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         """JSON-ready dict (one entry of ``models`` in ``bench --json``); ``samples``: include ``samples_ms``."""
         d: dict[str, Any] = {
             "path": self.path,
-            "latency_ms": self.latency.to_dict(),
+            "latency_ms": self.latency.to_dict() if self.latency is not None else None,
             "ratio_to_first": self.ratio_to_first,
             "paired_ratio_to_first": self.paired_ratio_to_first,
             "throughput_per_s": self.throughput,
@@ -63,6 +70,7 @@ class ModelBench:
             "host_memory_mb": self.host_memory_mb,
             "node_placement": self.node_placement,
             "warnings": self.warnings,
+            "error": self.error,
         }
         if samples:
             d["samples_ms"] = self.samples_ms
@@ -81,6 +89,11 @@ class BenchResult:
     rounds: int
     seconds: float
 
+    @property
+    def failed(self) -> list[ModelBench]:
+        """Models that could not be timed (each with its ``error``)."""
+        return [m for m in self.models if m.error is not None]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the ``bench --json`` contract)."""
         return {
@@ -94,6 +107,7 @@ class BenchResult:
             "process_peak_rss_mb": peak_rss_mb(),
             "environment": environment(),
             "models": [m.to_dict() for m in self.models],
+            "failed": len(self.failed),
         }
 
     def render(self, console: Any | None = None) -> None:
@@ -108,15 +122,23 @@ class BenchResult:
                 t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col != "model")
             for m in self.models:
                 s = m.latency
-                t.add_row(elide_middle(Path(m.path).name, width), fmt_g(s.p50), fmt_g(s.p90), fmt_g(s.p99), fmt_g(s.mean),
+                name = elide_middle(Path(m.path).name, width)
+                if s is None:  # not timed: the reason is printed below the table
+                    t.add_row(name, "[red]failed[/]", *[""] * 6, human_bytes(m.size_bytes), "")
+                    continue
+                t.add_row(name, fmt_g(s.p50), fmt_g(s.p90), fmt_g(s.p99), fmt_g(s.mean),
                           fmt_g(s.stdev), f"{m.ratio_to_first:.3f}", fmt_g(m.throughput), human_bytes(m.size_bytes),
                           f"{m.host_memory_mb:.1f}")
             return t
 
         t = fit_table(build, console, max(len(Path(m.path).name) for m in self.models))
         console.print(t)
-        shapes = {Path(m.path).name: m.input_shapes for m in self.models}
-        console.print(f"inputs: {shapes}  (× first = p50 of the first model ÷ p50 of this one; > 1 is faster)")
+        timed = [m for m in self.models if m.latency is not None]
+        shapes = {Path(m.path).name: m.input_shapes for m in timed}
+        first = "the first model" if timed and timed[0] is self.models[0] else f"{Path(timed[0].path).name} (the first that ran)"
+        console.print(f"inputs: {shapes}  (× first = p50 of {first} ÷ p50 of this one; > 1 is faster)")
+        for m in self.failed:
+            console.print(f"[red]failed[/] {Path(m.path).name}: {m.error}")
         for m in self.models:
             if m.node_placement:
                 parts = "; ".join(f"{p}: " + ", ".join(f"{op}×{c}" for op, c in ops.items()) for p, ops in m.node_placement.items())
@@ -140,6 +162,7 @@ def bench(
     placement: bool | None = None,
     progress: ProgressFn | None = None,
     seed: int = 0,
+    keep_going: bool = False,
 ) -> BenchResult:
     """Benchmark one or more models, interleaved, on one execution provider.
 
@@ -159,13 +182,16 @@ def bench(
             for non-CPU EPs, where CPU fallback is what you want to know.
         progress: Optional ``progress(fraction, message)`` callback.
         seed: Seed for generated inputs.
+        keep_going: A model that cannot be read or run becomes a row with its ``error``
+            (``BenchResult.failed``) and the others are still timed; ratios are then to the
+            first model that ran. Without it the first such model raises.
 
     Returns:
         A `BenchResult`; ``to_dict()`` is the ``bench --json`` document.
 
     Raises:
         UsageError: Unknown/unavailable EP, bad shapes, bad counts.
-        InvalidModelError: A model cannot be read or run.
+        InvalidModelError: A model cannot be read or run (with ``keep_going``: none can).
         CalibrationDataError: ``data`` is unusable.
     """
     paths = [models] if isinstance(models, (str, os.PathLike)) else list(models)
@@ -181,8 +207,25 @@ def bench(
     providers = providers_for(ep_name)
     shape_map = parse_shape_specs(shapes)
     t0 = time.perf_counter()
-    prepared = prepare_models(paths, providers=providers, device_id=device_id, threads=threads, batch=batch,
-                              shapes=shape_map, data=data, warmup=warmup, seed=seed)
+    # One model alone may spin its thread pool; interleaved models must not steal each other's cores.
+    spinning = len(paths) <= 1
+    prepared: list[PreparedModel] = []
+    errors: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            prepared += prepare_models([path], providers=providers, device_id=device_id, threads=threads, batch=batch,
+                                       shapes=shape_map, data=data, warmup=warmup, seed=seed, spinning=spinning)
+        except UsageError:
+            raise  # bad options or data are the user's to fix, whichever model shows it
+        except Exception as e:
+            if not keep_going or len(paths) == 1:
+                raise  # one model alone: its own error is the answer
+            # Any other failure is this file's (unreadable, not runnable, or a bug on this model):
+            # it becomes the row's reason and the others are still timed.
+            reason = str(e) if isinstance(e, OnnxcompError) else f"internal error: {type(e).__name__}: {one_line(e, 300)}"
+            errors[i] = reason  # reported in its row (the CLI also names it on stderr)
+    if not prepared:
+        raise InvalidModelError(f"no model could be timed; the first: {errors[0]}")
     for p in prepared:
         for w in p.warnings:
             log.warning("%s: %s", p.path, w)
@@ -190,7 +233,7 @@ def bench(
     timer.warmup(2)  # once more interleaved, so the first timed round is not the first switch
     ms = timed_rounds(timer, rounds=rounds, duration_s=duration_s, min_rounds=min_rounds, progress=progress)
     want_placement = placement if placement is not None else providers[0] != "CPUExecutionProvider"
-    results: list[ModelBench] = []
+    timed: list[ModelBench] = []
     first_p50 = float(np.median(ms[:, 0]))
     for j, p in enumerate(prepared):
         stats = LatencyStats.from_samples(ms[:, j])
@@ -202,11 +245,28 @@ def bench(
                 p.warnings.append(f"{sum(cpu_ops.values())} node(s) fell back to the CPU EP: "
                                   + ", ".join(f"{k}×{v}" for k, v in cpu_ops.items()))
         batch_size = int(next(iter(p.feeds.values())).shape[0]) if p.feeds and next(iter(p.feeds.values())).ndim else 1
-        results.append(ModelBench(
+        timed.append(ModelBench(
             path=p.path, latency=stats, samples_ms=[float(x) for x in ms[:, j]], batch=batch_size,
             input_shapes=feed_shapes(p.feeds), size_bytes=model_size_bytes(p.path), host_memory_mb=p.memory_mb,
             ratio_to_first=first_p50 / stats.p50 if stats.p50 > 0 else float("inf"),
             paired_ratio_to_first=paired_ratio(ms[:, 0], ms[:, j]), node_placement=place, warnings=list(p.warnings),
         ))
+    results = _in_given_order(paths, timed, errors)
     return BenchResult(models=results, ep=ep, providers=list(prepared[0].session.get_providers()), threads=threads,
                        warmup=warmup, rounds=int(ms.shape[0]), seconds=time.perf_counter() - t0)
+
+
+def _in_given_order(paths: Sequence[str | os.PathLike[str]], timed: list[ModelBench], errors: Mapping[int, str]
+                    ) -> list[ModelBench]:
+    """Timed models and failed rows, in the order the paths were given."""
+    it = iter(timed)
+    out: list[ModelBench] = []
+    for i, path in enumerate(paths):
+        if i in errors:
+            size = Path(path).stat().st_size if Path(path).is_file() else 0  # external data unknown: unreadable
+            out.append(ModelBench(path=str(path), latency=None, samples_ms=[], batch=0, input_shapes={}, size_bytes=size,
+                                  host_memory_mb=0.0, ratio_to_first=float("nan"), paired_ratio_to_first=float("nan"),
+                                  error=errors[i]))
+        else:
+            out.append(next(it))
+    return out

@@ -19,6 +19,7 @@ CLEANUP_GROUP = until_stable(*CLEANUP)
 PRESETS: dict[str, Pipeline] = {
     "lossless": Pipeline((CLEANUP_GROUP,)),
     "int8": Pipeline((CLEANUP_GROUP, "quantize-int8")),
+    "int4": Pipeline((CLEANUP_GROUP, "quantize-weights")),
     "prune": Pipeline((CLEANUP_GROUP, "prune-channels", CLEANUP_GROUP)),
     "prune-recover": Pipeline((CLEANUP_GROUP, "prune-channels", "reconstruct", CLEANUP_GROUP)),
     "prune-distill-int8": Pipeline((CLEANUP_GROUP, "prune-channels", "distill", CLEANUP_GROUP, "quantize-int8")),
@@ -27,6 +28,7 @@ PRESETS: dict[str, Pipeline] = {
 PRESET_SUMMARIES = {
     "lossless": "cleanup only: identities, constants, BatchNorm folding, CSE, dead code (default)",
     "int8": "cleanup, then static INT8 quantization (QDQ) with calibration",
+    "int4": "cleanup, then block-wise 4-bit weight-only quantization (MatMulNBits; rtn, or gptq/awq with calibration)",
     "prune": "cleanup, structured channel pruning, cleanup",
     "prune-recover": "cleanup, pruning, training-free layer-wise reconstruction",
     "prune-distill-int8": "cleanup, pruning, knowledge distillation (torch), INT8",

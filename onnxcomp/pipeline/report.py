@@ -146,6 +146,8 @@ class Report:
             line += f", top-1 agreement {v['top1_agreement']:.4f}"
         if "accuracy_candidate" in v:
             line += f", accuracy {v['accuracy_reference']:.4f} → {v['accuracy_candidate']:.4f}"
+        if "perplexity" in v:
+            line += f", perplexity {v['perplexity']['reference']:.3f} → {v['perplexity']['candidate']:.3f}"
         console.print(line)
         if v.get("degraded"):
             console.print(f"[bold red]degraded:[/] {worst.get('where', '')} has cosine {v.get('cosine', float('nan')):.4f}, "

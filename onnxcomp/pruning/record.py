@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from onnxcomp.pruning.deps import AxisKey, ChannelGroup
 
@@ -68,10 +69,15 @@ class PruneRecord:
             activation (node output) and initializer: the decision's consequence.
             Positions are ascending int64 indices into the tensor *before* pruning; a
             Conv weight that lost output and input channels has two axes.
+        source: The model the pass analysed, before slicing (None when not kept). Recovery
+            passes use it as the teacher: its tensor names are the pruned model's, whereas
+            the run's input may name them differently (``fold-batchnorm`` keeps a Conv's
+            output name, which in the input names the tensor *before* the BatchNorm).
     """
 
     groups: tuple[GroupKept, ...]
     tensors: Mapping[str, Mapping[int, np.ndarray]]
+    source: onnx.ModelProto | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "groups", tuple(self.groups))

@@ -5,11 +5,23 @@
 * `rules`: the per-op QDQ placement rules (they only *mark*);
 * `insert`: the one place that materialises Q/DQ and dynamic-MatMul nodes;
 * `smoothquant`: activation-outlier scale migration into weights;
-* `sensitivity`: per-layer sensitivity and greedy float fallback.
+* `sensitivity`: per-layer sensitivity and greedy float fallback;
+* `blockwise`, `hessian`, `gptq`, `awq`, `weightonly`: block-wise 4/8-bit weight-only
+  quantization (``quantize-weights``): RTN and packing, streamed ``XᵀX``, GPTQ, AWQ scale
+  search, and the graph rewrites (MatMulNBits / block-wise DequantizeLinear, AWQ folds).
 
 Passes import these names from ``onnxcomp.quantization`` itself.
 """
 
+from onnxcomp.quantization.awq import search_scales as search_awq_scales
+from onnxcomp.quantization.blockwise import (
+    BlockQuant,
+    dequantize_linear_arrays,
+    matmulnbits_arrays,
+    pack_codes,
+    rtn,
+    unpack_codes,
+)
 from onnxcomp.quantization.calibrators import (
     CALIBRATORS,
     QParams,
@@ -19,31 +31,56 @@ from onnxcomp.quantization.calibrators import (
     weight_qparams,
 )
 from onnxcomp.quantization.collect import collect_stats
+from onnxcomp.quantization.gptq import gptq, layer_error
+from onnxcomp.quantization.hessian import InputMoments, collect_moments
 from onnxcomp.quantization.insert import materialize, weight_params
 from onnxcomp.quantization.rules import DYNAMIC_RULES, STATIC_RULES, QuantPlan, RuleOptions, build_plan
 from onnxcomp.quantization.sensitivity import Evaluator, FallbackResult, Score, fallback
 from onnxcomp.quantization.smoothquant import SmoothSite, find_sites, smooth
+from onnxcomp.quantization.weightonly import (
+    WeightSite,
+    apply_input_scale,
+    emit_matmulnbits,
+    emit_qdq,
+    find_weight_sites,
+)
 
 __all__ = [
     "CALIBRATORS",
     "DYNAMIC_RULES",
     "STATIC_RULES",
+    "BlockQuant",
     "Evaluator",
     "FallbackResult",
+    "InputMoments",
     "QParams",
     "QuantPlan",
     "RuleOptions",
     "Score",
     "SmoothSite",
     "TensorStats",
+    "WeightSite",
     "activation_qparams",
+    "apply_input_scale",
     "build_plan",
     "calibrate_range",
+    "collect_moments",
     "collect_stats",
+    "dequantize_linear_arrays",
+    "emit_matmulnbits",
+    "emit_qdq",
     "fallback",
     "find_sites",
+    "find_weight_sites",
+    "gptq",
+    "layer_error",
     "materialize",
+    "matmulnbits_arrays",
+    "pack_codes",
+    "rtn",
+    "search_awq_scales",
     "smooth",
+    "unpack_codes",
     "weight_params",
     "weight_qparams",
 ]

@@ -15,6 +15,12 @@ Dynamic form, for ``Y = MatMul(X, W)``::
     Y = Cast(MatMulInteger(X_q, W_q, z_x, 0), float) * (s_x * s_w)
 
 with ``W_q`` int8 per output column (``s_w`` of shape [N]).
+
+A Relu/Clip the rules placed a Q behind (``QuantPlan.folded``) is removed when the Q's
+representable range ``[s * (qmin - z), s * (qmax - z)]`` lies inside the activation's
+bounds (half a step of slack for float rounding): the Q then clamps exactly as the
+activation did, and onnxruntime sees ``op -> Q`` and fuses it into an integer kernel
+whatever its own Clip/Relu elimination would have decided.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class InsertStats:
     weights: int = 0
     biases: int = 0
     dynamic: int = 0
+    folded: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -45,6 +52,7 @@ class InsertStats:
             "weights_quantized": self.weights,
             "biases_quantized": self.biases,
             "dynamic_matmuls": self.dynamic,
+            "activations_folded": self.folded,
         }
 
 
@@ -69,6 +77,14 @@ def _rewire(readers: list[tuple[gs.Node, int]], old: gs.Tensor, new: gs.Tensor, 
             continue
         if node.inputs[i] is old:
             node.inputs[i] = new
+
+
+def absorbs(qp: QParams, low: float, high: float) -> bool:
+    """True when quantizing with ``qp`` clamps at least as tightly as ``[low, high]``."""
+    info = np.iinfo(qp.zero_point.dtype)
+    scale, zp = float(qp.scale), int(qp.zero_point)
+    slack = 0.5 * scale
+    return scale * (info.min - zp) >= low - slack and scale * (info.max - zp) <= high + slack
 
 
 def weight_params(plan: QuantPlan, tensors: dict[str, gs.Tensor]) -> dict[str, QParams]:
@@ -148,7 +164,13 @@ def materialize(
             t.name = name(f"{tname}_float")
             dq.name = tname
             graph.outputs[out_index[tname]] = dq
-        new_nodes.append(gs.Node("QuantizeLinear", name(f"{tname}_QuantizeLinear"), {}, [t, s, z], [qt]))
+        source = t
+        act = plan.folded.get(tname)
+        if act is not None and only is None and qp.scale.ndim == 0 and absorbs(qp, act.low, act.high):
+            # Every reader now reads the DQ, so the Relu/Clip is dead once the Q reads its input.
+            source = act.node.inputs[0]
+            stats.folded += 1
+        new_nodes.append(gs.Node("QuantizeLinear", name(f"{tname}_QuantizeLinear"), {}, [source, s, z], [qt]))
         new_nodes.append(gs.Node("DequantizeLinear", name(f"{tname}_DequantizeLinear"), {}, [qt, s, z], [dq]))
         stats.activations += 1
 

@@ -11,13 +11,20 @@ which tensors must share one scale. It returns True when ``node`` became an inte
 Placement follows onnxruntime's CPU QDQ fusions:
 
 * Conv/Gemm/MatMul/Add/Mul: ``DQ(x), DQ(w)[, DQ(b:int32)] -> op -> Q``. A Relu or Clip
-  right after the op gets the Q *after* it (no Q/DQ between them): onnxruntime removes a
-  Relu/Clip whose following Q already clamps to its range, leaving ``op -> Q`` to fuse.
-* Concat: every input and the output share one scale (QLinearConcat, and no requantize).
+  (constant bounds) right after the op gets the Q *after* it and is recorded in
+  ``QuantPlan.folded``: when the Q's integer range lies inside the activation's bounds,
+  `insert.materialize` drops the activation (the Q clamps exactly as it did), leaving
+  ``op -> Q`` for onnxruntime to fuse into an integer kernel.
+* Concat: every input and the output share one scale (QLinearConcat, and no requantize),
+  unless the calibrated input ranges are more than ``concat_range_ratio`` apart: one
+  8-bit scale over ranges 100x apart rounds the small input to a handful of levels (a
+  detector's 0-1 class scores concatenated with 0-320 box coordinates), so such a Concat
+  stays float and its inputs keep their own scales.
 * MaxPool/Resize/Transpose/Reshape/Squeeze/Unsqueeze/Flatten: pass-through when the input is
   quantized; the output shares the input's scale so onnxruntime drops the DQ/Q pair and runs
   the op on 8-bit data.
-* Average pooling: own output scale (QLinearAveragePool/QLinearGlobalAveragePool).
+* Average pooling, Sigmoid, LeakyRelu: own output scale when the input is 8-bit
+  (QLinearAveragePool/QLinearGlobalAveragePool/QLinearSigmoid/QLinearLeakyRelu).
 * Gather from a constant table (embeddings): the table becomes int8 per-tensor and the
   Gather reads it directly, ``Gather(int8 table) -> DequantizeLinear`` (what onnxruntime
   would make of ``DQ -> Gather -> Q``, written out so the table is never dequantized whole).
@@ -29,7 +36,8 @@ Placement follows onnxruntime's CPU QDQ fusions:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +47,8 @@ from onnxcomp.ir import OpRules, consumer_map
 
 #: Ops whose output, when it follows a quantized op with no other consumer, carries the Q.
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
+#: Ops that read a quantized input inside their integer kernel (no DQ/Q pair in between).
+INTEGER_READERS = ("Conv", "Gemm", "MatMul")
 PASS_THROUGH = ("MaxPool", "Resize", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 
 
@@ -69,6 +79,15 @@ class UnionFind:
         return out
 
 
+@dataclass(frozen=True)
+class FoldedActivation:
+    """A Relu/Clip between a quantized op and its Q: removable when the Q clamps as tightly."""
+
+    node: gs.Node
+    low: float
+    high: float
+
+
 @dataclass
 class QuantPlan:
     """What the rules decided; consumed by `insert.materialize`.
@@ -83,6 +102,8 @@ class QuantPlan:
         dynamic: MatMul nodes for the dynamic-activation scheme.
         gathers: Gather nodes reading a constant table that becomes int8.
         layers: Names of the nodes that became integer layers.
+        folded: Output tensor name -> the Relu/Clip producing it, whose Q may absorb it.
+        float_concats: Concats left float because their input ranges are too far apart.
     """
 
     activations: dict[str, set[int]] = field(default_factory=dict)
@@ -94,6 +115,8 @@ class QuantPlan:
     layers: list[str] = field(default_factory=list)
     per_channel: bool = True
     gathers: list[gs.Node] = field(default_factory=list)
+    folded: dict[str, FoldedActivation] = field(default_factory=dict)
+    float_concats: list[str] = field(default_factory=list)
 
     def mark_input(self, t: gs.Tensor, consumer: gs.Node) -> None:
         self.activations.setdefault(t.name, set()).add(id(consumer))
@@ -121,16 +144,22 @@ class RuleOptions:
     per_channel: bool = True
     quantize_activation_matmul: bool = False
     min_weight_size: int = 0
+    concat_range_ratio: float = 10.0
+    quantize_depthwise: bool = False
 
 
 class GraphView:
     """Read-only facts about the graph that rules need, built once (linear)."""
 
-    def __init__(self, graph: gs.Graph, options: RuleOptions) -> None:
+    def __init__(
+        self, graph: gs.Graph, options: RuleOptions, ranges: Mapping[str, tuple[float, float]] | None = None
+    ) -> None:
         self.graph = graph
         self.options = options
         self.consumers = consumer_map(graph)
         self.outputs = {t.name for t in graph.outputs}
+        #: Calibrated (low, high) per tensor; None while planning which tensors to measure.
+        self.ranges = ranges
 
     @staticmethod
     def is_float_weight(t: gs.Tensor) -> bool:
@@ -144,15 +173,52 @@ class GraphView:
             return False
         return t.dtype is None or np.dtype(t.dtype).kind == "f"
 
-    def fused_output(self, node: gs.Node) -> gs.Tensor:
-        """The tensor a Q should follow: past a lone Relu/Clip consumer, else the output."""
+    def fused_output(self, node: gs.Node, plan: QuantPlan) -> gs.Tensor:
+        """The tensor a Q should follow: past a lone Relu/Clip consumer (recorded in
+        ``plan.folded``), else the output."""
         out = node.outputs[0]
         users = [n for n, _ in self.consumers.get(out.name, ())]
         if len(users) == 1 and out.name not in self.outputs and users[0].op in FUSABLE_ACTIVATIONS:
             act = users[0]
-            if act.op == "Relu" or all(isinstance(t, gs.Constant) for t in act.inputs[1:] if t.name):
+            bounds = activation_bounds(act)
+            if bounds is not None:
+                plan.folded[act.outputs[0].name] = FoldedActivation(act, *bounds)
                 return act.outputs[0]
         return out
+
+    def feeds_integer_layers(self, node: gs.Node) -> bool:
+        """True when ``node``'s output, past a lone Relu/Clip, is read only by Conv/Gemm/MatMul."""
+        out = node.outputs[0]
+        users = [n for n, _ in self.consumers.get(out.name, ())]
+        if len(users) == 1 and users[0].op in FUSABLE_ACTIVATIONS and out.name not in self.outputs:
+            out = users[0].outputs[0]
+            users = [n for n, _ in self.consumers.get(out.name, ())]
+        return bool(users) and out.name not in self.outputs and all(u.op in INTEGER_READERS for u in users)
+
+
+def activation_bounds(act: gs.Node) -> tuple[float, float] | None:
+    """The (low, high) a Relu or a Clip with constant bounds clamps to; None otherwise.
+
+    Clip bounds are attributes before opset 11 and optional constant inputs after; a
+    bound that is a computed tensor (a raw export's ``Constant`` node not yet folded into
+    an initializer) is not constant here, which is why `quantize-int8` cleans up first.
+    """
+    if act.op == "Relu":
+        return 0.0, math.inf
+    low, high = float(act.attrs.get("min", -math.inf)), float(act.attrs.get("max", math.inf))
+    for i, t in enumerate(act.inputs[1:3], start=1):
+        if not t.name:
+            continue
+        if not isinstance(t, gs.Constant):
+            return None
+        v = np.asarray(t.values)
+        if v.size != 1:
+            return None
+        if i == 1:
+            low = float(v.reshape(()))
+        else:
+            high = float(v.reshape(()))
+    return low, high
 
 
 Rule = Callable[[gs.Node, GraphView, QuantPlan], bool]
@@ -173,14 +239,32 @@ def _conv_like(node: gs.Node, view: GraphView, plan: QuantPlan, axis: int | None
         if not view.is_float_weight(b):
             return False
         plan.biases[(id(node), 2)] = (b.name, node.inputs[0].name, node.inputs[1].name)
-    plan.mark_output(view.fused_output(node))
+    plan.mark_output(view.fused_output(node, plan))
     return True
 
 
 @STATIC_RULES.register("Conv", since=1)
 def conv_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
-    """Conv: activation in, per-output-channel (axis 0) int8 weight, int32 bias, Q out."""
+    """Conv: activation in, per-output-channel (axis 0) int8 weight, int32 bias, Q out.
+
+    A depthwise convolution is quantized only inside an 8-bit chain (its output, past a
+    Relu/Clip, feeds only Conv/Gemm/MatMul), or with ``quantize_depthwise``: onnxruntime's
+    int8 depthwise kernel is slower than its float one (a chain of six measured 0.45-0.84x
+    on AVX-512 VNNI, ORT 1.32; pointwise and dense convolutions gain 1.9x and more), so it
+    pays only where it saves a DQ/Q pair (MobileNetV2: 0.73x of onnxruntime's speed with
+    every depthwise float, 1.0x in chains), not before a hard-swish or an SE gate.
+    """
+    if not view.options.quantize_depthwise and is_depthwise(node) and not view.feeds_integer_layers(node):
+        return False
     return _conv_like(node, view, plan, 0 if view.options.per_channel else None)
+
+
+def is_depthwise(node: gs.Node) -> bool:
+    """A grouped Conv with one input channel per group (and more than one group)."""
+    group = int(node.attrs.get("group", 1))
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    shape = tuple(w.shape or ()) if w is not None else ()
+    return group > 1 and len(shape) >= 2 and shape[1] == 1
 
 
 @STATIC_RULES.register("ConvTranspose", since=1)
@@ -222,19 +306,27 @@ def matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
         plan.mark_input(b, node)
     else:
         return False
-    plan.mark_output(view.fused_output(node))
+    plan.mark_output(view.fused_output(node, plan))
     return True
 
 
 @STATIC_RULES.register("Add", "Mul", since=7)
 def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
-    """Add/Mul of two activations (QLinearAdd/QLinearMul); constants operands decline."""
+    """Add/Mul of two activations that already get a Q (QLinearAdd/QLinearMul).
+
+    Declines constant operands, and operands no other rule quantizes, computed in float (a hard-swish's
+    ``x * Clip(x + 3, 0, 6) / 6``, a squeeze-excitation gate): the integer kernel would
+    need a QuantizeLinear on that operand, and the DQ/Q pairs around such an island cost
+    more than the 8-bit product saves (measured on the PP-OCR classifier).
+    """
     a, b = node.inputs
     if not (view.is_float_var(a) and view.is_float_var(b)):
         return False
+    if not (plan.is_marked(a) and plan.is_marked(b)):
+        return False
     plan.mark_input(a, node)
     plan.mark_input(b, node)
-    plan.mark_output(view.fused_output(node))
+    plan.mark_output(view.fused_output(node, plan))
     return True
 
 
@@ -242,10 +334,14 @@ def binary_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
 def concat_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     """Concat: all inputs and the output share one scale (no requantization).
 
-    Declines when no input comes from a quantized op: an 8-bit Concat between float
-    layers only adds rounding error.
+    Declines when no input comes from a quantized op (an 8-bit Concat between float
+    layers only adds rounding error), and, once ranges are known, when the inputs' ranges
+    are too far apart to share a scale (`disparate_ranges`).
     """
     if not all(view.is_float_var(t) for t in node.inputs) or not any(plan.is_marked(t) for t in node.inputs):
+        return False
+    if view.ranges is not None and disparate_ranges(node.inputs, view.ranges, view.options.concat_range_ratio):
+        plan.float_concats.append(node.name)
         return False
     out = node.outputs[0]
     for t in node.inputs:
@@ -253,6 +349,18 @@ def concat_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
         plan.shared.union(out.name, t.name)
     plan.mark_output(out)
     return False
+
+
+def disparate_ranges(
+    inputs: Sequence[gs.Tensor], ranges: Mapping[str, tuple[float, float]], max_ratio: float
+) -> bool:
+    """True when the widest calibrated input range is more than ``max_ratio`` times the
+    narrowest: one shared scale would leave the narrow input ``255 / ratio`` levels or fewer."""
+    widths = [max(hi, 0.0) - min(lo, 0.0) for lo, hi in (ranges[t.name] for t in inputs if t.name in ranges)]
+    if len(widths) < 2:
+        return False
+    narrow = min(widths)
+    return narrow <= 0.0 or max(widths) / narrow > max_ratio
 
 
 def _pass_through(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
@@ -276,6 +384,9 @@ def _own_scale(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
 
 STATIC_RULES.register(*PASS_THROUGH)(_pass_through)
 STATIC_RULES.register("AveragePool", "GlobalAveragePool")(_own_scale)
+# Sigmoid and LeakyRelu of an 8-bit input run as QLinearSigmoid/QLinearLeakyRelu; a SiLU
+# ``x * Sigmoid(x)`` then becomes QLinearSigmoid + QLinearMul with no float island (YOLOv8).
+STATIC_RULES.register("Sigmoid", "LeakyRelu")(_own_scale)
 
 
 def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
@@ -335,9 +446,14 @@ def build_plan(
     *,
     opset: int,
     skip: Callable[[gs.Node], bool] = lambda n: False,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
 ) -> QuantPlan:
-    """Run the rules over ``graph`` in topological order (the graph must be sorted)."""
-    view = GraphView(graph, options)
+    """Run the rules over ``graph`` in topological order (the graph must be sorted).
+
+    ``ranges`` (calibrated low/high per tensor) lets range-aware rules decline; without
+    it the plan is the widest one, whose marked activations are the ones to measure.
+    """
+    view = GraphView(graph, options, ranges)
     plan = QuantPlan(per_channel=options.per_channel)
     for node in graph.nodes:
         if skip(node):

@@ -1,7 +1,8 @@
 """Accuracy recovery after lossy compression (pruning): the building blocks.
 
-* `refit` -- the closed-form layer refit (`reconstruct`, `RefitSettings`) behind the
-  ``reconstruct`` pass and the start of ``distill``.
+* `refit` -- the closed-form layer refit (`reconstruct`, `RefitSettings`, `teacher_for`)
+  behind the ``reconstruct`` pass and the start of ``distill``; `refit_job` holds one
+  layer's streamed fit and the held-out output error.
 * `lstsq` -- streamed ridge least squares (normal equations) and im2col patches.
 * `activations` -- run a model in onnxruntime with chosen intermediate tensors exposed
   (`TensorTap`).
@@ -20,7 +21,12 @@ first use, so this namespace imports without PyTorch.
 from typing import TYPE_CHECKING, Any
 
 from onnxcomp.recovery.activations import TensorTap
-from onnxcomp.recovery.refit import RefitContext, RefitSettings, reconstruct
+from onnxcomp.recovery.refit import (
+    RefitContext,
+    RefitSettings,
+    reconstruct,
+    teacher_for,
+)
 
 if TYPE_CHECKING:
     from onnxcomp.recovery.distill_loop import DistillConfig, DistillResult, distill
@@ -35,6 +41,7 @@ __all__ = [
     "TensorTap",
     "distill",
     "reconstruct",
+    "teacher_for",
 ]
 
 

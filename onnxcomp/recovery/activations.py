@@ -28,16 +28,45 @@ def _value_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return infos
 
 
-def expose(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are exactly ``names`` (intermediate tensors allowed).
+def _node_inputs(node: onnx.NodeProto) -> Iterator[str]:
+    """Every tensor name ``node`` reads, its subgraphs' outer-scope references included."""
+    yield from node.input
+    for attr in node.attribute:
+        for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for inner in g.node:
+                yield from _node_inputs(inner)
 
-    Tensors without a known type are declared float: the tensors we expose (conv /
-    matmul inputs and outputs) are float activations.
+
+def needed_nodes(graph: onnx.GraphProto, names: Iterable[str]) -> list[onnx.NodeProto]:
+    """The nodes ``names`` depend on, in graph order (one reverse walk over the nodes)."""
+    wanted = set(names)
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in wanted for o in node.output):
+            keep.append(node)
+            wanted.update(_node_inputs(node))
+    return keep[::-1]
+
+
+def expose(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` computing exactly ``names`` (intermediate tensors allowed).
+
+    Nodes none of ``names`` depends on are dropped (onnxruntime would run them all),
+    so tapping early tensors costs only the graph's prefix. Tensors without a known
+    type are declared float: the tensors we expose (conv / matmul inputs and outputs)
+    are float activations.
     """
     names = list(dict.fromkeys(names))
+    infos = _value_types(model)
+    keep = needed_nodes(model.graph, names)
+    used = {n for node in keep for n in _node_inputs(node)} | set(names)
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    infos = _value_types(model)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    inits = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits)
     del out.graph.output[:]
     for n in names:
         vi = infos.get(n)
@@ -90,28 +119,48 @@ class TensorTap:
         return out
 
 
-def merged_batches(data: "CalibrationData", model: onnx.ModelProto, *, target: int = 256,
-                   max_samples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Stream ``data``'s batches, merging consecutive ones up to ``target`` samples.
+#: Samples per batch `split_batches` aims for when the batch dim is symbolic; row budgets
+#: (``max_rows``) are per this many samples.
+BATCH_SAMPLES = 64
 
-    Calibration batches follow the model's batch size (8 for a symbolic batch dim):
-    far too small to keep onnxruntime and the ``XᵀX`` matmuls busy. When every input's
-    batch dim is symbolic, consecutive batches are concatenated (memory stays bounded
-    by ``target`` samples); a model with a fixed batch size gets its batches as they are.
+
+def split_batches(data: CalibrationData, model: onnx.ModelProto, *, target: int = BATCH_SAMPLES,
+                  max_samples: int | None = None, every: int = 5) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
+    """Stream ``data`` as ``(feeds, held_out)`` batches: one sample in ``every`` is held out.
+
+    The held-out samples let `reconstruct` choose its ridge and reject refits that do not
+    generalise, on samples no refit was fitted on. The split is by sample (a sample's
+    rows -- spatial positions, tokens -- are correlated) and the same on every replay.
+
+    * Every input's batch dim symbolic: samples are regrouped into fit and held-out
+      batches of up to ``target`` samples (calibration batches are small, 8 by default:
+      too small to keep onnxruntime and the ``XᵀX`` products busy); memory stays bounded
+      by ``2 · target`` samples.
+    * A fixed batch size: batches pass as they are, and batch ``i`` is held out when
+      ``i % every == 1`` (so two batches already give one of each).
     """
     from onnxcomp.checking.calibration import required_input_specs
 
     symbolic = all(not isinstance(s.batch_dim, int) for s in required_input_specs(model))
-    pending: list[dict[str, np.ndarray]] = []
-    count = 0
-    for feeds, _ in data.iter_with_labels(max_samples):
+    pending: dict[bool, list[dict[str, np.ndarray]]] = {False: [], True: []}
+    counts = {False: 0, True: 0}
+    seen = 0
+    for index, (feeds, _) in enumerate(data.iter_with_labels(max_samples)):
         if not symbolic:
-            yield feeds
+            yield feeds, index % every == 1
             continue
-        pending.append(feeds)
-        count += len(next(iter(feeds.values())))
-        if count >= target:
-            yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-            pending, count = [], 0
-    if pending:
-        yield {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        n = len(next(iter(feeds.values())))
+        held = (np.arange(seen, seen + n) % every) == 1
+        seen += n
+        for flag in (False, True):
+            part = {k: v[held == flag] for k, v in feeds.items()}
+            if not len(next(iter(part.values()))):
+                continue
+            pending[flag].append(part)
+            counts[flag] += len(next(iter(part.values())))
+            if counts[flag] >= target:
+                yield {k: np.concatenate([p[k] for p in pending[flag]]) for k in feeds}, flag
+                pending[flag], counts[flag] = [], 0
+    for flag in (False, True):
+        if pending[flag]:
+            yield {k: np.concatenate([p[k] for p in pending[flag]]) for k in pending[flag][0]}, flag

@@ -39,6 +39,11 @@ class DistillConfig:
     epochs: int = 20
     lr: float = 3e-3
     batch_size: int = 64
+    #: The model's fixed batch size (None: any batch runs). Each batch of ``batch_size``
+    #: samples then runs as micro-batches of exactly this size with their gradients summed
+    #: (one optimizer step per batch, as without a fixed batch); the split and the batches
+    #: are multiples of it, and a ragged rest is skipped.
+    micro_batch: int | None = None
     temperature: float = 4.0
     alpha: float = 0.5
     beta: float = 0.0
@@ -136,7 +141,10 @@ def distill(
     with deterministic(cfg.seed, cfg.threads):
         gen = torch.Generator().manual_seed(cfg.seed)
         order = torch.randperm(n, generator=gen)
-        n_val = min(n - 1, int(round(n * cfg.val_fraction))) if cfg.val_fraction > 0 and n > 1 else 0
+        n_val = min(n - 1, round(n * cfg.val_fraction)) if cfg.val_fraction > 0 and n > 1 else 0
+        if cfg.micro_batch:
+            m = cfg.micro_batch
+            n_val = max(m, n_val // m * m) if n_val and n >= 2 * m else 0
         val_idx, train_idx = order[:n_val], order[n_val:]
         x_all = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
         t_all = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in teacher.items()}
@@ -156,13 +164,22 @@ def distill(
                 loss = loss + cfg.beta * _nmse(out[f], t_all[f][idx])
             return loss, s
 
+        def batches(idx: torch.Tensor) -> Iterator[torch.Tensor]:
+            last = len(idx) - len(idx) % cfg.micro_batch if cfg.micro_batch else len(idx)
+            for start in range(0, last, cfg.batch_size):
+                yield idx[start : min(start + cfg.batch_size, last)]
+
+        def parts(batch: torch.Tensor) -> Iterator[torch.Tensor]:
+            step = cfg.micro_batch or len(batch)
+            for start in range(0, len(batch), step):
+                yield batch[start : start + step]
+
         def evaluate() -> dict[str, float]:
             idx = val_idx if n_val else train_idx
             student.eval()
             losses, kls, agree, count = 0.0, 0.0, 0.0, 0
             with torch.no_grad():
-                for start in range(0, len(idx), cfg.batch_size):
-                    b = idx[start : start + cfg.batch_size]
+                for b in (part for batch in batches(idx) for part in parts(batch)):
                     loss, s = loss_of(b)
                     t = t_all[output][b]
                     losses += float(loss) * len(b)
@@ -187,14 +204,14 @@ def distill(
             student.train()
             perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
             total, seen = 0.0, 0
-            for start in range(0, len(perm), cfg.batch_size):
-                b = perm[start : start + cfg.batch_size]
-                loss, _ = loss_of(b)
+            for b in batches(perm):
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                for part in parts(b):
+                    loss, _ = loss_of(part)
+                    (loss * (len(part) / len(b))).backward()  # the batch's mean loss, summed by parts
+                    total += float(loss.detach()) * len(part)
                 opt.step()
                 sched.step()
-                total += float(loss.detach()) * len(b)
                 seen += len(b)
             metrics = {"epoch": float(epoch), "train_loss": total / max(seen, 1), **evaluate()}
             result.history.append(metrics)

@@ -58,23 +58,25 @@ class NormalEquations:
         """
         if x.ndim == 2:
             x, y = x[None], y[None]
-        x = x.astype(np.float64, copy=False)
-        y = y.astype(np.float64, copy=False)
+        # One batch's products in the activations' own precision: float32 for onnxruntime's
+        # tensors (twice BLAS's float64 speed; a batch holds at most a few thousand rows, so
+        # the rounding stays ~1e-6 relative); the sums across batches are float64.
+        dtype = np.promote_types(np.promote_types(x.dtype, y.dtype), np.float32)
+        x = x.astype(dtype, copy=False)
+        y = y.astype(dtype, copy=False)
+        xt = x.transpose(0, 2, 1)
+        f = self.features
+        self.xtx[:, :f, :f] += np.matmul(xt, x)
+        self.xty[:, :f] += np.matmul(xt, y)
         if self.bias:
             # The bias column's cross terms are plain column sums: cheaper than
             # concatenating a column of ones onto a large patch matrix.
-            f = self.features
-            self.xtx[:, :f, :f] += np.matmul(x.transpose(0, 2, 1), x)
-            s = x.sum(axis=1)
+            s = x.sum(axis=1, dtype=np.float64)
             self.xtx[:, :f, f] += s
             self.xtx[:, f, :f] += s
             self.xtx[:, f, f] += x.shape[1]
-            self.xty[:, :f] += np.matmul(x.transpose(0, 2, 1), y)
-            self.xty[:, f] += y.sum(axis=1)
-        else:
-            self.xtx += np.matmul(x.transpose(0, 2, 1), x)
-            self.xty += np.matmul(x.transpose(0, 2, 1), y)
-        self.yty += np.einsum("gmc,gmc->g", y, y)
+            self.xty[:, f] += y.sum(axis=1, dtype=np.float64)
+        self.yty += np.einsum("gmc,gmc->g", y, y, dtype=np.float64)
         self.samples += x.shape[1]
 
     def residual(self, w: np.ndarray) -> float:
@@ -83,7 +85,7 @@ class NormalEquations:
         ``||XW − Y||² = tr(WᵀXᵀXW) − 2·tr(WᵀXᵀY) + ||Y||²``, from the accumulated sums.
         """
         w = w.astype(np.float64)
-        quad = np.einsum("gfc,gfh,ghc->", w, self.xtx, w)
+        quad = np.einsum("gfc,gfc->", w, np.matmul(self.xtx, w))  # BLAS, not a 3-operand einsum loop
         cross = np.einsum("gfc,gfc->", w, self.xty)
         total = float(self.yty.sum())
         return max(float(quad - 2 * cross + total), 0.0) / max(total, 1e-30)
@@ -98,20 +100,18 @@ class NormalEquations:
             ``[G, F(+1), C]`` float64 weights; the last row is the bias when ``bias``.
         """
         f = self.features
-        out = np.empty_like(self.xty)
-        for g in range(self.groups):
-            a = self.xtx[g].copy()
-            diag = np.diag(a)[:f]
-            lam = ridge * float(diag.mean()) if f else 0.0
-            # A tiny floor keeps dead (all-zero) feature columns from making the
-            # system singular; their weights then come out as zero.
-            lam = max(lam, 1e-12 * max(float(diag.max(initial=0.0)), 1.0))
-            a[np.arange(f), np.arange(f)] += lam
-            try:
-                out[g] = np.linalg.solve(a, self.xty[g])
-            except np.linalg.LinAlgError:
-                out[g] = np.linalg.lstsq(a, self.xty[g], rcond=None)[0]
-        return out
+        a = self.xtx.copy()
+        idx = np.arange(f)
+        diag = a[:, idx, idx]
+        lam = ridge * diag.mean(axis=1) if f else np.zeros(self.groups)
+        # A tiny floor keeps dead (all-zero) feature columns from making the system
+        # singular; their weights then come out as zero.
+        lam = np.maximum(lam, 1e-12 * np.maximum(diag.max(axis=1, initial=0.0), 1.0))
+        a[:, idx, idx] += lam[:, None]
+        try:
+            return np.linalg.solve(a, self.xty)  # all groups in one batched call
+        except np.linalg.LinAlgError:
+            return np.stack([np.linalg.lstsq(a[g], self.xty[g], rcond=None)[0] for g in range(self.groups)])
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def conv_patches(x: np.ndarray, geo: ConvGeometry, positions: np.ndarray | None 
 
 def conv_targets(y: np.ndarray, group: int, positions: np.ndarray | None = None) -> np.ndarray:
     """Conv outputs ``[N, Cout, *spatial]`` as ``[G, M, Cout/G]`` rows matching `conv_patches`."""
-    n, c = y.shape[:2]
+    c = y.shape[1]
     rows = np.moveaxis(y, 1, -1).reshape(-1, c)
     if positions is not None:
         rows = rows[positions]

@@ -2,22 +2,35 @@
 
 After pruning, every Conv / Gemm / MatMul whose input lost channels (and every layer
 downstream of one) sees different activations than in the original model. For such a
-layer with student input ``X̃`` (the *pruned* model's activation, with earlier layers
-already refit) and teacher output ``Y`` (the original model's activation of the same
-tensor, restricted to the output channels pruning kept), `reconstruct` solves the ridge
-problem::
+layer with input ``X`` and teacher output ``Y`` (the original model's activation of the
+same tensor, restricted to the output channels pruning kept), `reconstruct` solves the
+ridge problem::
 
-    W', b' = argmin ||X̃ W + b − Y||² + λ||W||²        (closed form, see `lstsq`)
+    W', b' = argmin ||X W + b − Y||² + λ||W||²        (closed form, see `lstsq`)
 
--- feature distillation in closed form, one layer at a time. Because ``X̃`` comes from
-the pruned model itself, each refit absorbs the errors of everything upstream instead of
-compounding them.
+-- feature distillation in closed form, one layer at a time.
 
-Cost: layers are grouped into *stages* (a layer's stage = 1 + the largest stage of a
-refit layer upstream of it); layers in one stage do not feed each other, so one student
-session per stage serves all of them. Sessions: 1 teacher + ``#stages`` students; each
-stage streams the calibration batches once, accumulating ``XᵀX``/``XᵀY`` (never the
-activations). Large feature maps are row-subsampled (``max_rows``).
+Sweeps. Each pass over the calibration data (a *sweep*) runs the models once per batch
+with every needed activation tapped (one onnxruntime session per model and sweep) and
+accumulates every layer's ``XᵀX`` / ``XᵀY`` at once; the activations are never stored.
+
+1. The first sweep runs only the teacher and fits each layer on the *teacher's* input,
+   restricted to the channels the student kept: every layer starts from the best weights
+   for ideal inputs, independently of the others.
+2. Each further sweep (``sweeps``, default 2) refits every layer on the *student's* own
+   input (the model as refit so far), so a layer also absorbs the remaining errors of the
+   layers before it.
+
+Cost: ``1 + 2·sweeps`` forward passes over the calibration data, plus the products
+(``rows · F²`` per layer and batch; ``max_rows`` subsamples large feature maps).
+
+Held-out samples (one in five, see `split_batches`) guard against overfitting the
+calibration set: per layer they choose the ridge (`refit_job.RIDGE_GRID`, relative to
+mean(diag(XᵀX)), unless ``ridge`` is given) and a refit is kept only when it lowers the
+layer's held-out error. The model's held-out output error (relative squared error per
+output channel, averaged) is measured after every sweep, the pruned model's included, and
+the best state is the one returned: the refit never leaves the model worse on held-out
+samples than pruning alone did.
 
 Which output channels of the teacher a layer must reproduce comes from the pruning
 record (`onnxcomp.pruning.PruneRecord`). Without one (e.g. an explicit teacher in a
@@ -32,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -40,15 +53,18 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.errors import UsageError
 from onnxcomp.ir import default_opset, dims_of, infer_shapes, toposort
-from onnxcomp.recovery.activations import TensorTap, merged_batches
+from onnxcomp.recovery.activations import TensorTap, split_batches
 from onnxcomp.recovery.layers import LinearLayer, match_layer
-from onnxcomp.recovery.lstsq import NormalEquations
+from onnxcomp.recovery.refit_job import DEFAULT_RIDGE, OutputError, RefitJob
 
 if typing.TYPE_CHECKING:
     from onnxcomp.checking.calibration import CalibrationData
     from onnxcomp.pruning.record import PruneRecord
+
+
+#: Relative held-out improvement a refit state needs over the best earlier one (pruned included).
+STATE_MARGIN = 0.02
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,20 +72,35 @@ class RefitSettings:
     """How `reconstruct` refits (the ``reconstruct`` pass's options, teacher aside).
 
     Attributes:
-        ridge: Ridge strength relative to mean(diag(XᵀX)).
+        ridge: Ridge strength relative to mean(diag(XᵀX)); None: chosen per layer from
+            ``refit_job.RIDGE_GRID`` on the held-out calibration samples.
         scope: Layers to refit: those whose input changed because of pruning and
             everything after them (``downstream``), only those whose input channels were
             pruned (``pruned``), or every layer (``all``).
+        blocks: Depth-ordered blocks in which the layers are refit on the student's own
+            inputs, after the first pass that fits each one on the teacher's input (0: that
+            first pass only).
         max_samples: Calibration samples used (None: all).
-        max_rows: Regression rows per layer per batch (spatial subsampling).
+        max_rows: Regression rows per layer per 64 samples (spatial subsampling; at least
+            2 per feature).
         exclude: Node names never refit.
     """
 
-    ridge: float = 1e-3
+    ridge: float | None = None
     scope: Literal["downstream", "pruned", "all"] = "downstream"
+    blocks: int = 4
     max_samples: int | None = None
-    max_rows: int = 8192
+    max_rows: int = 2048
     exclude: tuple[str, ...] = ()
+
+
+def teacher_for(record: PruneRecord | None, original: onnx.ModelProto) -> onnx.ModelProto:
+    """The default teacher of a recovery pass: the model pruning started from when the run
+    pruned (`PruneRecord.source`: the same tensor names as the pruned model), else
+    ``original`` (the run's input)."""
+    if record is not None and record.source is not None:
+        return record.source
+    return original
 
 
 class RefitContext(Protocol):
@@ -82,14 +113,6 @@ class RefitContext(Protocol):
 
     def progress(self, message: str) -> None: ...
 
-
-@dataclass
-class _Job:
-    """One layer being refit: where its target comes from and its running sums."""
-
-    layer: LinearLayer
-    kept: np.ndarray | None  # teacher output channels to match (None: all)
-    eq: NormalEquations
 
 
 def _tensor_names(model: onnx.ModelProto) -> set[str]:
@@ -105,21 +128,6 @@ def _downstream(graph: gs.Graph, seeds: set[str]) -> set[str]:
         if any(t.name in reached for t in node.inputs if t.name):
             reached.update(t.name for t in node.outputs)
     return reached
-
-
-def _stages(graph: gs.Graph, layers: dict[int, LinearLayer]) -> list[list[LinearLayer]]:
-    """Group refit layers so that no layer depends on another one of its stage."""
-    level: dict[str, int] = defaultdict(int)
-    stages: dict[int, list[LinearLayer]] = defaultdict(list)
-    for node in graph.nodes:
-        lvl = max((level[t.name] for t in node.inputs if t.name), default=0)
-        layer = layers.get(id(node))
-        if layer is not None:
-            stages[lvl].append(layer)
-            lvl += 1
-        for t in node.outputs:
-            level[t.name] = lvl
-    return [stages[k] for k in sorted(stages)]
 
 
 def _teacher_channels(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
@@ -159,69 +167,43 @@ def _kept(layer: LinearLayer, record: PruneRecord | None,
     return True
 
 
-def _accumulate(job: _Job, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, max_rows: int) -> None:
-    layer = job.layer
-    if job.kept is not None:
-        y = np.take(y, job.kept, axis=layer.out_axis)
-    if y.shape[layer.out_axis] != layer.outputs:
-        # Only reachable when the teacher's shapes were unknown before running it.
-        raise UsageError(
-            f"reconstruct: teacher tensor {layer.y!r} has {y.shape[layer.out_axis]} channels but the student's has "
-            f"{layer.outputs}, and no prune-channels record says which were kept (exclude={layer.node.name!r} skips it)"
-        )
-    m = layer.rows(x)
-    positions = None
-    if m > max_rows:
-        positions = np.sort(rng.choice(m, size=max_rows, replace=False))
-    job.eq.add(layer.design(x, positions), layer.targets(y, positions))
+def _blocks(graph: gs.Graph, jobs: list[RefitJob], count: int) -> list[list[RefitJob]]:
+    """Split ``jobs`` into at most ``count`` blocks of consecutive depth levels.
 
-
-def reconstruct(
-    graph: gs.Graph,
-    calibration: CalibrationData,
-    teacher: onnx.ModelProto,
-    *,
-    record: PruneRecord | None,
-    settings: RefitSettings,
-    ctx: RefitContext,
-) -> dict[str, Any]:
-    """Refit the layers of ``graph`` in place by least squares to ``teacher``'s activations.
-
-    Args:
-        graph: The student (e.g. pruned) graph; sorted, and its layer weights replaced.
-        calibration: The inputs both models are run on.
-        teacher: The model whose activations the layers are fit to.
-        record: What pruning kept (None: match channels by count, see the module doc).
-        settings: Scope, ridge and sampling of the refit.
-        ctx: Export, random source (row subsampling), logging and progress.
-
-    Returns:
-        Stats for the report: ``layers_refit`` (refits kept: they lowered the layer's
-        calibration error), ``layers_skipped``, and when any layer was tried
-        ``layers_unchanged``, ``stages``, ``rel_error_before`` and ``rel_error_after``.
-
-    Raises:
-        UsageError: A teacher tensor has another channel count than the student's and no
-            record says which channels were kept.
+    A layer's level is 1 + the largest level of a refit layer upstream of it, so layers
+    of one level never feed each other; a block spans about ``levels / count`` levels.
     """
-    if calibration.generated:
-        ctx.logger.warning("reconstruct: calibration data is random; refit layers will fit noise statistics")
-    # Region seeds: every tensor pruning sliced (activations and weights alike).
-    pruned = set(record.tensors) if record is not None else set()
+    by_node = {id(j.layer.node): j for j in jobs}
+    level: dict[str, int] = {}
+    job_level: dict[int, int] = {}
+    for node in graph.nodes:
+        lvl = max((level.get(t.name, 0) for t in node.inputs if t.name), default=0)
+        job = by_node.get(id(node))
+        if job is not None:
+            job_level[id(job)] = lvl
+            lvl += 1
+        for t in node.outputs:
+            level[t.name] = lvl
+    levels = max(job_level.values(), default=-1) + 1
+    count = min(count, levels)
+    if count <= 0:
+        return []
+    blocks: list[list[RefitJob]] = [[] for _ in range(count)]
+    for job in jobs:
+        blocks[job_level[id(job)] * count // levels].append(job)
+    return [b for b in blocks if b]
 
-    toposort(graph)
+
+def _select(graph: gs.Graph, teacher: onnx.ModelProto, record: PruneRecord | None, settings: RefitSettings,
+            ) -> tuple[list[RefitJob], int]:
+    """The layers to refit (as jobs) and how many candidates were skipped."""
+    pruned = set(record.tensors) if record is not None else set()
     teacher_tensors = _tensor_names(teacher)
     teacher_shapes = _teacher_channels(teacher)
     opset = default_opset(graph)
-
-    if settings.scope == "all" or not pruned:
-        region: set[str] | None = None
-    else:
-        region = _downstream(graph, pruned)
+    region = None if settings.scope == "all" or not pruned else _downstream(graph, pruned)
     exclude = set(settings.exclude)
-
-    layers: dict[int, LinearLayer] = {}
-    jobs: dict[int, _Job] = {}
+    jobs: list[RefitJob] = []
     skipped = 0
     for node in graph.nodes:
         layer = match_layer(node, opset)
@@ -241,49 +223,162 @@ def reconstruct(
         if kept is False:
             skipped += 1
             continue
-        layers[id(node)] = layer
-        jobs[id(node)] = _Job(layer, kept if isinstance(kept, np.ndarray) else None,
-                              NormalEquations(layer.features, layer.outputs // layer.groups, layer.groups, layer.bias))
+        x_entry = record.channels(layer.x) if record is not None else None
+        x_kept: tuple[int, np.ndarray] | None | bool = False if layer.x not in teacher_tensors else x_entry
+        jobs.append(RefitJob.create(layer, kept if isinstance(kept, np.ndarray) else None, x_kept))
+    return jobs, skipped
 
-    if not layers:
+
+def reconstruct(
+    graph: gs.Graph,
+    calibration: CalibrationData,
+    teacher: onnx.ModelProto,
+    *,
+    record: PruneRecord | None,
+    settings: RefitSettings,
+    ctx: RefitContext,
+) -> dict[str, Any]:
+    """Refit the layers of ``graph`` in place by least squares to ``teacher``'s activations.
+
+    Args:
+        graph: The student (e.g. pruned) graph; sorted, and its layer weights replaced.
+        calibration: The inputs both models are run on (one sample in five is held out).
+        teacher: The model whose activations the layers are fit to.
+        record: What pruning kept (None: match channels by count, see the module doc).
+        settings: Scope, ridge, sweeps and sampling of the refit.
+        ctx: Export, random source (row subsampling), logging and progress.
+
+    Returns:
+        Stats for the report: ``layers_refit`` (layers whose weights changed),
+        ``layers_skipped``, and when any layer was tried ``layers_unchanged``, ``sweeps``,
+        ``held_out_samples``, ``rel_error_before`` / ``rel_error_after`` (mean per-layer
+        held-out error of the last sweep) and ``output_error_pruned`` /
+        ``output_error_after`` (the model's held-out output error, see `OutputError`).
+
+    Raises:
+        UsageError: A teacher tensor has another channel count than the student's and no
+            record says which channels were kept.
+    """
+    if calibration.generated:
+        ctx.logger.warning("reconstruct: calibration data is random; refit layers will fit noise statistics")
+    toposort(graph)
+    jobs, skipped = _select(graph, teacher, record, settings)
+    if not jobs:
         ctx.logger.info("reconstruct: no layer to refit")
         return {"layers_refit": 0, "layers_skipped": skipped}
 
-    stages = _stages(graph, layers)
-    targets = [j.layer.y for j in jobs.values()]
-    teacher_tap = TensorTap(teacher, targets)
-    refit = kept_old = 0
-    err_before: list[float] = []
-    err_after: list[float] = []
-    for si, stage in enumerate(stages):
-        ctx.progress(f"reconstruct: stage {si + 1}/{len(stages)} ({len(stage)} layer(s))")
-        student_tap = TensorTap(ctx.to_model(graph), [layer.x for layer in stage])
-        stage_jobs = [jobs[id(layer.node)] for layer in stage]
-        for feeds in merged_batches(calibration, teacher, max_samples=settings.max_samples):
-            s_out = student_tap(feeds)
-            t_out = teacher_tap.run_subset(feeds, [j.layer.y for j in stage_jobs])
-            for job in stage_jobs:
-                _accumulate(job, s_out[job.layer.x], t_out[job.layer.y], ctx.rng, settings.max_rows)
-        for job in stage_jobs:
-            old = job.layer.current()
-            new = job.eq.solve(settings.ridge)
-            before, after = job.eq.residual(old), job.eq.residual(new)
-            # Never make a layer worse on its own calibration objective (e.g. when the
-            # ridge is too strong for very few samples), and leave layers that already
-            # match (relative error < 1e-7: float noise) untouched.
-            if before - after > max(1e-6 * before, 1e-7):
+    outputs = [o.name for o in graph.outputs if o.name in _tensor_names(teacher)]
+    from_teacher = [j for j in jobs if j.x_kept is not False]
+    steps = _blocks(graph, jobs, settings.blocks)
+
+    # A state is each layer's inputs and attributes: `LinearLayer.assign` puts fresh
+    # constants in, so restoring the saved lists restores the graph exactly.
+    def snapshot() -> list[tuple[list[gs.Tensor], dict[str, Any]]]:
+        return [(list(j.layer.node.inputs), dict(j.layer.node.attrs)) for j in jobs]
+
+    def batches() -> Iterator[tuple[dict[str, np.ndarray], bool]]:
+        return split_batches(calibration, teacher, max_samples=settings.max_samples)
+
+    initial = snapshot()
+    best_err, best_state, best_index = float("inf"), initial, 0
+    errors: list[float | None] = []
+    # The teacher's outputs on the held-out samples (small; the inputs are re-read).
+    held_targets: list[dict[str, np.ndarray]] = []
+
+    def remember(err: OutputError) -> None:
+        nonlocal best_err, best_state, best_index
+        value = err.value()
+        errors.append(value)
+        # A later state must beat the best by a margin: the held-out fifth is small, and an
+        # improvement within its noise is not worth leaving the earlier weights for.
+        if value is not None and value < best_err * (1 - STATE_MARGIN):
+            best_err, best_state, best_index = value, snapshot(), len(errors) - 1
+
+    def measure() -> None:
+        """Held-out output error of the graph as it is now (state after a step)."""
+        if held_targets:
+            tap, err = TensorTap(ctx.to_model(graph), outputs), OutputError()
+            held_feeds = (feeds for feeds, held in batches() if held)
+            for feeds, target in zip(held_feeds, held_targets):
+                err.add(tap(feeds), target)
+            remember(err)
+
+    per_layer: list[tuple[float, float]] = []
+
+    def solve(active: list[RefitJob], step: int) -> None:
+        for job in active:
+            new, before, after = job.solve(settings.ridge)
+            if new is not None:
                 job.layer.assign(new)
-                refit += 1
-            else:
-                kept_old += 1
-            err_before.append(before)
-            err_after.append(min(before, after))
-            ctx.logger.debug("reconstruct %s: rel. error %.4g -> %.4g", job.layer.node.name, before, after)
-    return {
-        "layers_refit": refit,
-        "layers_unchanged": kept_old,
+            per_layer.append((before, after))
+            ctx.logger.debug("reconstruct %s (step %d): held-out rel. error %.4g -> %.4g", job.layer.node.name, step, before, after)
+
+    total = 1 + len(steps)
+    # Step 1: the teacher alone, every layer on the teacher's input; the held-out samples'
+    # teacher outputs are kept (they measure every state) and the pruned state is measured.
+    ctx.progress(f"reconstruct: step 1/{total} (teacher inputs, {len(from_teacher)} layers)")
+    teacher_tap = TensorTap(teacher, [j.layer.y for j in from_teacher] + [j.layer.x for j in from_teacher] + outputs)
+    pruned_tap = TensorTap(ctx.to_model(graph), outputs)
+    pruned_err = OutputError()
+    held_samples = 0
+    for feeds, held in batches():
+        t_out = teacher_tap(feeds)
+        if held:
+            held_samples += len(next(iter(feeds.values())))
+            held_targets.append({o: t_out[o] for o in outputs})
+            pruned_err.add(pruned_tap(feeds), held_targets[-1])
+        for job in from_teacher:
+            x = job.teacher_input(t_out[job.layer.x])
+            if x is not None:
+                job.accumulate(x, t_out[job.layer.y], held, ctx.rng, settings.max_rows)
+    del teacher_tap, pruned_tap
+    if held_targets:
+        remember(pruned_err)
+    solve(from_teacher, 1)
+    measure()
+    # Then the student, block by block in depth order: each block's layers see inputs
+    # from the blocks before them, already refit; only the graph's prefix up to a block runs.
+    for k, block in enumerate(steps, start=2):
+        ctx.progress(f"reconstruct: step {k}/{total} (student inputs, {len(block)} layers)")
+        student_tap = TensorTap(ctx.to_model(graph), [j.layer.x for j in block])
+        teacher_tap = TensorTap(teacher, [j.layer.y for j in block])
+        for job in block:
+            job.reset()
+        for feeds, held in batches():
+            s_out, t_out = student_tap(feeds), teacher_tap(feeds)
+            for job in block:
+                job.accumulate(s_out[job.layer.x], t_out[job.layer.y], held, ctx.rng, settings.max_rows)
+        solve(block, k)
+        measure()
+
+    if held_targets and best_err < float("inf"):
+        chosen = best_index
+        if chosen != len(errors) - 1:
+            for job, (inputs, attrs) in zip(jobs, best_state):
+                job.layer.node.inputs.clear()  # graphsurgeon lists keep tensor links in sync
+                job.layer.node.inputs.extend(inputs)
+                job.layer.node.attrs.clear()
+                job.layer.node.attrs.update(attrs)
+    else:
+        if not held_targets:
+            ctx.logger.warning("reconstruct: too few calibration batches to hold any out; ridge %g, refits unchecked "
+                               "on unseen samples", settings.ridge if settings.ridge is not None else DEFAULT_RIDGE)
+        chosen = len(errors) - 1
+    changed = sum(
+        any(a is not b for a, b in zip(inputs, j.layer.node.inputs)) or len(inputs) != len(j.layer.node.inputs)
+        for j, (inputs, _) in zip(jobs, initial)
+    )
+    stats: dict[str, Any] = {
+        "layers_refit": changed,
+        "layers_unchanged": len(jobs) - changed,
         "layers_skipped": skipped,
-        "stages": len(stages),
-        "rel_error_before": round(float(np.mean(err_before)), 6),
-        "rel_error_after": round(float(np.mean(err_after)), 6),
+        "steps": total,
+        "held_out_samples": held_samples,
+        "rel_error_before": round(float(np.mean([b for b, _ in per_layer])), 6) if per_layer else 0.0,
+        "rel_error_after": round(float(np.mean([a for _, a in per_layer])), 6) if per_layer else 0.0,
     }
+    if held_targets and errors[0] is not None:
+        stats["output_error_pruned"] = round(errors[0], 6)
+        stats["output_error_after"] = round(float(errors[chosen]), 6)
+        stats["best_step"] = chosen  # 0: the pruned weights, 1: teacher-input fits, k: after block k-1
+    return stats

@@ -71,7 +71,7 @@ def _io_names(path: Path) -> tuple[list[str], list[str]]:
 
 
 def test_model_names() -> None:
-    assert models.MODEL_NAMES == ("resnet18", "resnet50", "mobilenetv2", "bert", "vit", "digits")
+    assert models.MODEL_NAMES == ("resnet18", "resnet50", "mobilenetv2", "bert", "vit", "digits", "decoder", "decoder_kv")
     with pytest.raises(ValueError):
         models.build("alexnet")
 

@@ -89,11 +89,13 @@ def test_gemm_trans_b_with_bias_and_matmul_2d() -> None:
     assert_same_outputs(m2, out2, atol=1e-4, rtol=1e-4)
 
 
-def test_matmul_3d_is_not_folded_but_decomposed() -> None:
+def test_matmul_3d_is_not_folded_but_decomposed_on_request() -> None:
     # [B, T, K] @ [K, N] -> [B, T, N]: BN normalises axis 1 (T), MatMul's channel is N.
     w = numpy_helper.from_array(RNG.standard_normal((3, 4)).astype(np.float32), "w")
     m = _model([helper.make_node("MatMul", ["x", "w"], ["mm"]), _bn("mm")], [w, *_bn_params(5)], [2, 5, 3], [2, 5, 4])
-    out, res = run_pass(m, "fold-batchnorm")
+    _, res0 = run_pass(m, "fold-batchnorm")
+    assert not res0.modified  # by default a BN with nothing to fold into stays one node
+    out, res = run_pass(m, "fold-batchnorm", decompose=True)
     assert res.stats == {"folded": 0, "decomposed": 1, "bias_folded": 0}
     assert ops(out) == {"MatMul": 1, "Mul": 1, "Add": 1}
     assert_same_outputs(m, out, atol=1e-4, rtol=1e-4)
@@ -103,11 +105,11 @@ def test_conv_output_read_elsewhere_is_not_folded() -> None:
     w = numpy_helper.from_array(RNG.standard_normal((4, 3, 1, 1)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), _bn("c", "bnout"), helper.make_node("Add", ["c", "bnout"], ["y"])]
     m = _model(nodes, [w, *_bn_params(4)], [1, 3, 2, 2], [1, 4, 2, 2])
-    out, res = run_pass(m, "fold-batchnorm")
+    out, res = run_pass(m, "fold-batchnorm", decompose=True)
     assert res.stats["folded"] == 0 and res.stats["decomposed"] == 1
     assert ops(out)["Conv"] == 1 and "BatchNormalization" not in ops(out)
     assert_same_outputs(m, out, atol=1e-5, rtol=1e-5)
-    out2, res2 = run_pass(m, "fold-batchnorm", decompose=False)
+    out2, res2 = run_pass(m, "fold-batchnorm")
     assert not res2.modified and ops(out2)["BatchNormalization"] == 1
 
 
@@ -265,3 +267,32 @@ def test_bias_add_fold_decides_from_weight_metadata(monkeypatch: pytest.MonkeyPa
         graph.cleanup()
         assert [n.op for n in graph.nodes] == [op]
         assert_same_outputs(m, to_model(graph, meta))
+
+
+def test_conv_absorbs_a_following_per_channel_scale_and_shift() -> None:
+    # Caffe-style Scale layer after a Conv: Mul by [C,1,1], Add of [C,1,1].
+    w = numpy_helper.from_array(RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    s = numpy_helper.from_array(RNG.uniform(-2, 2, (4, 1, 1)).astype(np.float32), "s")
+    t = numpy_helper.from_array(RNG.standard_normal((4, 1, 1)).astype(np.float32), "t")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])]
+    m = _model(nodes, [w, s, t], [1, 3, 5, 5], [1, 4, 5, 5])
+    out, res = run_pass(m, "fold-batchnorm")
+    assert res.stats["bias_folded"] == 2 and ops(out) == {"Conv": 1}
+    assert_same_outputs(m, out, atol=1e-5, rtol=1e-5)
+
+
+def test_unfoldable_bn_absorbs_scale_and_shift_but_a_broadcasting_mul_is_left() -> None:
+    # BN after a graph input (nothing to fold into) stays one node and takes the Mul/Add.
+    s = numpy_helper.from_array(RNG.uniform(-2, 2, (4, 1, 1)).astype(np.float32), "s")
+    t = numpy_helper.from_array(RNG.standard_normal((4, 1, 1)).astype(np.float32), "t")
+    nodes = [_bn("x", "n"), helper.make_node("Mul", ["n", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])]
+    m = _model(nodes, [*_bn_params(4), s, t], [1, 4, 3, 3], [1, 4, 3, 3])
+    out, res = run_pass(m, "fold-batchnorm")
+    assert ops(out) == {"BatchNormalization": 1} and res.stats["decomposed"] == 0
+    assert_same_outputs(m, out, atol=1e-5, rtol=1e-5)
+    # A per-position (not per-channel) Mul changes every element differently: it stays.
+    p = numpy_helper.from_array(RNG.standard_normal((1, 4, 3, 3)).astype(np.float32), "s")
+    m2 = _model(nodes[:2] + [helper.make_node("Identity", ["m"], ["y"])], [*_bn_params(4), p], [1, 4, 3, 3], [1, 4, 3, 3])
+    out2, _ = run_pass(m2, "fold-batchnorm")
+    assert ops(out2)["Mul"] == 1

@@ -189,7 +189,7 @@ def test_integer_div_and_slice_semantics_match_onnxruntime() -> None:
     assert_same_outputs(m, out, feeds={"x": np.zeros(4, np.int64)})
 
 
-def test_if_subgraph_is_left_alone_but_outer_constants_fold() -> None:
+def test_if_bodies_fold_but_keep_their_outputs() -> None:
     m = parse(HEADER + """
     g (bool c, float[2] x) => (float[2] y) {
       k = Constant<value = float[2] {1, 2}>()
@@ -204,7 +204,10 @@ def test_if_subgraph_is_left_alone_but_outer_constants_fold() -> None:
     assert res.modified
     assert ops(out) == {"If": 1}
     then = out.graph.node[0].attribute[0].g
-    assert [n.op_type for n in then.node] == ["Constant", "Add"]  # body untouched
+    # The body's Constant became a body initializer; the Add writes the body's output and
+    # stays (though its inputs are constants now), like a node writing a graph output.
+    assert [n.op_type for n in then.node] == ["Add"]
+    assert "inner" in {t.name for t in then.initializer}
     for c in (True, False):
         assert_same_outputs(m, out, feeds={"c": np.array(c), "x": np.ones(2, np.float32)})
 
@@ -224,17 +227,20 @@ def test_negative_max_size_is_a_usage_error() -> None:
         instantiate("fold-constants:max_size_bytes=-1")
 
 
-def test_ir3_model_is_left_alone() -> None:
+def test_ir3_model_folds_and_is_exported_at_ir4() -> None:
+    # IR < 4 used to be left alone; its constants fold now (tests/passes/test_old_ir.py
+    # covers the initializer-as-input side).
     c = onnx.helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(np.ones(2, np.float32)))
     g = onnx.helper.make_graph(
         [c, onnx.helper.make_node("Neg", ["c"], ["n"]), onnx.helper.make_node("Add", ["x", "n"], ["y"])], "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
     )
-    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 6)])
+    m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 8)])
     m.ir_version = 3
     out, res = run_pass(m, "fold-constants")
-    assert not res.modified and ops(out) == {"Constant": 1, "Neg": 1, "Add": 1}
+    assert res.modified and ops(out) == {"Add": 1} and out.ir_version == 4
+    assert_same_outputs(m, out)
 
 
 def _with_raw_weight(model: onnx.ModelProto, name: str, value: np.ndarray) -> onnx.ModelProto:
@@ -289,3 +295,41 @@ def test_folded_view_of_a_weight_owns_its_payload() -> None:
     # A writable array, not a read-only view of the input model's bytes.
     assert r.values.flags.writeable
     np.testing.assert_array_equal(r.values, np.arange(6, dtype=np.float32).reshape(3, 2))
+
+
+def test_reshape_target_built_from_its_own_dims_becomes_a_constant() -> None:
+    # Reshape(x, [Shape(x)[0], 6]) with a dynamic batch: the computed entry is x's own dim 0,
+    # which Reshape copies when told 0 (the flatten idiom of Paddle and torch exports).
+    m = parse(HEADER + """
+    g (float[N, 2, 3] x) => (float[N, 6] y) {
+      s = Shape(x)
+      s32 = Cast<to = 6>(s)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {1}>()
+      b = Slice(s32, st, en)
+      b64 = Cast<to = 7>(b)
+      six = Constant<value = int64[1] {6}>()
+      t = Concat<axis = 0>(b64, six)
+      y = Reshape(x, t)
+    }""")
+    out, res = run_pass(m, "fold-constants")
+    assert res.modified and ops(out) == {"Reshape": 1}
+    target = next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
+    assert onnx.numpy_helper.to_array(target).tolist() == [0, 6]
+    for n in (1, 3):
+        assert_same_outputs(m, out, feeds={"x": np.arange(n * 6, dtype=np.float32).reshape(n, 2, 3)})
+
+
+def test_reshape_target_with_another_tensors_dim_is_left() -> None:
+    # The dim comes from z, not from the reshaped x: no rewrite (z's dim 0 may differ).
+    m = parse(HEADER + """
+    g (float[N, 6] x, float[M, 1] z) => (float[M, 6] y) {
+      s = Shape(z)
+      i = Constant<value = int64[1] {0}>()
+      b = Gather(s, i)
+      six = Constant<value = int64[1] {6}>()
+      t = Concat<axis = 0>(b, six)
+      y = Reshape(x, t)
+    }""")
+    out, res = run_pass(m, "fold-constants")
+    assert ops(out)["Shape"] == 1 and ops(out)["Concat"] == 1

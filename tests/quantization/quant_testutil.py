@@ -153,3 +153,17 @@ def outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
 
 
 __all__ = ["onnxcomp"]
+
+
+def run_pass_by_name(model: onnx.ModelProto, spec: str, data=None):
+    """Run any registered pass (``"name:k=v"``) directly on a graph; returns (model, PassResult)."""
+    from onnxcomp.pipeline.registry import instantiate
+
+    graph, meta = to_graph(model)
+    cal = None if data is None else CalibrationData.from_source(data, model)
+    ctx = PassContext(original_model=model, meta=meta, calibration=cal)
+    res = instantiate(spec).run(graph, ctx)
+    graph.cleanup().toposort()
+    out = to_model(graph, meta)
+    onnx.checker.check_model(out, full_check=True)
+    return out, res

@@ -25,13 +25,6 @@ def test_needs_calibration_data():
     assert "'random'" in NEEDS_DATA
 
 
-def test_old_opset_is_refused():
-    m = conv_relu_concat_model()
-    m.opset_import[0].version = 12
-    with pytest.raises(UsageError, match="opset >= 13"):
-        run_pass(m, calib(m))
-
-
 @pytest.mark.parametrize(
     "spec", ["quantize-int8:calibrator=kl", "quantize-int8:target_cosine=2", "quantize-int8:smoothquant_alpha=1.5", "quantize-int8:eval_batches=0"]
 )

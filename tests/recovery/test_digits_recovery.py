@@ -11,8 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 models = pytest.importorskip("models")
 
-import onnxcomp  # noqa: E402
-from onnxcomp.pipeline.registry import registered_passes  # noqa: E402
+import onnxcomp
+from onnxcomp.pipeline.registry import registered_passes
 
 pytestmark = pytest.mark.skipif("prune-channels" not in registered_passes(), reason="prune-channels not available")
 

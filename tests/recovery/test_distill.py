@@ -14,12 +14,13 @@ from onnx import numpy_helper
 
 pytest.importorskip("torch")
 
-from onnxcomp.errors import UsageError  # noqa: E402
-from onnxcomp.ir.convert import to_graph, to_model  # noqa: E402
-from onnxcomp.pipeline.registry import instantiate  # noqa: E402
-from onnxcomp.passes.distill import Distill, DistillOptions  # noqa: E402
+from onnxcomp.passes.distill import Distill, DistillOptions
 
-from .conftest import conv_net, make_ctx  # noqa: E402
+from onnxcomp.errors import UsageError
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.pipeline.registry import instantiate
+
+from .conftest import conv_net, make_ctx
 
 
 def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -40,7 +41,7 @@ def _pair(rng: np.random.Generator, noise: float = 0.4):
     fc = rng.standard_normal((5, 6)).astype(np.float32) * 2
     fcb = np.zeros(5, np.float32)
     teacher = conv_net(w1, b1, w2, b2, fc=fc, fc_b=fcb)
-    noisy = lambda a: (a + noise * rng.standard_normal(a.shape) * a.std()).astype(np.float32)  # noqa: E731
+    noisy = lambda a: (a + noise * rng.standard_normal(a.shape) * a.std()).astype(np.float32)
     student = conv_net(noisy(w1), b1, noisy(w2), b2, fc=noisy(fc), fc_b=fcb)
     return teacher, student
 

@@ -7,7 +7,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcomp.recovery.lstsq import ConvGeometry, NormalEquations, conv_patches, conv_targets
+from onnxcomp.recovery.lstsq import (
+    ConvGeometry,
+    NormalEquations,
+    conv_patches,
+    conv_targets,
+)
 
 
 def _ort_conv(x: np.ndarray, w: np.ndarray, **attrs) -> np.ndarray:

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
 
 import onnxcomp
 from onnxcomp.errors import UsageError
 from onnxcomp.ir.convert import to_graph, to_model
 from onnxcomp.pipeline.registry import instantiate
-from onnxcomp.passes.reconstruct import Reconstruct, ReconstructOptions
 from onnxcomp.pruning import PruneRecord
 from onnxcomp.recovery import RefitSettings, reconstruct
 
@@ -69,7 +69,7 @@ def test_refit_through_manager_with_gemm_downstream(rng: np.random.Generator) ->
     graph, meta = to_graph(student)
     ctx = make_ctx(teacher, student, {"x": x}, kept=kept)
     result = Reconstruct(ReconstructOptions(ridge=0.0)).run(graph, ctx)
-    assert result.stats["stages"] == 2
+    assert result.stats["steps"] == 3  # teacher inputs, then one block per depth level
     assert result.stats["layers_refit"] + result.stats["layers_unchanged"] == 2
     out = to_model(graph, meta)
     np.testing.assert_allclose(_run(out, x[:8]), _run(teacher, x[:8]), atol=2e-3, rtol=1e-3)
@@ -145,8 +145,8 @@ def test_options_validated() -> None:
 def test_pass_defaults_are_the_refit_defaults() -> None:
     """``distill`` refits with `RefitSettings()`: the same defaults the pass documents."""
     assert ReconstructOptions().settings() == RefitSettings()
-    opts = ReconstructOptions(ridge=0.5, scope="pruned", max_samples=7, max_rows=9, exclude=("a",), teacher="t.onnx")
-    assert opts.settings() == RefitSettings(ridge=0.5, scope="pruned", max_samples=7, max_rows=9, exclude=("a",))
+    opts = ReconstructOptions(ridge=0.5, scope="pruned", blocks=2, max_samples=7, max_rows=9, exclude=("a",), teacher="t.onnx")
+    assert opts.settings() == RefitSettings(ridge=0.5, scope="pruned", blocks=2, max_samples=7, max_rows=9, exclude=("a",))
 
 
 def test_function_takes_its_data_and_record_as_arguments(rng: np.random.Generator) -> None:
@@ -198,7 +198,7 @@ def test_matmul_and_gemm_without_bias(rng: np.random.Generator) -> None:
     x = rng.standard_normal((64, 2, 4)).astype(np.float32)
     graph, meta = to_graph(student)
     result = Reconstruct(ReconstructOptions(ridge=0.0, scope="all")).run(graph, make_ctx(teacher, student, {"x": x}))
-    assert result.stats["layers_refit"] == 2 and result.stats["stages"] == 3
+    assert result.stats["layers_refit"] == 2 and result.stats["steps"] == 4
     out = to_model(graph, meta)
     onnx.checker.check_model(out, full_check=True)
     gemm = next(n for n in out.graph.node if n.op_type == "Gemm")
@@ -216,4 +216,104 @@ def test_exclude_and_pruned_scope(rng: np.random.Generator) -> None:
     # scope=pruned: only conv2 (whose input channels were pruned), not the Gemm after it.
     graph, _ = to_graph(student)
     res = Reconstruct(ReconstructOptions(scope="pruned", ridge=0.0)).run(graph, make_ctx(teacher, student, {"x": x}, kept=kept))
-    assert res.stats["stages"] == 1 and res.stats["layers_refit"] == 1
+    assert res.stats["steps"] == 2 and res.stats["layers_refit"] == 1
+
+
+def _bn_net(rng: np.random.Generator, width: int = 8) -> onnx.ModelProto:
+    """x -> (Conv -> BatchNorm -> Relu) x 3 -> GlobalAveragePool -> Flatten -> Gemm -> y (random weights)."""
+    from onnx import helper, numpy_helper
+
+    nodes, inits, prev, cin = [], [], "x", 3
+    for i in range(3):
+        inits += [
+            numpy_helper.from_array((rng.standard_normal((width, cin, 3, 3)) / np.sqrt(cin * 9)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(rng.uniform(0.5, 1.5, width).astype(np.float32), f"g{i}"),
+            numpy_helper.from_array(rng.normal(0.2, 0.1, width).astype(np.float32), f"b{i}"),
+            numpy_helper.from_array(rng.normal(0, 0.3, width).astype(np.float32), f"m{i}"),
+            numpy_helper.from_array(rng.uniform(0.5, 2.0, width).astype(np.float32), f"v{i}"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", [f"c{i}", f"g{i}", f"b{i}", f"m{i}", f"v{i}"], [f"n{i}"], name=f"bn{i}"),
+            helper.make_node("Relu", [f"n{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
+        prev, cin = f"r{i}", width
+    inits += [numpy_helper.from_array(rng.standard_normal((4, width)).astype(np.float32), "fc"),
+              numpy_helper.from_array(np.zeros(4, np.float32), "fcb")]
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"]), helper.make_node("Flatten", ["gap"], ["flat"]),
+              helper.make_node("Gemm", ["flat", "fc", "fcb"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(nodes, "bn_net", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _rel_error(reference: np.ndarray, candidate: np.ndarray) -> float:
+    return float(np.square(candidate - reference).sum() / np.square(reference).sum())
+
+
+def test_prune_recover_after_batchnorm_folding_beats_pruning_on_unseen_data(rng: np.random.Generator) -> None:
+    """fold-batchnorm keeps each Conv's output name, which in the run's input names the tensor
+    *before* its BatchNorm: the refit must take its targets from the model pruning started
+    from (`PruneRecord.source`), not from the run's input."""
+    model = _bn_net(rng)
+    calib = {"x": rng.standard_normal((96, 3, 8, 8)).astype(np.float32)}
+    unseen = rng.standard_normal((64, 3, 8, 8)).astype(np.float32)
+    pruned, _ = onnxcomp.optimize(model, ["prune-channels:ratio=0.5"], preset="prune", calibration_data=calib)
+    recovered, report = onnxcomp.optimize(model, ["prune-channels:ratio=0.5"], preset="prune-recover", calibration_data=calib)
+    stats = next(r for r in report.passes if r.name == "reconstruct").stats
+    assert stats["layers_refit"] >= 2
+    reference = _run(model, unseen)
+    assert _rel_error(reference, _run(recovered, unseen)) < 0.5 * _rel_error(reference, _run(pruned, unseen))
+
+
+def _wide(w1: np.ndarray, w2: np.ndarray) -> onnx.ModelProto:
+    """x[N, 1, 16] -> MatMul -> Relu -> MatMul -> y[N, 1, 8]."""
+    from onnx import numpy_helper
+
+    model = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 1, 16] x) => (float[N, 1, 8] y) {
+        h = MatMul (x, w1)
+        r = Relu (h)
+        y = MatMul (r, w2)
+    }
+    """)
+    model.graph.initializer.extend([numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return model
+
+
+def test_refit_is_never_kept_when_it_hurts_held_out_samples(rng: np.random.Generator) -> None:
+    """The hidden units pruning removed are not a linear function of the kept ones, and 32
+    fitting rows of 32 features are too few for a free fit: with ``ridge`` near 0 it
+    interpolates noise, and the held-out samples reject it (the pruned weights stay).
+    With the ridge chosen on the held-out samples the refit generalises."""
+    w1 = rng.standard_normal((16, 64)).astype(np.float32)
+    w2 = rng.standard_normal((64, 8)).astype(np.float32)
+    keep = np.arange(32)
+    teacher, student = _wide(w1, w2), _wide(w1[:, keep], w2[keep])
+    kept = {"w1": (1, keep), "h": (2, keep), "r": (2, keep), "w2": (0, keep)}
+    x = rng.standard_normal((40, 1, 16)).astype(np.float32)  # batches of 1: one in five held out
+    unseen = rng.standard_normal((512, 1, 16)).astype(np.float32)
+    reference = _run(teacher, unseen)
+    pruned_error = _rel_error(reference, _run(student, unseen))
+    errors = {}
+    for ridge in (1e-6, None):
+        graph, meta = to_graph(student)
+        ctx = make_ctx(teacher, student, {"x": x}, kept=kept, batch_size=1)
+        stats = Reconstruct(ReconstructOptions(ridge=ridge)).run(graph, ctx).stats
+        assert stats["held_out_samples"] == 8
+        assert stats["output_error_after"] <= stats["output_error_pruned"]
+        errors[ridge] = (stats["layers_refit"], _rel_error(reference, _run(to_model(graph, meta), unseen)))
+    assert errors[1e-6] == (0, pytest.approx(pruned_error))
+    assert errors[None][0] == 1 and errors[None][1] < 0.9 * pruned_error
+
+
+def test_tap_runs_only_the_prefix_it_needs() -> None:
+    from onnxcomp.recovery.activations import expose
+
+    model = _mlp(np.ones((4, 6), np.float32), np.ones((6, 5), np.float32), np.ones((3, 10), np.float32))
+    cut = expose(model, ["r"])
+    assert [n.op_type for n in cut.graph.node] == ["MatMul", "Relu"]
+    assert sorted(t.name for t in cut.graph.initializer) == ["w1"]

@@ -10,15 +10,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 torch = pytest.importorskip("torch")
 
-from onnxcomp.errors import UsageError  # noqa: E402
-from onnxcomp.recovery.torch_graph import (  # noqa: E402
+from onnxcomp.errors import UsageError
+from onnxcomp.recovery.torch_graph import (
     OnnxModule,
     trainable_initializers,
     unsupported_ops,
     write_initializers,
 )
 
-from .conftest import conv_net  # noqa: E402
+from .conftest import conv_net
 
 
 def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

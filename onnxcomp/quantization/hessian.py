@@ -1,0 +1,84 @@
+"""Streamed second-moment statistics of layer inputs: ``H = XᵀX`` and mean ``|x|`` per channel.
+
+GPTQ needs the Hessian of each layer's squared output error, ``H = XᵀX`` over the rows of
+the layer input ``X [tokens, K]``; AWQ needs the mean magnitude of every input channel and
+uses ``H`` to score candidate scales exactly (the output error of a weight change ``ΔW`` is
+``tr(ΔWᵀ H ΔW)``). Both come from one onnxruntime session over the calibration batches,
+with every wanted tensor exposed as an output; each batch only updates the sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxcomp.checking.runtime import make_session
+from onnxcomp.errors import CalibrationDataError
+from onnxcomp.quantization.collect import expose_outputs
+
+
+@dataclass
+class InputMoments:
+    """Sums over the rows seen so far of one layer input with ``K`` channels."""
+
+    xtx: np.ndarray  #: float64 [K, K], sum of x xᵀ over rows
+    abs_sum: np.ndarray  #: float64 [K], sum of |x|
+    rows: int = 0
+
+    @classmethod
+    def empty(cls, k: int) -> InputMoments:
+        """Zero sums for ``k`` channels."""
+        return cls(np.zeros((k, k), np.float64), np.zeros(k, np.float64))
+
+    def update(self, x: np.ndarray) -> None:
+        """Add the rows of ``x [..., K]``."""
+        x2 = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+        self.xtx += (x2.T @ x2).astype(np.float64)  # float32 product, float64 running sum
+        self.abs_sum += np.abs(x2).sum(axis=0, dtype=np.float64)
+        self.rows += x2.shape[0]
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """``XᵀX / rows`` (float64)."""
+        return self.xtx / max(self.rows, 1)
+
+    @property
+    def abs_mean(self) -> np.ndarray:
+        """Mean ``|x|`` per channel."""
+        return self.abs_sum / max(self.rows, 1)
+
+
+def collect_moments(
+    model: onnx.ModelProto,
+    batches: Iterable[dict[str, np.ndarray]],
+    widths: dict[str, int],
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, InputMoments]:
+    """Stream ``XᵀX`` and mean ``|x|`` of the tensors ``widths`` (name -> channels K).
+
+    Raises:
+        CalibrationDataError: No batch could be fed.
+    """
+    stats = {n: InputMoments.empty(k) for n, k in widths.items()}
+    input_names = {i.name for i in model.graph.input}
+    run_names = [n for n in widths if n not in input_names]
+    sess = make_session(expose_outputs(model, run_names))
+    wanted = {i.name for i in sess.get_inputs()}
+    seen = 0
+    for feeds in batches:
+        outs = sess.run(run_names, {k: v for k, v in feeds.items() if k in wanted}) if run_names else []
+        for n, arr in zip(run_names, outs):
+            stats[n].update(arr)
+        for n in widths:
+            if n in input_names and n in feeds:
+                stats[n].update(feeds[n])
+        seen += 1
+        if progress is not None:
+            progress(f"calibrating: batch {seen}, {len(widths)} layer inputs")
+    if seen == 0:
+        raise CalibrationDataError("calibration data yielded no batch the model can take")
+    return stats
