@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tune_testutil import classifier
 
@@ -43,19 +44,28 @@ def test_cnn_and_transformer_get_different_spaces() -> None:
     assert derive_space(classifier(), train_data=True).recoveries == ("none", "reconstruct", "distill")
 
 
-def test_weight_only_quantization_joins_when_registered() -> None:
+def test_weight_only_quantization_joins_when_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxcomp.tune import space
+
+    real = space.registered_passes
+
+    def without_int4() -> dict:
+        return {k: v for k, v in real().items() if k != "quantize-weights"}
+
     with isolated_registry():
-        assert "int4-weights" not in derive_space(attention_block(), train_data=False).quant_modes
+        if "quantize-weights" not in real():  # the pass is optional: stand in for it
 
-        @register_pass("quantize-weights")
-        class FakeInt4(Pass[NoOptions]):
-            """A stand-in for the 4-bit weight-only pass."""
+            @register_pass("quantize-weights")
+            class FakeInt4(Pass[NoOptions]):
+                """A stand-in for the 4-bit weight-only pass."""
 
-            def run(self, graph, ctx) -> PassResult:
-                return PassResult(modified=False)
+                def run(self, graph, ctx) -> PassResult:
+                    return PassResult(modified=False)
 
         assert "int4-weights" in derive_space(attention_block(), train_data=False).quant_modes
         assert "int4-weights" not in derive_space(classifier(), train_data=False).quant_modes
+        monkeypatch.setattr(space, "registered_passes", without_int4)
+        assert "int4-weights" not in derive_space(attention_block(), train_data=False).quant_modes
 
 
 def test_presets_are_configurations_of_the_space() -> None:
