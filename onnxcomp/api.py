@@ -21,6 +21,7 @@ from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
 from onnxcomp.pipeline.presets import pipeline_for
 from onnxcomp.pipeline.registry import load_builtin_passes
 from onnxcomp.pipeline.report import Report
+from onnxcomp.pipeline.steps import Pipeline, build_pipeline
 
 
 def default_output_path(input_path: str | os.PathLike[str]) -> Path:
@@ -66,7 +67,7 @@ def channel_splits(model: onnx.ModelProto, channels: Sequence[str] | Mapping[str
 
 def optimize(
     model_or_path: onnx.ModelProto | str | os.PathLike[str],
-    passes: Sequence["str | Pass | tuple[str, dict[str, Any]]"] = (),
+    passes: Sequence[str | Pass | tuple[str, dict[str, Any]]] | Pipeline = (),
     *,
     preset: str | None = None,
     calibration_data: Any = None,
@@ -91,7 +92,8 @@ def optimize(
         model_or_path: A ModelProto or a path to an ``.onnx`` file (never overwritten).
         passes: Pass specs (``"prune-channels:ratio=0.5"``, ``("name", {opts})`` or Pass
             instances). Alone they form the whole pipeline; with ``preset`` they override
-            that preset's options or are appended.
+            that preset's options or are appended. A `Pipeline` (of pass names, specs or
+            instances, nested pipelines kept) is run as it is.
         preset: Named pipeline (default ``lossless`` when ``passes`` is empty).
         calibration_data: ``.npz`` path, folder of ``.npz``, ``"random"``, a dict of arrays
             or an onnxruntime ``CalibrationDataReader``.
@@ -128,7 +130,7 @@ def optimize(
         check_output_path(output, [input_path] if input_path else [])
     # lazy_external: a >2 GB input keeps its weights on disk (see model_io.load_model).
     model = load_model(input_path, lazy_external=True) if input_path is not None else model_or_path
-    pipeline = pipeline_for(preset, passes)
+    pipeline = build_pipeline(passes, ()) if isinstance(passes, Pipeline) else pipeline_for(preset, passes)
     if verify not in ("each", "final", "none"):
         raise UsageError(f"verify must be each, final or none (got {verify!r})")
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:

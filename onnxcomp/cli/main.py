@@ -18,6 +18,7 @@ from onnxcomp._version import __version__
 from onnxcomp.cli.bench import COMMANDS as BENCH_COMMANDS
 from onnxcomp.cli.common import State, handle_errors, status_line
 from onnxcomp.cli.inspect import COMMANDS as INSPECT_COMMANDS
+from onnxcomp.cli.tune import COMMANDS as TUNE_COMMANDS
 from onnxcomp.errors import OnnxcompError
 
 log = logging.getLogger("onnxcomp")
@@ -135,7 +136,7 @@ def list_passes(as_json: bool, plugins: tuple[str, ...]) -> None:
         console.print(f"preset [bold]{name}[/]: {info['summary']}")
 
 
-for _command in (*BENCH_COMMANDS, *INSPECT_COMMANDS):
+for _command in (*BENCH_COMMANDS, *INSPECT_COMMANDS, *TUNE_COMMANDS):
     main.add_command(_command)
 
 

@@ -172,6 +172,7 @@ LAYERS = [
     {"checking"},
     {"pruning", "quantization", "recovery", "perf", "pipeline"},
     {"api"},
+    {"tune"},
     {"cli"},
 ]
 

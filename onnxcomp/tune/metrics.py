@@ -1,0 +1,194 @@
+"""What ``tune`` optimises for: a metric scored on the evaluation data, and the budget.
+
+Metrics (higher is better internally; `Metric.display` turns a score back):
+
+* ``cosine``: the worst cosine between candidate and original outputs, per output and
+  per channel (`onnxcomp.checking.metrics`, the measure ``--min-cosine`` uses everywhere);
+  the original scores 1.
+* ``accuracy``: top-1 of the first output against the ``label`` array of the eval data,
+  as a fraction (0.005 = half a point).
+* ``perplexity``: exp of the mean next-token cross-entropy of the first output (logits
+  ``[N, T, V]``) against ``label`` (``[N, T]`` token ids; without it, ``input_ids``
+  shifted by one). Lower is better; scored as its negative.
+* ``MODULE:FUNCTION`` (a dotted module or a ``.py`` file, imported like a plugin):
+  ``f(outputs: dict[str, np.ndarray], data: dict[str, np.ndarray]) -> float``, called
+  once with every eval sample's outputs and the eval data (inputs and ``label``), higher
+  is better unless the function has ``higher_is_better = False``.
+
+The evaluation data is read once per process (`EvalSet`, at most `MAX_EVAL_SAMPLES`
+samples) and the original's outputs on it are computed once; no pass ever sees it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxcomp.checking.calibration import CalibrationData
+from onnxcomp.checking.metrics import FidelityAccumulator, summarize
+from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.errors import UsageError, one_line
+from onnxcomp.pipeline.plugins import load_plugin
+
+#: Eval samples scored per candidate (like ``compare``).
+MAX_EVAL_SAMPLES = 512
+
+BUILTIN = ("cosine", "accuracy", "perplexity")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named metric; ``function`` is set for a custom one."""
+
+    name: str
+    higher_is_better: bool = True
+    function: Callable[..., float] | None = None
+
+    def display(self, score: float) -> float:
+        """The metric's own value from the internal higher-is-better score."""
+        return score if self.higher_is_better else -score
+
+
+def load_metric(spec: str) -> Metric:
+    """``cosine``, ``accuracy``, ``perplexity`` or ``MODULE:FUNCTION``.
+
+    Raises:
+        UsageError: An unknown name, a module that cannot be imported, a missing function.
+    """
+    if spec in BUILTIN:
+        return Metric(spec, higher_is_better=spec != "perplexity")
+    module, sep, fname = spec.rpartition(":")
+    if not sep or not module or not fname.isidentifier():
+        raise UsageError(f"--metric {spec!r}: expected cosine, accuracy, perplexity or MODULE:FUNCTION")
+    fn = getattr(load_plugin(module), fname, None)
+    if not callable(fn):
+        raise UsageError(f"--metric {spec!r}: {module} has no function {fname!r}")
+    return Metric(spec, higher_is_better=bool(getattr(fn, "higher_is_better", True)), function=fn)
+
+
+class EvalSet:
+    """The evaluation data of a tune, loaded once, with the original's outputs on it."""
+
+    def __init__(self, source: Any, model: onnx.ModelProto, metric: Metric, *, providers: list[str],
+                 threads: int | None, seed: int = 0) -> None:
+        self.metric = metric
+        data = CalibrationData.from_source(source, model, seed=seed, role="eval")
+        self.description = data.description
+        self.batches = list(data.iter_with_labels(max_samples=MAX_EVAL_SAMPLES))
+        if not self.batches:
+            raise UsageError(f"--eval-data {source}: no complete batch for this model")
+        self.labels = None if any(lab is None for _, lab in self.batches) else np.concatenate([lab for _, lab in self.batches])
+        if metric.name in ("accuracy",) and self.labels is None:
+            raise UsageError(f"--metric accuracy needs a 'label' array in --eval-data {source}")
+        self.merged = data.merge([b for b, _ in self.batches])
+        self.providers, self.threads = providers, threads
+        self.reference = self._outputs(model)
+        self.names = list(self.reference[0])
+        self.original = self.score_outputs(self.reference)
+
+    def _outputs(self, model: onnx.ModelProto | bytes) -> list[dict[str, np.ndarray]]:
+        session = make_session(model, providers=self.providers, threads=self.threads, spinning=False)
+        return [run(session, feeds) for feeds, _ in self.batches]
+
+    def data_dict(self) -> dict[str, np.ndarray]:
+        """The eval inputs (and ``label``) as one dict: what a custom metric receives."""
+        out = dict(self.merged)
+        if self.labels is not None:
+            out["label"] = self.labels
+        return out
+
+    def score(self, model: onnx.ModelProto | bytes) -> tuple[float, float]:
+        """``(score, worst cosine)`` of a candidate on the eval data."""
+        outs = self._outputs(model)
+        return self.score_outputs(outs), self.cosine(outs)
+
+    def cosine(self, outs: list[dict[str, np.ndarray]]) -> float:
+        """Worst cosine per output and per channel against the original's outputs."""
+        accs: dict[str, FidelityAccumulator] = {}
+        for ref, cand in zip(self.reference, outs):
+            for name in self.names:
+                r, c = np.asarray(ref[name]), np.asarray(cand.get(name, np.empty(0)))
+                if r.shape == c.shape and r.dtype.kind in "fiub" and r.size:
+                    accs.setdefault(name, FidelityAccumulator(None, name)).add(r, c)
+                elif r.size:
+                    return -1.0  # an output lost or reshaped: as far from the original as it gets
+        return float(summarize({k: a.result() for k, a in accs.items()})["cosine"])
+
+    def score_outputs(self, outs: list[dict[str, np.ndarray]]) -> float:
+        """The metric (higher is better) of these per-batch outputs."""
+        name = self.metric.name
+        if name == "cosine":
+            return self.cosine(outs)
+        joined = {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in self.names if all(k in o for o in outs)}
+        first = joined.get(self.names[0])
+        if name == "accuracy":
+            assert self.labels is not None and first is not None
+            pred = first.reshape(first.shape[0], -1).argmax(axis=1)
+            return float(np.mean(pred == self.labels.reshape(-1)))
+        if name == "perplexity":
+            return -self._perplexity(first)
+        assert self.metric.function is not None
+        try:
+            value = float(self.metric.function(joined, self.data_dict()))
+        except Exception as e:  # noqa: BLE001 - the user's function: any failure is bad input
+            raise UsageError(f"--metric {name} raised {type(e).__name__}: {one_line(e, 200)}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"--metric {name} returned {value}, not a finite number")
+        return value if self.metric.higher_is_better else -value
+
+    def _perplexity(self, logits: np.ndarray | None) -> float:
+        if logits is None or logits.ndim != 3:
+            raise UsageError("--metric perplexity needs logits [N, T, V] as the model's first output")
+        if self.labels is not None:
+            targets, lg = self.labels.reshape(logits.shape[:2]), logits
+        elif "input_ids" in self.merged:
+            targets, lg = self.merged["input_ids"][:, 1:], logits[:, :-1]
+        else:
+            raise UsageError("--metric perplexity needs a 'label' array or an 'input_ids' input in --eval-data")
+        lg = lg.astype(np.float64)
+        lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
+        picked = np.take_along_axis(lg, targets[..., None].astype(np.int64), -1)[..., 0]
+        return float(np.exp(np.mean(lse - picked)))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The user's budget: an absolute drop of the metric, or a cosine floor (or both)."""
+
+    max_drop: float | None = None
+    min_cosine: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_drop is None and self.min_cosine is None:
+            raise UsageError("give a budget: --max-drop X (absolute drop of the metric) or --min-cosine Y")
+        if self.max_drop is not None and not (self.max_drop >= 0 and math.isfinite(self.max_drop)):
+            raise UsageError(f"--max-drop must be a finite number >= 0 (got {self.max_drop})")
+
+    def violation(self, original: float, score: float, cosine: float) -> float:
+        """How far a candidate is outside the budget (<= 0: within it)."""
+        parts = []
+        if self.max_drop is not None:
+            parts.append((original - score) - self.max_drop)
+        if self.min_cosine is not None:
+            parts.append(self.min_cosine - cosine)
+        return max(parts)
+
+    def describe(self, metric: Metric) -> str:
+        """``accuracy drop <= 0.005`` / ``cosine >= 0.99``."""
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"{metric.name} {'drop' if metric.higher_is_better else 'rise'} <= {self.max_drop:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        return " and ".join(parts)
+
+
+def is_file_source(source: Any) -> bool:
+    """A data source that names a file (shippable to another machine)."""
+    return isinstance(source, (str, os.PathLike)) and os.path.isfile(source)

@@ -1,0 +1,286 @@
+"""``tune``: search pass configurations for the fastest model within a metric budget.
+
+The loop (`tune`):
+
+1. Everything is checked before any trial: the model, the data (the eval data must be
+   given and must not be the calibration or training data), the metric (it is scored
+   on the original first, so a metric that raises fails here, in one line), the budget.
+2. An Optuna study (multi-objective: maximise the metric, minimise the latency ratio;
+   TPE with the budget as a constraint) lives in ``storage`` — the trial journal, a
+   SQLite file by default. Its name is derived from the model's bytes and the tune's
+   settings, so running the same command again resumes it: finished trials are kept,
+   trials that were running when the tune was interrupted are asked again.
+3. The presets (`onnxcomp.tune.space.preset_configs`) are the first trials, so they are
+   measured in the same run, on the same machine, and marked in every output.
+4. Trials are asked in batches of `BATCH` configurations, run by the executor (in this
+   process, ``--workers`` processes or Ray tasks) and told in the order they were asked.
+   The configurations of a batch depend only on the seed and the results of earlier
+   batches, so a fixed ``--seed`` gives the same first batches with any number of
+   workers (later ones can differ through latency noise).
+5. The fastest trial within the budget is built again (the same seed gives the same
+   model) and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onnxcomp.errors import UsageError, VerificationError
+from onnxcomp.tune.executors import make_executor, usable_cores
+from onnxcomp.tune.report import TrialPoint, TuneResult, choose, closest
+from onnxcomp.tune.space import derive_space, describe, preset_configs, suggest
+from onnxcomp.tune.trial import TrialJob, Worker, config_key, worker_for
+
+log = logging.getLogger("onnxcomp")
+
+#: Configurations asked (and run in parallel) at a time.
+BATCH = 8
+
+#: ``progress(done, total, message)``.
+TuneProgress = Callable[[int, int, str], None]
+
+
+class NoCandidateError(VerificationError):
+    """No trial met the budget (exit code 1; nothing written)."""
+
+
+def default_storage(model: str | Path) -> str:
+    """``sqlite:///<stem>.tune.db`` in the current folder."""
+    return f"sqlite:///{Path.cwd() / (Path(model).stem + '.tune.db')}"
+
+
+def study_name(model: str | Path, job: TrialJob, space: dict[str, Any]) -> str:
+    """The study of this model and these settings (same command, same study: resume)."""
+    h = hashlib.sha1()
+    with open(model, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    settings = {k: str(getattr(job, k)) for k in ("calibration_data", "eval_data", "train_data", "metric", "max_drop",
+                                                  "min_cosine", "ep", "threads", "seed")}
+    h.update(json.dumps([settings, space], sort_keys=True, default=str).encode())
+    return f"onnxcomp-tune-{Path(model).stem}-{h.hexdigest()[:12]}"
+
+
+def _open_study(storage: str, name: str, seed: int) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            # Two batches of random configurations first: the space has conditional corners
+            # (prune + distill + int8) that a model-guided sampler finds only once seen.
+            seed=seed, multivariate=True, group=True, n_startup_trials=2 * BATCH)
+    try:
+        return optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
+                                   sampler=sampler, load_if_exists=True)
+    except Exception as e:  # noqa: BLE001 - a bad URL, a folder that does not exist, a locked file
+        raise UsageError(f"--storage {storage}: {type(e).__name__}: {e}") from None
+
+
+def _resume(study: Any, presets: dict[str, dict[str, Any]]) -> int:
+    """Fail trials left running by an interrupted tune and ask them again; enqueue the
+    presets of a new study. Returns the number of finished trials."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "preset"})
+        study.tell(t.number, state=TrialState.FAIL)
+    if not study.user_attrs.get("presets_enqueued"):
+        for name, config in presets.items():
+            study.enqueue_trial(config, user_attrs={"preset": name})
+        study.set_user_attr("presets_enqueued", True)
+    return len(_finished(study))
+
+
+def _finished(study: Any) -> list[Any]:
+    """Trials that ran to a result (interrupted ones carry none)."""
+    return [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs and t.state.is_finished()]
+
+
+def _points(study: Any) -> list[TrialPoint]:
+    return [TrialPoint(t.number, t.user_attrs["config"], describe(t.user_attrs["config"]), t.user_attrs.get("preset"),
+                       t.user_attrs["result"]) for t in _finished(study)]
+
+
+def _tell(study: Any, trial: Any, config: dict[str, Any], result: dict[str, Any]) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("config", config)
+    trial.set_user_attr("result", result)
+    if "error" in result:
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    trial.set_constraint("budget", float(result["violation"]))  # feasible when <= 0
+    study.tell(trial, [float(result["score"]), float(result["latency_ratio"])])
+
+
+def tune(
+    model: str | Path,
+    *,
+    calibration_data: Any,
+    eval_data: Any,
+    train_data: Any = None,
+    metric: str = "cosine",
+    max_drop: float | None = None,
+    min_cosine: float | None = None,
+    ep: str = "cpu",
+    threads: int | None = None,
+    trials: int = 30,
+    time_budget_min: float | None = None,
+    workers: int = 1,
+    ray: str | None = None,
+    storage: str | None = None,
+    seed: int = 0,
+    output: str | Path | None = None,
+    timing_s: float = 2.0,
+    progress: TuneProgress | None = None,
+) -> TuneResult:
+    """Search for the fastest model within the budget; write it to ``output``.
+
+    Args:
+        model: The ONNX file (never overwritten).
+        calibration_data: What passes fit on (``.npz``, folder, ``"random"``).
+        eval_data: What candidates are scored and verified on (never seen by a pass).
+        train_data: Training data; enables ``distill`` in the space.
+        metric: ``cosine``, ``accuracy``, ``perplexity`` or ``MODULE:FUNCTION``.
+        max_drop: Budget: absolute drop of the metric allowed (accuracy as a fraction).
+        min_cosine: Budget: worst cosine (per output and channel) allowed.
+        ep: Execution provider candidates are timed on.
+        threads: Intra-op threads per worker (default: onnxruntime's, or cores ÷ workers).
+        trials: Finished trials wanted in the study (presets included).
+        time_budget_min: Start no trial after this many minutes (running ones finish).
+        workers: Local worker processes.
+        ray: ``auto`` or a Ray cluster address: trials run as Ray tasks.
+        storage: Optuna storage URL (default `default_storage`).
+        seed: Seed of the sampler and of every pass.
+        output: Where to write the chosen model (None: don't).
+        timing_s: Seconds of interleaved timing per trial.
+        progress: Callback ``(done, total, message)``.
+
+    Returns:
+        The `TuneResult`.
+
+    Raises:
+        UsageError: Bad input (exit code 2), before any trial.
+        NoCandidateError: No trial met the budget (nothing written).
+    """
+    start, started = time.perf_counter(), time.monotonic()
+    if eval_data is None:
+        raise UsageError("tune needs --eval-data: candidates are scored on data no pass was fitted on")
+    if calibration_data is None:
+        raise UsageError("tune needs --calibration-data (an .npz, a folder of them, or 'random')")
+    if str(eval_data) in (str(calibration_data), str(train_data)):
+        raise UsageError(f"--eval-data {eval_data} is also the calibration or training data: passes are fitted on it")
+    if trials < 1 or workers < 1 or (threads is not None and threads < 1):
+        raise UsageError("--trials, --workers and --threads must be >= 1")
+    if workers > 1 and ray is not None:
+        raise UsageError("--workers and --ray exclude each other (Ray places trials itself)")
+    if workers > 1 and threads is None:
+        threads = max(1, len(usable_cores()) // workers)
+    job = TrialJob(model=str(model), calibration_data=calibration_data, eval_data=eval_data, train_data=train_data,
+                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, ep=ep, threads=threads, seed=seed,
+                   timing_s=timing_s)
+    job.budget  # noqa: B018 - validates the budget before anything is loaded
+    if workers * (threads or 1) > len(usable_cores()):
+        log.warning("%d workers x %d threads exceed the %d cores: latency ratios will be noisy",
+                    workers, threads or 1, len(usable_cores()))
+    # Checks model, data and metric, scores the original; in-process trials use this worker too.
+    main = worker_for(job)
+    space = derive_space(main.model, train_data=train_data is not None)
+    presets = preset_configs(space)
+    storage = storage or default_storage(model)
+    name = study_name(model, job, space.to_dict())
+    study = _open_study(storage, name, seed)
+    done = _resume(study, presets)
+    deadline = None if time_budget_min is None else started + 60 * time_budget_min
+    executor = make_executor(job, workers=workers, ray=ray)
+    known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
+    models = {t.user_attrs["result"]["model_sha1"]: (t.number, t.user_attrs["result"]) for t in _finished(study)
+              if t.user_attrs["result"].get("model_sha1")}
+    try:
+        while done < trials and (deadline is None or time.monotonic() < deadline):
+            asked = [study.ask() for _ in range(min(BATCH, trials - done))]
+            configs = [suggest(t, space) for t in asked]
+            if progress:
+                progress(done, trials, f"running {len(configs)} trial(s): {_best_text(study, main)}")
+            # A configuration measured before (the sampler may ask one twice) is not run
+            # again: its result is reused, marked as such.
+            keys = [config_key(c) for c in configs]
+            todo = {k: c for k, c in zip(keys, configs) if k not in known}
+            fresh = executor.map(list(todo.values()), deadline)
+            for trial, config, key in zip(asked, configs, keys):
+                if key in known:
+                    result = {**known[key], "reused": True}
+                elif (measured := next(fresh, None)) is None:
+                    break  # the time budget ran out: trials not run stay open, a resume asks them again
+                else:
+                    result = known[key] = _same_model(measured, models)
+                _tell(study, trial, config, result)
+                if result.get("model_sha1"):
+                    models.setdefault(result["model_sha1"], (trial.number, result))
+                done += 1
+                if progress:
+                    progress(done, trials, _best_text(study, main))
+    except BaseException:
+        executor.close(now=True)  # interrupted or failed: running trials stay open in the journal
+        raise
+    executor.close()
+    points = _points(study)
+    result = TuneResult(
+        model=str(model), metric=metric, higher_is_better=main.metric.higher_is_better, budget=job.budget.describe(main.metric),
+        original_metric=main.metric.display(main.eval.original), eval_data=main.eval.description, ep=ep, threads=threads,
+        storage=storage, study=name, space=space.to_dict(), points=points, notes=list(space.notes),
+    )
+    result.notes.append("reused across trials: the loaded model, the eval data and the original's outputs on it, the "
+                        "original's timing session (one per worker), and the result of any configuration asked twice (run once); "
+                        "calibration statistics are collected by quantize-int8 inside each trial (the quantization "
+                        "API offers no cache, and a pruned graph has other activations anyway)")
+    result.best = choose(points)
+    if result.best is None:
+        near = closest(points)
+        where = ("; closest: trial {} ({}): {} {:.6g}, cosine {:.5f}, latency ratio {:.3f}".format(
+            near.number, near.label, metric, near.result["metric"], near.result["cosine"], near.latency_ratio)
+            if near else "; every trial failed" if points else "; no trial finished within the time budget")
+        raise NoCandidateError(f"no candidate met the budget ({result.budget}) in {len(points)} trials{where}; nothing written")
+    if output is not None:
+        if progress:
+            progress(done, trials, f"writing the chosen model (trial {result.best.number})")
+        written, report = main.build(result.best.config, output=output)
+        result.best_output = report.output
+        result.best_report = report.to_dict()
+        score, _ = main.eval.score(written)
+        if abs(score - result.best.score) > 1e-9:
+            result.notes.append(f"the written model scores {main.metric.display(score):.6g}, its trial "
+                                f"{result.best.result['metric']:.6g} (a pass is not deterministic)")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """A candidate identical to one measured before keeps that one's latency ratio.
+
+    Two configurations often build the same model (a fallback cap never reached, a
+    calibrator that gives the same ranges). Timing it again would only add noise, and
+    picking the luckier of two timings of one model would flatter the result.
+    """
+    first = models.get(result.get("model_sha1") or "")
+    if first is None or "error" in result:
+        return result
+    number, earlier = first
+    return {**result, "latency_ratio": earlier["latency_ratio"], "same_model_as": number}
+
+
+def _best_text(study: Any, main: Worker) -> str:
+    best = choose(_points(study))
+    if best is None:
+        return "best so far: none within the budget"
+    return (f"best so far: trial {best.number}, ×{1 / best.latency_ratio:.2f} faster, "
+            f"{main.metric.name} {best.result['metric']:.4g}")

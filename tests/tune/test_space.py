@@ -1,0 +1,82 @@
+"""The search space follows the model and the registry; configurations become pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from tune_testutil import classifier
+
+from onnxcomp import NoOptions, Pass, PassResult, register_pass
+from onnxcomp.pipeline.registry import isolated_registry
+from onnxcomp.pipeline.steps import Pipeline
+from onnxcomp.tune.space import derive_space, describe, pipeline_of, preset_configs
+
+
+def attention_block() -> onnx.ModelProto:
+    """x[N,T,16] -> MatMul q/k -> Softmax -> MatMul v -> LayerNorm (a transformer-like graph, opset 17)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), n) for n in ("wq", "wk", "wv")]
+    inits += [numpy_helper.from_array(np.ones(16, np.float32), "g"), numpy_helper.from_array(np.zeros(16, np.float32), "b")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["a"]),
+        helper.make_node("LayerNormalization", ["a", "g", "b"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_cnn_and_transformer_get_different_spaces() -> None:
+    cnn = derive_space(classifier(), train_data=False)
+    assert cnn.prunable and not cnn.transformer
+    assert cnn.quant_modes[:2] == ("none", "static") and "distill" not in cnn.recoveries
+    assert "random" not in cnn.criteria and "l1" in cnn.criteria
+    attn = derive_space(attention_block(), train_data=False)
+    assert attn.transformer and attn.quant_modes[1] == "dynamic"
+    assert derive_space(classifier(), train_data=True).recoveries == ("none", "reconstruct", "distill")
+
+
+def test_weight_only_quantization_joins_when_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxcomp.tune import space
+
+    real = space.registered_passes
+
+    def without_int4() -> dict:
+        return {k: v for k, v in real().items() if k != "quantize-weights"}
+
+    with isolated_registry():
+        if "quantize-weights" not in real():  # the pass is optional: stand in for it
+
+            @register_pass("quantize-weights")
+            class FakeInt4(Pass[NoOptions]):
+                """A stand-in for the 4-bit weight-only pass."""
+
+                def run(self, graph, ctx) -> PassResult:
+                    return PassResult(modified=False)
+
+        assert "int4-weights" in derive_space(attention_block(), train_data=False).quant_modes
+        assert "int4-weights" not in derive_space(classifier(), train_data=False).quant_modes
+        monkeypatch.setattr(space, "registered_passes", without_int4)
+        assert "int4-weights" not in derive_space(attention_block(), train_data=False).quant_modes
+
+
+def test_presets_are_configurations_of_the_space() -> None:
+    space = derive_space(classifier(), train_data=True)
+    presets = preset_configs(space)
+    assert set(presets) == {"int8", "prune", "prune-recover", "prune-distill-int8"}
+    pipe = pipeline_of(presets["prune-recover"])
+    names = [p if isinstance(p, str) else p.name for p in pipe.passes()]
+    assert names[names.index("prune-channels") + 1] == "reconstruct"
+    assert isinstance(pipe.steps[-1], Pipeline)  # the cleanup group after pruning
+    int8 = pipeline_of({"quant": "static", "quant.calibrator": "entropy", "quant.fallback": 0})
+    quant = list(int8.passes())[-1]
+    assert quant.name == "quantize-int8" and quant.options.calibrator == "entropy" and quant.options.target_cosine is None
+    assert describe(presets["prune-distill-int8"]).startswith("prune 0.3")
