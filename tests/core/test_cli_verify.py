@@ -285,3 +285,40 @@ def test_training_on_the_calibration_file_leaves_the_held_out_part_alone(convnet
     rep = json.loads(report.read_text())
     assert rep["passes"][0]["stats"]["train_data"] == "24 fit samples of calib.npz"
     assert rep["verification"]["data"] == "8 held-out samples of calib.npz"
+
+
+def _embedder(path: Path) -> Path:
+    """x[N,16] -> MatMul -> LpNormalization: an L2-normalised embedding [N,32]."""
+    w = np.random.default_rng(3).standard_normal((16, 32)).astype(np.float32)
+    nodes = [h.make_node("MatMul", ["x", "w"], ["e"]), h.make_node("LpNormalization", ["e"], ["embedding"], axis=-1, p=2)]
+    return _save(nodes, [h.make_tensor_value_info("x", T.FLOAT, ["N", 16])],
+                 [h.make_tensor_value_info("embedding", T.FLOAT, ["N", 32])], {"w": w}, path)
+
+
+def test_fidelity_lines_show_top1_only_where_it_applies(tmp_path: Path) -> None:
+    """Issue 17 item 10 through the CLI: a sentence-embedding-like output gets a cosine, never
+    a top-1 agreement (neither on the console nor in the report)."""
+    model = _embedder(tmp_path / "emb.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(4).standard_normal((32, 16)).astype(np.float32))
+    report = tmp_path / "r.json"
+    r = _run("optimize", model, "-o", tmp_path / "emb.int8.onnx", "-p", "quantize-int8:target_cosine=none",
+             "--calibration-data", calib, "--report", report, "--no-speed-check")
+    assert r.exit_code == 0, r.output
+    v = json.loads(report.read_text())["verification"]
+    assert "cosine" in v and "top1_agreement" not in v
+    assert "cosine" in r.output and "top-1" not in r.output
+
+
+def test_plain_pruning_that_breaks_the_model_warns_and_is_marked_degraded(convnet: Path, tmp_path: Path) -> None:
+    """Issue 17 item 11 through the CLI: `-p prune-channels` alone, pruning nearly everything,
+    exits 0 (no --min-cosine) but warns with the output and channel, and the report says
+    degraded."""
+    calib, report = _npz(tmp_path / "c.npz", 32, 1), tmp_path / "r.json"
+    r = _run("optimize", convnet, "-o", tmp_path / "p.onnx", "-p", "prune-channels:ratio=0.9",
+             "--calibration-data", calib, "--report", report, "--no-speed-check")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(report.read_text())
+    assert rep["verification"]["cosine"] < 0.9  # the precondition: this pruning breaks the model
+    assert rep["degraded"] is True
+    assert "degraded" in r.output and "below 0.9" in r.output and "y" in rep["verification"]["worst"]["output"]
