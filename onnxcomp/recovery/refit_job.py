@@ -33,6 +33,10 @@ class RefitJob:
             pruning record; None: all of them; False: the teacher's input cannot be used.
         fit: Sums over the fitting samples.
         held: Sums over the held-out samples.
+        ridge: The ridge the held-out samples chose the first time this layer was solved;
+            later steps (the student's own inputs) reuse it instead of searching again:
+            the search is most of a refit's solving time, and the inputs of a later step
+            differ from the first step's by a pruning's worth, not by their conditioning.
     """
 
     layer: LinearLayer
@@ -40,6 +44,7 @@ class RefitJob:
     x_kept: tuple[int, np.ndarray] | None | bool
     fit: NormalEquations
     held: NormalEquations
+    ridge: float | None = None
 
     @classmethod
     def create(cls, layer: LinearLayer, kept: np.ndarray | None, x_kept: tuple[int, np.ndarray] | None | bool) -> RefitJob:
@@ -111,8 +116,10 @@ class RefitJob:
 
         if ridge is not None:
             best_err, best = attempt(ridge)
+        elif self.ridge is not None:
+            best_err, best = attempt(self.ridge)
         elif self.held.samples:
-            best_err, best = _ridge_search(attempt)
+            best_err, best, self.ridge = _ridge_search(attempt)
         else:
             best_err, best = attempt(DEFAULT_RIDGE)
         before = judge.residual(old)
@@ -122,8 +129,8 @@ class RefitJob:
         return None, before, before
 
 
-def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray]:
-    """The ``(error, weights)`` of the best ridge in `RIDGE_GRID`, by descent from its middle.
+def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray, float]:
+    """The ``(error, weights, ridge)`` of the best ridge in `RIDGE_GRID`, by descent from its middle.
 
     Held-out error is close to unimodal in the ridge, so walking to the better neighbour
     until none is better finds the grid's best in 3-4 solves instead of 5 (a solve costs
@@ -140,7 +147,7 @@ def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]]) -> tupl
     while True:
         best = min((j for j in (i - 1, i, i + 1) if 0 <= j < len(RIDGE_GRID)), key=at)
         if best == i:
-            return seen[i]
+            return (*seen[i], RIDGE_GRID[i])
         i = best
 
 
