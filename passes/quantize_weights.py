@@ -105,12 +105,6 @@ class QuantizeWeightsOptions(PassOptions):
             raise UsageError("target_perplexity_increase must be >= 0 (or none)")
         if self.eval_batches < 1:
             raise UsageError("eval_batches must be >= 1")
-        if self.target_cosine is not None and not -1.0 <= self.target_cosine <= 1.0:
-            raise UsageError("target_cosine must be in [-1, 1] (or none)")
-        if self.target_perplexity_increase is not None and self.target_perplexity_increase < 0:
-            raise UsageError("target_perplexity_increase must be >= 0 (or none)")
-        if self.eval_batches < 1:
-            raise UsageError("eval_batches must be >= 1")
 
 
 @register_pass("quantize-weights")

@@ -7,7 +7,7 @@ tensor. Nothing is kept between batches except the statistics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -27,6 +27,45 @@ def expose_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPr
             out.graph.output.append(onnx.ValueInfoProto(name=n))
             present.add(n)
     return out
+
+
+def stream_tensors(
+    model: onnx.ModelProto,
+    batches: Iterable[dict],
+    names: Iterable[str],
+    *,
+    max_batches: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    what: str = "tensors",
+) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
+    """Run batches through one session of ``model`` with ``names`` exposed; yield per batch
+    ``(feeds, values)``, where ``values`` maps every name in ``names`` that the batch has
+    (graph inputs come from the feeds) to its array.
+
+    The one calibration loop: every statistic (ranges, histograms, ``XᵀX``) is updated from
+    what it yields, so no caller builds its own session or keeps more than one batch.
+
+    Raises:
+        CalibrationDataError: No batch could be fed.
+    """
+    names = list(dict.fromkeys(names))
+    input_names = {i.name for i in model.graph.input}
+    run_names = [n for n in names if n not in input_names]
+    sess = make_session(expose_outputs(model, run_names))
+    wanted = {i.name for i in sess.get_inputs()}
+    n_batches = 0
+    for feeds in batches:
+        if max_batches is not None and n_batches >= max_batches:
+            break
+        outs = sess.run(run_names, {k: v for k, v in feeds.items() if k in wanted}) if run_names else []
+        values = dict(zip(run_names, outs))
+        values.update({n: feeds[n] for n in names if n in input_names and n in feeds})
+        yield feeds, values
+        n_batches += 1
+        if progress is not None:
+            progress(f"calibrating: batch {n_batches}, {len(names)} {what}")
+    if n_batches == 0:
+        raise CalibrationDataError("calibration data yielded no batch the model can take")
 
 
 def collect_stats(
@@ -62,30 +101,12 @@ def collect_stats(
     names = list(dict.fromkeys(names))
     chan = set(channel_stats)
     stats = {n: TensorStats(histogram=histogram, channel_axis_last=n in chan) for n in names}
-    input_names = {i.name for i in model.graph.input}
-    run_names = [n for n in names if n not in input_names]
     model_outputs = [o.name for o in model.graph.output]
-    if keep_outputs:
-        run_names += [o for o in model_outputs if o not in run_names]
-    sess = make_session(expose_outputs(model, run_names))
-    n_batches = 0
-    for feeds in batches:
-        if max_batches is not None and n_batches >= max_batches:
-            break
-        wanted = {i.name for i in sess.get_inputs()}
-        outs = sess.run(run_names, {k: v for k, v in feeds.items() if k in wanted}) if run_names else []
-        for n, arr in zip(run_names, outs):
-            if n in stats:
-                stats[n].update(arr)
-        if n_batches < keep_outputs and kept is not None:
-            got = dict(zip(run_names, outs))
-            kept.append({"feeds": feeds, "outputs": {o: got[o] for o in model_outputs}})
+    observed = names + ([o for o in model_outputs if o not in names] if keep_outputs else [])
+    for i, (feeds, values) in enumerate(stream_tensors(model, batches, observed, max_batches=max_batches, progress=progress)):
         for n in names:
-            if n in input_names and n in feeds:
-                stats[n].update(feeds[n])
-        n_batches += 1
-        if progress is not None:
-            progress(f"calibrating: batch {n_batches}, {len(names)} tensors")
-    if n_batches == 0:
-        raise CalibrationDataError("calibration data yielded no batch the model can take")
+            if n in values:
+                stats[n].update(values[n])
+        if i < keep_outputs and kept is not None:
+            kept.append({"feeds": feeds, "outputs": {o: values[o] for o in model_outputs}})
     return stats

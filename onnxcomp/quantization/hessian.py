@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxcomp.checking.runtime import make_session
-from onnxcomp.errors import CalibrationDataError
-from onnxcomp.quantization.collect import expose_outputs
+from onnxcomp.quantization.collect import stream_tensors
 
 
 @dataclass
@@ -64,21 +62,7 @@ def collect_moments(
         CalibrationDataError: No batch could be fed.
     """
     stats = {n: InputMoments.empty(k) for n, k in widths.items()}
-    input_names = {i.name for i in model.graph.input}
-    run_names = [n for n in widths if n not in input_names]
-    sess = make_session(expose_outputs(model, run_names))
-    wanted = {i.name for i in sess.get_inputs()}
-    seen = 0
-    for feeds in batches:
-        outs = sess.run(run_names, {k: v for k, v in feeds.items() if k in wanted}) if run_names else []
-        for n, arr in zip(run_names, outs):
+    for _, values in stream_tensors(model, batches, widths, progress=progress, what="layer inputs"):
+        for n, arr in values.items():
             stats[n].update(arr)
-        for n in widths:
-            if n in input_names and n in feeds:
-                stats[n].update(feeds[n])
-        seen += 1
-        if progress is not None:
-            progress(f"calibrating: batch {seen}, {len(widths)} layer inputs")
-    if seen == 0:
-        raise CalibrationDataError("calibration data yielded no batch the model can take")
     return stats
