@@ -81,11 +81,14 @@ class PerplexityAccumulator:
 
     def add(self, logits: np.ndarray, ids: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Add one batch: ``logits [B, S, V]`` predicting ``ids[:, 1:]``."""
-        z = np.asarray(logits[:, :-1], np.float64)
-        target = ids[:, 1:]
+        self.add_targets(logits[:, :-1], ids[:, 1:], None if mask is None else mask[:, 1:])
+
+    def add_targets(self, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> None:
+        """Add one batch of ``logits [B, S, V]`` and the token ``targets [B, S]`` they predict."""
+        z = np.asarray(logits, np.float64)
         z = z - z.max(axis=-1, keepdims=True)
-        logp = np.take_along_axis(z, target[..., None], axis=-1)[..., 0] - np.log(np.exp(z).sum(axis=-1))
-        keep = np.ones(target.shape, bool) if mask is None else mask[:, 1:].astype(bool)
+        logp = np.take_along_axis(z, targets[..., None].astype(np.int64), axis=-1)[..., 0] - np.log(np.exp(z).sum(axis=-1))
+        keep = np.ones(targets.shape, bool) if mask is None else mask.astype(bool)
         self.nll -= float(logp[keep].sum())
         self.tokens += int(keep.sum())
 

@@ -32,6 +32,7 @@ import onnx
 
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.metrics import FidelityAccumulator, summarize
+from onnxcomp.checking.perplexity import PerplexityAccumulator
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.errors import UsageError, one_line
 from onnxcomp.pipeline.plugins import load_plugin
@@ -151,10 +152,9 @@ class EvalSet:
             targets, lg = self.merged["input_ids"][:, 1:], logits[:, :-1]
         else:
             raise UsageError("--metric perplexity needs a 'label' array or an 'input_ids' input in --eval-data")
-        lg = lg.astype(np.float64)
-        lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
-        picked = np.take_along_axis(lg, targets[..., None].astype(np.int64), -1)[..., 0]
-        return float(np.exp(np.mean(lse - picked)))
+        acc = PerplexityAccumulator()
+        acc.add_targets(lg, targets)
+        return acc.perplexity
 
 
 @dataclass(frozen=True)
