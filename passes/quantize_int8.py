@@ -53,6 +53,7 @@ from onnxcomp.quantization import (
     collect_stats,
     fallback,
     find_sites,
+    layer_costs,
     materialize,
     smooth,
     weight_params,
@@ -366,9 +367,13 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                 fb = fallback(
                     probe.layers, candidate, evaluator, target_cosine=aim, target_max_abs=o.target_max_abs,
                     max_groups=o.max_sensitivity_groups, max_fallback=o.max_fallback, progress=ctx.progress,
+                    costs=layer_costs(graph, probe.layers),
                 )
                 excluded_layers = fb.excluded
-                extra.update(estimated_cosine=round(fb.score.cosine, 6), target_met=fb.met, candidates=fb.candidates + 1)
+                extra.update(
+                    estimated_cosine=round(fb.score.cosine, 6), target_met=fb.met, candidates=fb.candidates + 1,
+                    float_compute_share=round(fb.float_share, 4),
+                )
                 if not fb.met:
                     ctx.logger.warning(
                         "quantize-int8: fidelity target not met after %d layers fell back (cosine %.4f)", len(excluded_layers), fb.score.cosine
@@ -376,9 +381,9 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                 elif excluded_layers:
                     # Said, not only counted: float layers cost speed (and Q/DQ pairs around them).
                     ctx.logger.warning(
-                        "quantize-int8: %d of %d layers kept float to meet the fidelity target (cosine %.4f, worst "
-                        "output and channel); target_cosine=none quantizes them all",
-                        len(excluded_layers), len(probe.layers), fb.score.cosine,
+                        "quantize-int8: %d of %d layers (%.0f%% of their compute) kept float to meet the fidelity target "
+                        "(cosine %.4f, worst output and channel); target_cosine=none quantizes them all",
+                        len(excluded_layers), len(probe.layers), 100 * fb.float_share, fb.score.cosine,
                     )
         reuse = built.get(frozenset(excluded_layers))
         if reuse is not None:

@@ -190,3 +190,24 @@ def test_missing_only_the_margin_keeps_every_layer_8bit():
     # The target itself missed: the fallback runs as before.
     _, res = run_pass(model, data, target_cosine=0.999, eval_batches=8, calibrator="mse")
     assert res.stats["layers_float"] >= 1 and res.stats["target_met"] is True
+
+
+def test_layer_costs_count_multiply_accumulates():
+    from onnxcomp.ir import to_graph
+    from onnxcomp.quantization import layer_costs
+
+    model = onnx.shape_inference.infer_shapes(conv_relu_concat_model())
+    graph, _ = to_graph(model)
+    costs = layer_costs(graph, ["conv1", "conv2", "conv3", "fc"])
+    assert costs["conv1"] == 8 * 8 * 8 * (3 * 3 * 3)  # output elements x weights per output channel
+    assert costs["conv2"] == 4 * 8 * 8 * (8 * 3 * 3)
+    assert costs["conv3"] == 4 * 8 * 8 * 8
+    assert costs["fc"] == 10 * 512
+
+
+def test_fallback_reports_the_float_compute_share():
+    model = _sensitive_model()
+    _, res = run_pass(model, calib(model, n=8), target_cosine=0.999, eval_batches=8)
+    assert res.stats["layers_float"] >= 1
+    # Three 1x1 convs on the same spatial size: a float layer counts its share of their MACs.
+    assert 0.0 < res.stats["float_compute_share"] < 1.0
