@@ -18,7 +18,9 @@ onnxruntime cannot fuse. Models below opset 13 (per-channel DequantizeLinear) ar
 converted with ``onnx.version_converter`` first, checked, and the conversion is reported.
 
 Accuracy control: ``exclude`` keeps named nodes / op types float; when the quantized model
-misses ``target_cosine`` (or ``target_max_abs``) on a few calibration batches, a
+misses ``target_cosine`` (or ``target_max_abs``) on a few calibration batches, the other
+calibrators are tried first (`repair_calibration`: better ranges cost no speed); a model
+that then meets the target and misses only ``target_margin`` stays all 8-bit; otherwise a
 per-layer-group sensitivity analysis ranks layers and the most sensitive go back to float
 until the target is met (`sensitivity`).
 """
