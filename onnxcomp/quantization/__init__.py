@@ -35,7 +35,13 @@ from onnxcomp.quantization.gptq import gptq, layer_error
 from onnxcomp.quantization.hessian import InputMoments, collect_moments
 from onnxcomp.quantization.insert import materialize, weight_params
 from onnxcomp.quantization.rules import DYNAMIC_RULES, STATIC_RULES, QuantPlan, RuleOptions, build_plan
-from onnxcomp.quantization.sensitivity import Evaluator, FallbackResult, Score, fallback
+from onnxcomp.quantization.sensitivity import (
+    Evaluator,
+    FallbackResult,
+    Score,
+    fallback,
+    layer_costs,
+)
 from onnxcomp.quantization.smoothquant import SmoothSite, find_sites, smooth
 from onnxcomp.quantization.weightonly import (
     WeightSite,
@@ -73,6 +79,7 @@ __all__ = [
     "find_sites",
     "find_weight_sites",
     "gptq",
+    "layer_costs",
     "layer_error",
     "materialize",
     "matmulnbits_arrays",

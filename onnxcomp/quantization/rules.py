@@ -20,9 +20,9 @@ Placement follows onnxruntime's CPU QDQ fusions:
   8-bit scale over ranges 100x apart rounds the small input to a handful of levels (a
   detector's 0-1 class scores concatenated with 0-320 box coordinates), so such a Concat
   stays float and its inputs keep their own scales.
-* MaxPool/Resize/Transpose/Reshape/Squeeze/Unsqueeze/Flatten: pass-through when the input is
-  quantized; the output shares the input's scale so onnxruntime drops the DQ/Q pair and runs
-  the op on 8-bit data.
+* MaxPool/Resize/Transpose/Reshape/Squeeze/Unsqueeze/Flatten/Split: pass-through when the input
+  is quantized; the outputs share the input's scale so onnxruntime drops the DQ/Q pairs and runs
+  the op on 8-bit data (a YOLOv8 C2f block's Split: 7 DQ and 14 Q fewer).
 * Average pooling, Sigmoid, LeakyRelu: own output scale when the input is 8-bit
   (QLinearAveragePool/QLinearGlobalAveragePool/QLinearSigmoid/QLinearLeakyRelu).
 * Gather from a constant table (embeddings): the table becomes int8 per-tensor and the
@@ -49,7 +49,7 @@ from onnxcomp.ir import OpRules, consumer_map
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 #: Ops that read a quantized input inside their integer kernel (no DQ/Q pair in between).
 INTEGER_READERS = ("Conv", "Gemm", "MatMul")
-PASS_THROUGH = ("MaxPool", "Resize", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+PASS_THROUGH = ("MaxPool", "Resize", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Split")
 
 
 class UnionFind:
@@ -368,8 +368,9 @@ def _pass_through(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     if not plan.is_marked(x) or not view.is_float_var(x):
         return False  # only worth it when the data is already 8-bit
     plan.mark_input(x, node)
-    plan.mark_output(node.outputs[0])
-    plan.shared.union(x.name, node.outputs[0].name)
+    for out in node.outputs:  # Split has several, all on the input's scale
+        plan.mark_output(out)
+        plan.shared.union(x.name, out.name)
     return False
 
 
@@ -382,11 +383,27 @@ def _own_scale(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     return False
 
 
+#: Consumers that keep an 8-bit Sigmoid/LeakyRelu output 8-bit (an integer kernel reads it).
+ELEMENTWISE_READERS = ("Mul", "Add", *INTEGER_READERS)
+
+
+def _elementwise_act(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
+    """Sigmoid/LeakyRelu with their own output scale, only when an integer op reads the result.
+
+    A SiLU ``x * Sigmoid(x)`` becomes QLinearSigmoid + QLinearMul. A Sigmoid whose output
+    only goes float (a detector head's class scores into a float Concat or a graph output)
+    stays float: its 8-bit output would save nothing and round scores near 0 (1e-4) to 0.
+    """
+    out = node.outputs[0]
+    users = [n for n, _ in view.consumers.get(out.name, ())]
+    if out.name in view.outputs or not any(u.op in ELEMENTWISE_READERS for u in users):
+        return False
+    return _own_scale(node, view, plan)
+
+
 STATIC_RULES.register(*PASS_THROUGH)(_pass_through)
 STATIC_RULES.register("AveragePool", "GlobalAveragePool")(_own_scale)
-# Sigmoid and LeakyRelu of an 8-bit input run as QLinearSigmoid/QLinearLeakyRelu; a SiLU
-# ``x * Sigmoid(x)`` then becomes QLinearSigmoid + QLinearMul with no float island (YOLOv8).
-STATIC_RULES.register("Sigmoid", "LeakyRelu")(_own_scale)
+STATIC_RULES.register("Sigmoid", "LeakyRelu")(_elementwise_act)
 
 
 def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:

@@ -8,19 +8,22 @@ batches (never a session per node). The number of candidates is bounded:
   (worst output) against the float model;
 * fallback: groups go back to float, most sensitive first, one candidate each, until the
   target holds or ``max_fallback`` groups are float; then each of those groups but the
-  last is tried 8-bit again (one candidate each) and stays 8-bit if the target still holds.
+  last is tried 8-bit again (one candidate each, the most expensive first, by
+  `layer_costs`) and stays 8-bit if the target still holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxcomp.checking.metrics import FidelityAccumulator, summarize
 from onnxcomp.checking.runtime import make_session, run
+from onnxcomp.ir import static_shape
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,38 @@ def group_layers(layers: Sequence[str], max_groups: int) -> list[tuple[str, ...]
     return [tuple(layers[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def layer_costs(graph: gs.Graph, layers: Sequence[str]) -> dict[str, float]:
+    """Relative compute of each layer: multiply-accumulates for Conv/Gemm/MatMul with a
+    constant weight (output elements x weight elements per output channel), output
+    elements for the rest (Add, Mul). A layer kept float loses its integer kernel's gain
+    in proportion to this; unknown shapes count the weight size alone."""
+    wanted = set(layers)
+    out: dict[str, float] = {}
+    for n in graph.nodes:
+        if n.name not in wanted or not n.outputs:
+            continue
+        shape = static_shape(n.outputs[0])
+        elems = float(np.prod(shape)) if shape else 1.0
+        w = next((t for t in n.inputs[1:2] if isinstance(t, gs.Constant)), None)
+        if w is None:
+            out[n.name] = elems
+            continue
+        size = float(np.prod(w.shape))
+        channels = (shape[1] if n.op in ("Conv", "ConvTranspose") else shape[-1]) if shape and len(shape) > 1 else 0
+        out[n.name] = elems * size / channels if channels else size
+    return out
+
+
 @dataclass
 class FallbackResult:
-    """Outcome of `fallback`: float layers, final score, candidates evaluated."""
+    """Outcome of `fallback`: float layers, final score, candidates evaluated, and the
+    share of the layers' compute (`layer_costs`) left float (0 when no costs were given)."""
 
     excluded: set[str]
     score: Score
     candidates: int
     met: bool
+    float_share: float = 0.0
 
 
 def fallback(
@@ -112,6 +139,7 @@ def fallback(
     max_groups: int = 48,
     max_fallback: int = 16,
     progress: Callable[[str], None] | None = None,
+    costs: Mapping[str, float] | None = None,
 ) -> FallbackResult:
     """Sensitivity per layer group, then float fallback in order until the target holds.
 
@@ -124,6 +152,9 @@ def fallback(
         max_groups: Cap on sensitivity candidates.
         max_fallback: Cap on groups returned to float.
         progress: Status-line callback.
+        costs: Relative compute per layer (`layer_costs`): groups that turned out not to
+            be needed are re-tried 8-bit most expensive first, and the result reports the
+            float share. None: least sensitive first.
     """
     groups = group_layers(layers, max_groups)
     all_layers = set(layers)
@@ -151,7 +182,11 @@ def fallback(
             # together, so some groups sent back early may not be needed once later ones
             # are float. Try re-quantizing each (least sensitive first): every group kept
             # 8-bit saves a float layer and its Q/DQ pairs. At most one candidate per group.
-            for j in reversed(chosen[:-1]):
+            def cost(j: int) -> float:
+                return sum(costs.get(x, 0.0) for x in groups[j]) if costs else 0.0
+
+            retry = sorted(chosen[:-1], key=cost, reverse=True) if costs else list(reversed(chosen[:-1]))
+            for j in retry:
                 trial = excluded - set(groups[j])
                 if progress:
                     progress(f"fallback: re-quantizing, {len(trial)} layers float")
@@ -159,5 +194,10 @@ def fallback(
                 n += 1
                 if s.meets(target_cosine, target_max_abs):
                     excluded, score = trial, s
-            return FallbackResult(excluded, score, len(groups) + n, True)
-    return FallbackResult(excluded, score, len(groups) + n, False)
+            return FallbackResult(excluded, score, len(groups) + n, True, _share(excluded, costs))
+    return FallbackResult(excluded, score, len(groups) + n, False, _share(excluded, costs))
+
+
+def _share(excluded: set[str], costs: Mapping[str, float] | None) -> float:
+    total = sum(costs.values()) if costs else 0.0
+    return sum(costs.get(x, 0.0) for x in excluded) / total if costs and total > 0 else 0.0

@@ -142,3 +142,72 @@ def test_cli_without_calibration_data_is_one_line_exit_2(tmp_path):
     assert r.exit_code == 2
     assert "needs --calibration-data" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "m.opt.onnx").exists()
+
+
+def _outlier_model_and_data() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv -> Relu -> Conv whose input, in one calibration sample (not a scoring one),
+    has a single value 100x the rest: min/max spends most of the 8-bit range on it."""
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="c2"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        {"w1": w1, "w2": w2},
+    )
+    data = calib(model, n=16)
+    data["x"][-1, 0, 5, 5] = 100.0
+    return model, data
+
+
+def test_missed_target_tries_other_calibrators_before_float_fallback():
+    model, data = _outlier_model_and_data()
+    _, res_mm = run_pass(model, data, target_cosine=0.0, target_margin=0.0)
+    _, res = run_pass(model, data, target_cosine=0.99)
+    # min/max alone misses the target ...
+    assert res_mm.stats["estimated_cosine"] < 0.99 and res_mm.stats["calibrator"] == "minmax"
+    # ... a clipping calibrator meets it with every layer 8-bit: no float island.
+    assert res.stats["calibrator"] != "minmax" and res.stats["target_met"] is True
+    assert res.stats["layers_float"] == 0 and res.stats["layers_quantized"] == res_mm.stats["layers_quantized"]
+    assert res.stats["estimated_cosine"] >= 0.992
+
+
+def test_missing_only_the_margin_keeps_every_layer_8bit():
+    model = _sensitive_model()
+    data = calib(model, n=8)
+    _, probe = run_pass(model, data, target_cosine=0.0, eval_batches=8, calibrator="mse")
+    c = probe.stats["estimated_cosine"]
+    assert c < 0.999  # the middle layer is sensitive: a float fallback would gain cosine
+    # Target met on the scoring batches, margin missed: no float layer is bought for it.
+    _, res = run_pass(model, data, target_cosine=c - 1e-4, target_margin=0.99, eval_batches=8, calibrator="mse")
+    assert res.stats["layers_float"] == 0 and res.stats["target_met"] is True
+    # The target itself missed: the fallback runs as before.
+    _, res = run_pass(model, data, target_cosine=0.999, eval_batches=8, calibrator="mse")
+    assert res.stats["layers_float"] >= 1 and res.stats["target_met"] is True
+
+
+def test_layer_costs_count_multiply_accumulates():
+    from onnxcomp.ir import to_graph
+    from onnxcomp.quantization import layer_costs
+
+    model = onnx.shape_inference.infer_shapes(conv_relu_concat_model())
+    graph, _ = to_graph(model)
+    costs = layer_costs(graph, ["conv1", "conv2", "conv3", "fc"])
+    assert costs["conv1"] == 8 * 8 * 8 * (3 * 3 * 3)  # output elements x weights per output channel
+    assert costs["conv2"] == 4 * 8 * 8 * (8 * 3 * 3)
+    assert costs["conv3"] == 4 * 8 * 8 * 8
+    assert costs["fc"] == 10 * 512
+
+
+def test_fallback_reports_the_float_compute_share():
+    model = _sensitive_model()
+    _, res = run_pass(model, calib(model, n=8), target_cosine=0.999, eval_batches=8)
+    assert res.stats["layers_float"] >= 1
+    # Three 1x1 convs on the same spatial size: a float layer counts its share of their MACs.
+    assert 0.0 < res.stats["float_compute_share"] < 1.0

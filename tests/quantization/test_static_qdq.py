@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -174,3 +175,61 @@ def test_add_of_two_activations_and_embedding_gather():
     feeds = {"x": data["x"][:1], "ids": data["ids"][:1]}
     ref, got = outputs(model, feeds), outputs(q, feeds)
     assert cosine(ref[1], got[1]) > 0.999 and cosine(ref[0], got[0]) > 0.99
+
+
+def _split_sigmoid_model() -> onnx.ModelProto:
+    """Conv -> Split -> (Conv, SiLU Conv) -> Concat -> Conv -> Sigmoid -> y (a C2f block and a
+    detector head's class-score Sigmoid, in miniature)."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "w1": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32),
+        "sizes": np.array([4, 4], dtype=np.int64),
+        "w2": (rng.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32),
+        "w3": (rng.standard_normal((4, 4, 1, 1)) * 0.3).astype(np.float32),
+        "w4": (rng.standard_normal((2, 8, 1, 1)) * 0.3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Split", ["r1", "sizes"], ["s0", "s1"], name="split", axis=1),
+        helper.make_node("Conv", ["s0", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Conv", ["s1", "w3"], ["c3"], name="conv3"),
+        helper.make_node("Sigmoid", ["c3"], ["g3"], name="sig3"),
+        helper.make_node("Mul", ["c3", "g3"], ["m3"], name="silu3"),
+        helper.make_node("Concat", ["c2", "m3"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "w4"], ["c4"], name="conv4"),
+        helper.make_node("Sigmoid", ["c4"], ["y"], name="head_sigmoid"),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])],
+        inits,
+    )
+
+
+def test_split_passes_8bit_data_through_and_onnxruntime_drops_its_qdq():
+    model = _split_sigmoid_model()
+    q, _ = run_pass(model, calib(model), target_cosine=None)
+    prod = _producers(q)
+    split = next(n for n in q.graph.node if n.op_type == "Split")
+    assert prod[split.input[0]].op_type == "DequantizeLinear"
+    consumers = {i: n for n in q.graph.node for i in n.input}
+    qs = [consumers[o] for o in split.output]
+    assert all(c.op_type == "QuantizeLinear" for c in qs)
+    inits = _inits(q)
+    dq_in = prod[split.input[0]]
+    assert all(inits[c.input[1]] == inits[dq_in.input[1]] for c in qs)  # one scale through the Split
+    fused = optimized_ops(q)
+    # Before: DQ -> Split -> Q, Q (a float Split between integer convs).
+    assert fused["QLinearConv"] == 4 and fused["DequantizeLinear"] <= 1 and fused["QuantizeLinear"] <= 1
+
+
+def test_sigmoid_8bit_only_when_an_integer_op_reads_it():
+    model = _split_sigmoid_model()
+    q, _ = run_pass(model, calib(model), target_cosine=None)
+    fused = optimized_ops(q)
+    assert fused["QLinearSigmoid"] == 1 and fused["QLinearMul"] == 1  # the SiLU
+    head = next(n for n in q.graph.node if n.name == "head_sigmoid")
+    assert head.op_type == "Sigmoid" and _producers(q)[head.input[0]].op_type == "DequantizeLinear"
+    assert "y" not in {o for n in q.graph.node if n.op_type == "QuantizeLinear" for o in n.input}
