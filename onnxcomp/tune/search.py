@@ -11,7 +11,11 @@ The loop (`tune`):
    settings, so running the same command again resumes it: finished trials are kept,
    trials that were running when the tune was interrupted are asked again.
 3. The presets (`onnxcomp.tune.space.preset_configs`) are the first trials, so they are
-   measured in the same run, on the same machine, and marked in every output.
+   measured in the same run, on the same machine, and marked in every output. Then a
+   fixed spread over the space (`onnxcomp.tune.space.spread_configs`, at most half the
+   trials) is enqueued before the sampler asks its own: a model-guided sampler left to
+   itself crowds around the first feasible point and leaves a front of two or three
+   points.
 4. Trials are asked in batches of `BATCH` configurations, run by the executor (in this
    process, ``--workers`` processes or Ray tasks) and told in the order they were asked.
    The configurations of a batch depend only on the seed and the results of earlier
@@ -35,7 +39,13 @@ from typing import Any
 from onnxcomp.errors import UsageError, VerificationError
 from onnxcomp.tune.executors import make_executor, usable_cores
 from onnxcomp.tune.report import TrialPoint, TuneResult, choose, closest
-from onnxcomp.tune.space import derive_space, describe, preset_configs, suggest
+from onnxcomp.tune.space import (
+    derive_space,
+    describe,
+    preset_configs,
+    spread_configs,
+    suggest,
+)
 from onnxcomp.tune.trial import TrialJob, Worker, config_key, worker_for
 
 log = logging.getLogger("onnxcomp")
@@ -85,9 +95,9 @@ def _open_study(storage: str, name: str, seed: int) -> Any:
         raise UsageError(f"--storage {storage}: {type(e).__name__}: {e}") from None
 
 
-def _resume(study: Any, presets: dict[str, dict[str, Any]]) -> int:
+def _resume(study: Any, presets: dict[str, dict[str, Any]], spread: list[dict[str, Any]]) -> int:
     """Fail trials left running by an interrupted tune and ask them again; enqueue the
-    presets of a new study. Returns the number of finished trials."""
+    presets and the spread of a new study. Returns the number of finished trials."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -96,6 +106,8 @@ def _resume(study: Any, presets: dict[str, dict[str, Any]]) -> int:
     if not study.user_attrs.get("presets_enqueued"):
         for name, config in presets.items():
             study.enqueue_trial(config, user_attrs={"preset": name})
+        for config in spread:
+            study.enqueue_trial(config)
         study.set_user_attr("presets_enqueued", True)
     return len(_finished(study))
 
@@ -199,7 +211,8 @@ def tune(
     storage = storage or default_storage(model)
     name = study_name(model, job, space.to_dict())
     study = _open_study(storage, name, seed)
-    done = _resume(study, presets)
+    spread = spread_configs(space)[:max(0, trials // 2 - len(presets))]
+    done = _resume(study, presets, spread)
     deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
     known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}

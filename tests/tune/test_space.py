@@ -80,3 +80,27 @@ def test_presets_are_configurations_of_the_space() -> None:
     quant = list(int8.passes())[-1]
     assert quant.name == "quantize-int8" and quant.options.calibrator == "entropy" and quant.options.target_cosine is None
     assert describe(presets["prune-distill-int8"]).startswith("prune 0.3")
+
+
+def test_spread_covers_the_space_and_is_asked_as_given() -> None:
+    import optuna
+
+    from onnxcomp.tune.space import spread_configs, suggest
+
+    space = derive_space(classifier(), train_data=True)
+    spread = spread_configs(space)
+    presets = list(preset_configs(space).values())
+    assert not any(c in presets for c in spread)  # a preset is a trial already
+    assert len({describe(c) for c in spread}) == len(spread)  # no configuration twice
+    # Every calibrator alone, light and heavy pruning, with and without INT8 and recovery.
+    assert {c.get("quant.calibrator") for c in spread if not c["prune"]} >= set(space.calibrators)
+    ratios = {c["prune.ratio"] for c in spread if c["prune"]}
+    assert min(ratios) <= 0.1 and max(ratios) >= 0.8
+    assert {(c["quant"] != "none", c["recover"]) for c in spread if c["prune"] and c["prune.ratio"] >= 0.5} == {
+        (False, "none"), (False, "distill"), (True, "none"), (True, "distill")}
+    # Enqueued, each is asked back unchanged (a value outside the sampler's grid would not be).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for c in spread:
+        study.enqueue_trial(c)
+    assert [suggest(study.ask(), space) for _ in spread] == spread
