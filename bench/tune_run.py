@@ -6,10 +6,10 @@ Usage::
                              [--minutes 9] [--trials 200]
 
 * ``digits``: the trained digits CNN, ``--metric accuracy --max-drop 0.005``. Three
-  disjoint sets: the tune chooses on a **validation** split (`VAL_SIZE` images held out
-  of the 1437-image training split, stratified, seeded; never calibrated or distilled
-  on), calibrates on 16 and distills on the other training images, and the written
-  model is then scored on the **test** split (360 images), which the tune never sees.
+  disjoint sets: the tune chooses on a **validation** half of the test split (180
+  images, stratified, seeded), calibrates on 16 training images and distills on the
+  training split, and the written model is then scored on the other **test** half (180
+  images), which the tune never sees (`digits_splits`).
   Target: the written model ≥ 2× faster than FP32 (timed again here, interleaved, with
   ``onnxcomp compare``), accuracy within 0.005 of FP32 on the test split, a Pareto front
   of ≥ 5 points.
@@ -35,9 +35,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Digits images held out of the training split to choose on (as many as the test split).
-VAL_SIZE = 360
-
 
 def export(out: Path, name: str) -> None:
     """The reference model (and its data) unless already there."""
@@ -60,20 +57,23 @@ def data_for(out: Path, name: str) -> dict[str, str]:
 
 
 def digits_splits(out: Path) -> dict[str, str]:
-    """Validation (eval), fit (distill) and calibration sets from the training split; the
-    test split stays for the final check only."""
-    paths = {"eval": out / "digits.val.npz", "train": out / "digits.fit.npz", "calibration": out / "digits.fitcalib.npz",
-             "test": out / "digits.test.npz"}
-    if not all(p.exists() for p in paths.values()):
+    """The test split halved (stratified, seeded): validation (the tune's eval data) and
+    test (the final check only); calibration and distillation on the training split.
+
+    The validation images must be unseen by the FP32 model too: chosen on held-out
+    *training* images, a pruned and distilled model scored 1.0 there and 0.989 on the
+    test split (the model had learnt those images; see bench/MEASUREMENTS.md).
+    """
+    paths = {"eval": out / "digits.val.npz", "test": out / "digits.testhalf.npz", "train": out / "digits.train.npz",
+             "calibration": out / "digits.calib.npz"}
+    if not (paths["eval"].exists() and paths["test"].exists()):
         from sklearn.model_selection import train_test_split
 
-        d = np.load(out / "digits.train.npz")
-        x_fit, x_val, y_fit, y_val = train_test_split(d["input"], d["label"], test_size=VAL_SIZE, random_state=0,
-                                                      stratify=d["label"])
+        d = np.load(out / "digits.test.npz")
+        x_val, x_test, y_val, y_test = train_test_split(d["input"], d["label"], test_size=0.5, random_state=0,
+                                                        stratify=d["label"])
         np.savez(paths["eval"], input=x_val, label=y_val)
-        np.savez(paths["train"], input=x_fit, label=y_fit)
-        pick = np.random.default_rng(0).choice(len(x_fit), size=16, replace=False)
-        np.savez(paths["calibration"], input=x_fit[pick])
+        np.savez(paths["test"], input=x_test, label=y_test)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -117,11 +117,11 @@ def check(out: Path, name: str, rep: dict, args: argparse.Namespace) -> list[str
                   duration_s=5.0)
     lines.append(f"- re-timed with `compare` (interleaved, 5 s): ×{res.speedup:.2f} faster than FP32")
     if name == "digits":
-        val, test = data_for(out, name)["eval"], str(out / "digits.test.npz")
+        val, test = data_for(out, name)["eval"], data_for(out, name)["test"]
         v0, v1 = accuracy(out / "digits.onnx", val), accuracy(out / "digits.tuned.onnx", val)
         a0, a1 = accuracy(out / "digits.onnx", test), accuracy(out / "digits.tuned.onnx", test)
-        lines.append(f"- validation split (chosen on, {VAL_SIZE} held-out training images): FP32 {v0:.4f}, tuned {v1:.4f}")
-        lines.append(f"- test split (never seen by the tune, 360 images): FP32 {a0:.4f}, tuned {a1:.4f} "
+        lines.append(f"- validation half of the test split (chosen on, 180 images): FP32 {v0:.4f}, tuned {v1:.4f}")
+        lines.append(f"- test half (never seen by the tune, 180 images): FP32 {a0:.4f}, tuned {a1:.4f} "
                      f"(drop {a0 - a1:.4f}; budget 0.005) → "
                      f"{'within' if a0 - a1 <= 0.005 else 'OUTSIDE'} budget; ≥ 2×: {'yes' if res.speedup >= 2 else 'no'}; "
                      f"front ≥ 5: {'yes' if len(rep['pareto']) >= 5 else 'no'}")
@@ -137,7 +137,9 @@ def check(out: Path, name: str, rep: dict, args: argparse.Namespace) -> list[str
         lines.append("- no preset met the budget")
     if searched:  # the search's own best, presets left out: does the search match or beat them by itself?
         own = min(searched, key=lambda t: (t["latency_ratio"], t["number"]))
-        same = f", the same model as trial {own['same_model_as']}" if "same_model_as" in own else ""
+        same = "".join(f", {what} as trial {own[k]}" for k, what in (("same_model_as", "the same model"),
+                                                                       ("same_compute_as", "the same computation"))
+                       if k in own)
         verdict = ("" if fastest is None else "; at least as fast as the fastest preset" if
                    own["latency_ratio"] <= fastest["latency_ratio"] else "; slower than the fastest preset")
         lines.append(f"- fastest searched (non-preset) candidate within budget: trial {own['number']} ({own['label']}) "

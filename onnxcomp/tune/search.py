@@ -216,8 +216,9 @@ def tune(
     deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
     known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
-    models = {t.user_attrs["result"]["model_sha1"]: (t.number, t.user_attrs["result"]) for t in _finished(study)
-              if t.user_attrs["result"].get("model_sha1")}
+    models: dict[str, tuple[int, dict[str, Any]]] = {}
+    for t in _finished(study):
+        _remember(models, t.number, t.user_attrs["result"])
     try:
         while done < trials and (deadline is None or time.monotonic() < deadline):
             asked = [study.ask() for _ in range(min(BATCH, trials - done))]
@@ -237,8 +238,7 @@ def tune(
                 else:
                     result = known[key] = _same_model(measured, models)
                 _tell(study, trial, config, result)
-                if result.get("model_sha1"):
-                    models.setdefault(result["model_sha1"], (trial.number, result))
+                _remember(models, trial.number, result)
                 done += 1
                 if progress:
                     progress(done, trials, _best_text(study, main))
@@ -277,18 +277,33 @@ def tune(
     return result
 
 
-def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """A candidate identical to one measured before keeps that one's latency ratio.
+def _remember(models: dict[str, tuple[int, dict[str, Any]]], number: int, result: dict[str, Any]) -> None:
+    """Index a measured trial by its model's bytes and by what it computes (first one kept)."""
+    if "error" in result:
+        return
+    for key in ("model_sha1", "compute_sha1"):
+        if result.get(key):
+            models.setdefault(f"{key}:{result[key]}", (number, result))
 
-    Two configurations often build the same model (a fallback cap never reached, a
-    calibrator that gives the same ranges). Timing it again would only add noise, and
-    picking the luckier of two timings of one model would flatter the result.
+
+def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """A candidate that computes the same as one measured before keeps that one's latency ratio.
+
+    Two configurations often build the same model (a fallback cap never reached), or models
+    that differ only in numbers (two calibrators' activation scales: the same kernels on the
+    same shapes, `onnxcomp.tune.trial.compute_digest`). Timing them again would only add
+    noise, and picking the luckier of two timings of one computation would flatter the
+    result; with equal latency the better metric wins (`onnxcomp.tune.report.choose`).
+    The report says which: ``same_model_as`` (identical bytes) or ``same_compute_as``.
     """
-    first = models.get(result.get("model_sha1") or "")
-    if first is None or "error" in result:
+    if "error" in result:
         return result
-    number, earlier = first
-    return {**result, "latency_ratio": earlier["latency_ratio"], "same_model_as": number}
+    for key, field in (("model_sha1", "same_model_as"), ("compute_sha1", "same_compute_as")):
+        first = models.get(f"{key}:{result.get(key)}") if result.get(key) else None
+        if first is not None:
+            number, earlier = first
+            return {**result, "latency_ratio": earlier["latency_ratio"], field: number}
+    return result
 
 
 def _best_text(study: Any, main: Worker) -> str:

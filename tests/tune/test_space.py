@@ -104,3 +104,24 @@ def test_spread_covers_the_space_and_is_asked_as_given() -> None:
     for c in spread:
         study.enqueue_trial(c)
     assert [suggest(study.ask(), space) for _ in spread] == spread
+
+
+def test_compute_digest_ignores_values_not_structure(tmp_path) -> None:
+    from onnxcomp.api import optimize
+    from onnxcomp.tune.trial import compute_digest, model_digest
+
+    rng = np.random.default_rng(0)
+    for name in ("c", "e"):
+        np.savez(tmp_path / f"{name}.npz", x=rng.standard_normal((16, 3, 8, 8)).astype(np.float32))
+
+    def int8(calibrator: str, per_channel: bool) -> onnx.ModelProto:
+        config = {"quant": "static", "quant.calibrator": calibrator, "quant.per_channel": per_channel, "quant.fallback": 0}
+        return optimize(classifier(), pipeline_of(config), calibration_data=tmp_path / "c.npz",
+                        eval_data=tmp_path / "e.npz", speed_check=False)[0]
+
+    minmax, entropy, per_tensor = int8("minmax", True), int8("entropy", True), int8("minmax", False)
+    # Two calibrators: other scales (other bytes), the same kernels on the same shapes.
+    assert model_digest(minmax) != model_digest(entropy)
+    assert compute_digest(minmax) == compute_digest(entropy)
+    # Per-tensor weights have other scale shapes: another computation.
+    assert compute_digest(minmax) != compute_digest(per_tensor)
