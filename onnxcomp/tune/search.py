@@ -95,14 +95,27 @@ def _open_study(storage: str, name: str, seed: int) -> Any:
         raise UsageError(f"--storage {storage}: {type(e).__name__}: {e}") from None
 
 
-def _resume(study: Any, presets: dict[str, dict[str, Any]], spread: list[dict[str, Any]]) -> int:
-    """Fail trials left running by an interrupted tune and ask them again; enqueue the
-    presets and the spread of a new study. Returns the number of finished trials."""
+def resume_study(study: Any, presets: dict[str, dict[str, Any]], spread: list[dict[str, Any]]) -> int:
+    """Fail trials left running by an interrupted tune and ask them again, first; enqueue
+    the presets and the spread of a new study. Returns the number of finished trials.
+
+    Optuna asks waiting (enqueued) trials in the order of their numbers, so trials
+    enqueued again would come after the rest of the spread; the waiting ones are taken
+    out of the queue (asked and failed: they never ran) and enqueued again behind the
+    interrupted ones, so a resumed tune goes on in the order the first one had.
+    """
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "preset"})
-        study.tell(t.number, state=TrialState.FAIL)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for _ in waiting:
+            study.tell(study.ask(), state=TrialState.FAIL)
+        for t in running:
+            study.tell(t.number, state=TrialState.FAIL)
+        for t in [*running, *waiting]:
+            params = t.params if t.state == TrialState.RUNNING else t.system_attrs.get("fixed_params", {})
+            study.enqueue_trial(params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "preset"})
     if not study.user_attrs.get("presets_enqueued"):
         for name, config in presets.items():
             study.enqueue_trial(config, user_attrs={"preset": name})
@@ -212,7 +225,7 @@ def tune(
     name = study_name(model, job, space.to_dict())
     study = _open_study(storage, name, seed)
     spread = spread_configs(space)[:max(0, trials // 2 - len(presets))]
-    done = _resume(study, presets, spread)
+    done = resume_study(study, presets, spread)
     deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
     known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
