@@ -11,7 +11,11 @@ The loop (`tune`):
    settings, so running the same command again resumes it: finished trials are kept,
    trials that were running when the tune was interrupted are asked again.
 3. The presets (`onnxcomp.tune.space.preset_configs`) are the first trials, so they are
-   measured in the same run, on the same machine, and marked in every output.
+   measured in the same run, on the same machine, and marked in every output. Then a
+   fixed spread over the space (`onnxcomp.tune.space.spread_configs`, at most half the
+   trials) is enqueued before the sampler asks its own: a model-guided sampler left to
+   itself crowds around the first feasible point and leaves a front of two or three
+   points.
 4. Trials are asked in batches of `BATCH` configurations, run by the executor (in this
    process, ``--workers`` processes or Ray tasks) and told in the order they were asked.
    The configurations of a batch depend only on the seed and the results of earlier
@@ -35,7 +39,13 @@ from typing import Any
 from onnxcomp.errors import UsageError, VerificationError
 from onnxcomp.tune.executors import make_executor, usable_cores
 from onnxcomp.tune.report import TrialPoint, TuneResult, choose, closest
-from onnxcomp.tune.space import derive_space, describe, preset_configs, suggest
+from onnxcomp.tune.space import (
+    derive_space,
+    describe,
+    preset_configs,
+    spread_configs,
+    suggest,
+)
 from onnxcomp.tune.trial import TrialJob, Worker, config_key, worker_for
 
 log = logging.getLogger("onnxcomp")
@@ -85,17 +95,32 @@ def _open_study(storage: str, name: str, seed: int) -> Any:
         raise UsageError(f"--storage {storage}: {type(e).__name__}: {e}") from None
 
 
-def _resume(study: Any, presets: dict[str, dict[str, Any]]) -> int:
-    """Fail trials left running by an interrupted tune and ask them again; enqueue the
-    presets of a new study. Returns the number of finished trials."""
+def resume_study(study: Any, presets: dict[str, dict[str, Any]], spread: list[dict[str, Any]]) -> int:
+    """Fail trials left running by an interrupted tune and ask them again, first; enqueue
+    the presets and the spread of a new study. Returns the number of finished trials.
+
+    Optuna asks waiting (enqueued) trials in the order of their numbers, so trials
+    enqueued again would come after the rest of the spread; the waiting ones are taken
+    out of the queue (asked and failed: they never ran) and enqueued again behind the
+    interrupted ones, so a resumed tune goes on in the order the first one had.
+    """
     from optuna.trial import TrialState
 
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "preset"})
-        study.tell(t.number, state=TrialState.FAIL)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        for _ in waiting:
+            study.tell(study.ask(), state=TrialState.FAIL)
+        for t in running:
+            study.tell(t.number, state=TrialState.FAIL)
+        for t in [*running, *waiting]:
+            params = t.params if t.state == TrialState.RUNNING else t.system_attrs.get("fixed_params", {})
+            study.enqueue_trial(params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "preset"})
     if not study.user_attrs.get("presets_enqueued"):
         for name, config in presets.items():
             study.enqueue_trial(config, user_attrs={"preset": name})
+        for config in spread:
+            study.enqueue_trial(config)
         study.set_user_attr("presets_enqueued", True)
     return len(_finished(study))
 
@@ -199,12 +224,14 @@ def tune(
     storage = storage or default_storage(model)
     name = study_name(model, job, space.to_dict())
     study = _open_study(storage, name, seed)
-    done = _resume(study, presets)
+    spread = spread_configs(space)[:max(0, trials // 2 - len(presets))]
+    done = resume_study(study, presets, spread)
     deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
     known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
-    models = {t.user_attrs["result"]["model_sha1"]: (t.number, t.user_attrs["result"]) for t in _finished(study)
-              if t.user_attrs["result"].get("model_sha1")}
+    models: dict[str, tuple[int, dict[str, Any]]] = {}
+    for t in _finished(study):
+        _remember(models, t.number, t.user_attrs["result"])
     try:
         while done < trials and (deadline is None or time.monotonic() < deadline):
             asked = [study.ask() for _ in range(min(BATCH, trials - done))]
@@ -224,8 +251,7 @@ def tune(
                 else:
                     result = known[key] = _same_model(measured, models)
                 _tell(study, trial, config, result)
-                if result.get("model_sha1"):
-                    models.setdefault(result["model_sha1"], (trial.number, result))
+                _remember(models, trial.number, result)
                 done += 1
                 if progress:
                     progress(done, trials, _best_text(study, main))
@@ -264,18 +290,33 @@ def tune(
     return result
 
 
-def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any]:
-    """A candidate identical to one measured before keeps that one's latency ratio.
+def _remember(models: dict[str, tuple[int, dict[str, Any]]], number: int, result: dict[str, Any]) -> None:
+    """Index a measured trial by its model's bytes and by what it computes (first one kept)."""
+    if "error" in result:
+        return
+    for key in ("model_sha1", "compute_sha1"):
+        if result.get(key):
+            models.setdefault(f"{key}:{result[key]}", (number, result))
 
-    Two configurations often build the same model (a fallback cap never reached, a
-    calibrator that gives the same ranges). Timing it again would only add noise, and
-    picking the luckier of two timings of one model would flatter the result.
+
+def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """A candidate that computes the same as one measured before keeps that one's latency ratio.
+
+    Two configurations often build the same model (a fallback cap never reached), or models
+    that differ only in numbers (two calibrators' activation scales: the same kernels on the
+    same shapes, `onnxcomp.tune.trial.compute_digest`). Timing them again would only add
+    noise, and picking the luckier of two timings of one computation would flatter the
+    result; with equal latency the better metric wins (`onnxcomp.tune.report.choose`).
+    The report says which: ``same_model_as`` (identical bytes) or ``same_compute_as``.
     """
-    first = models.get(result.get("model_sha1") or "")
-    if first is None or "error" in result:
+    if "error" in result:
         return result
-    number, earlier = first
-    return {**result, "latency_ratio": earlier["latency_ratio"], "same_model_as": number}
+    for key, field in (("model_sha1", "same_model_as"), ("compute_sha1", "same_compute_as")):
+        first = models.get(f"{key}:{result.get(key)}") if result.get(key) else None
+        if first is not None:
+            number, earlier = first
+            return {**result, "latency_ratio": earlier["latency_ratio"], field: number}
+    return result
 
 
 def _best_text(study: Any, main: Worker) -> str:

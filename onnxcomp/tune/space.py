@@ -9,19 +9,24 @@ What a model gets (`derive_space`):
   pruning folds BatchNorm away, leaving it nothing to score);
 * **recovery** after pruning: ``reconstruct`` (training-free), and ``distill`` only when
   training data is given;
-* **quantization** (``quantize-int8``): static QDQ or dynamic, its calibrators, and how
-  many layer groups may fall back to float (0 turns the fidelity target off);
+* **quantization** (``quantize-int8``): static QDQ or dynamic, its calibrators, per-channel
+  or per-tensor weights (static), and how many layer groups may fall back to float (0
+  turns the fidelity target off);
 * **4-bit weight-only** quantization for transformer-like graphs when a pass named
   ``quantize-weights`` is registered (looked up by name: it is optional).
 
 A configuration is a flat dict of Optuna parameters (``prune``, ``prune.ratio``, …,
 ``quant``, ``quant.calibrator``, ``quant.fallback``); `pipeline_of` turns it into pass
 specs for `onnxcomp.api.optimize`. The presets are configurations too (`preset_configs`),
-so they are measured as trials of the same run and marked as such.
+so they are measured as trials of the same run and marked as such. `spread_configs` is a
+fixed spread over the space (INT8 variants, light pruning with recovery and INT8, a grid
+of prune ratios with and without INT8) asked before the sampler's own configurations, so
+the front spans the space from the first trials on, whatever the sampler then favours.
 """
 
 from __future__ import annotations
 
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any, get_args
@@ -42,8 +47,13 @@ FALLBACK_TARGET = 0.99
 #: blocked layouts (8 or 16 channels), so 45 channels can be slower than 64.
 ROUND_TO = (1, 8, 16)
 
-#: Prune ratios searched (a grid: equal configurations are recognised as such).
-RATIO_LOW, RATIO_HIGH, RATIO_STEP = 0.05, 0.7, 0.05
+#: Prune ratios searched (a grid: equal configurations are recognised as such). Up to 0.9:
+#: the fast, lossy end of the front is part of what a user chooses from.
+RATIO_LOW, RATIO_HIGH, RATIO_STEP = 0.05, 0.9, 0.05
+
+#: Prune ratios of `spread_configs`: light ones (with recovery and INT8, what can beat the
+#: INT8 preset within a tight floor) and a grid over the whole range.
+LIGHT_RATIOS, GRID_RATIOS = (0.05, 0.1, 0.2), (0.1, 0.3, 0.5, 0.7, 0.85)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class SearchSpace:
             "recover": list(self.recoveries),
             "quant": list(self.quant_modes),
             "calibrator": list(self.calibrators),
+            "per_channel": [True, False] if "static" in self.quant_modes else [],
             "fallback": list(self.fallbacks),
             "transformer": self.transformer,
             "notes": list(self.notes),
@@ -151,6 +162,7 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     if config["quant"] in ("static", "dynamic"):
         if config["quant"] == "static":
             config["quant.calibrator"] = trial.suggest_categorical("quant.calibrator", list(space.calibrators))
+            config["quant.per_channel"] = trial.suggest_categorical("quant.per_channel", [True, False])
         config["quant.fallback"] = trial.suggest_categorical("quant.fallback", list(space.fallbacks))
     return config
 
@@ -176,6 +188,7 @@ def pipeline_of(config: dict[str, Any]) -> Pipeline:
                                 "target_cosine": FALLBACK_TARGET if fallback > 0 else None}
         if quant == "static":
             opts["calibrator"] = config.get("quant.calibrator", "minmax")
+            opts["per_channel"] = bool(config.get("quant.per_channel", True))
         steps.append(instantiate((INT8, opts)))
     elif quant == "int4-weights":
         steps.append(INT4)
@@ -192,7 +205,8 @@ def describe(config: dict[str, Any]) -> str:
             parts.append(config["recover"])
     quant = config.get("quant", "none")
     if quant == "static":
-        parts.append(f"int8 static {config.get('quant.calibrator')} fb{config.get('quant.fallback')}")
+        per_tensor = "" if config.get("quant.per_channel", True) else " per-tensor"
+        parts.append(f"int8 static {config.get('quant.calibrator')}{per_tensor} fb{config.get('quant.fallback')}")
     elif quant == "dynamic":
         parts.append(f"int8 dynamic fb{config.get('quant.fallback')}")
     elif quant == "int4-weights":
@@ -215,6 +229,7 @@ def preset_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
         q: dict[str, Any] = {"quant": space.quant_modes[1], "quant.fallback": d.max_fallback}
         if q["quant"] == "static":
             q["quant.calibrator"] = d.calibrator
+            q["quant.per_channel"] = d.per_channel
         out["int8"] = {**base, **q}
     else:
         q = {}
@@ -231,3 +246,62 @@ def preset_configs(space: SearchSpace) -> dict[str, dict[str, Any]]:
             out["prune-distill-int8"] = {**prune, "recover": "distill", **q}
     return out
 
+
+
+def spread_configs(space: SearchSpace) -> list[dict[str, Any]]:
+    """A fixed spread over the space, asked (in this order) before the sampler's own.
+
+    1. INT8 alone: each calibrator with no fallback, the first calibrator with a few
+       fallbacks, dynamic — the cheapest trials, and the ones that can beat the ``int8``
+       preset under a tight floor (better ranges instead of float layers);
+    2. light pruning (`LIGHT_RATIOS`) + recovery + INT8;
+    3. a grid: `GRID_RATIOS` × (INT8 or not), with recovery (distill when training data
+       is given, else reconstruct) and without — the accurate and the fast, lossy ends
+       of the front.
+
+    Pruning uses the pass's default criterion, uniform allocation and channels rounded
+    to 8 (onnxruntime's blocked convolution layouts). Configurations equal to a preset's
+    are left out (the preset is a trial already); every one is a point of the space
+    (`suggest` with these values gives them back).
+    """
+    passes = registered_passes()
+    out: list[dict[str, Any]] = []
+    base: dict[str, Any] = {"prune": False} if space.prunable else {}
+    modes = [m for m in space.quant_modes if m in ("static", "dynamic")]
+    quants: list[dict[str, Any]] = []
+    for mode in modes:  # the model's preferred mode first (the order of quant_modes)
+        if mode == "static":
+            quants += [{"quant": "static", "quant.calibrator": c, "quant.per_channel": True, "quant.fallback": 0}
+                       for c in space.calibrators]
+            quants.append({"quant": "static", "quant.calibrator": space.calibrators[0], "quant.per_channel": True,
+                           "quant.fallback": 4})
+        else:
+            quants.append({"quant": "dynamic", "quant.fallback": 0})
+    out += [{**base, **q} for q in quants]
+    int8 = next(iter(quants), None)
+    if space.prunable:
+        p = passes[PRUNE].Options()
+        criterion = p.criterion if p.criterion in space.criteria else space.criteria[0]
+        recover = "distill" if "distill" in space.recoveries else space.recoveries[-1]
+
+        def pruned(ratio: float, recovery: str, q: dict[str, Any] | None) -> dict[str, Any]:
+            return {"prune": True, "prune.ratio": ratio, "prune.criterion": criterion, "prune.allocation": "uniform",
+                    "prune.round_to": 8, "recover": recovery, **(q or {"quant": "none"})}
+
+        # After pruning, INT8 with a few fallbacks: pruning has made the layers touchier.
+        pq = None if int8 is None else {**int8, "quant.fallback": 4}
+        if pq is not None and recover != "none":
+            out += [pruned(r, recover, pq) for r in LIGHT_RATIOS]
+        for q in [None, pq] if pq is not None else [None]:
+            out += [pruned(r, recover, q) for r in GRID_RATIOS]
+            if recover != "none":
+                out += [pruned(r, "none", q) for r in GRID_RATIOS[2:]]
+    presets = {json.dumps(c, sort_keys=True) for c in preset_configs(space).values()}
+    seen: set[str] = set()
+    unique = []
+    for c in out:
+        key = json.dumps(c, sort_keys=True)
+        if key not in presets and key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique

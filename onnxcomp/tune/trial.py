@@ -85,6 +85,37 @@ def model_digest(model: onnx.ModelProto) -> str | None:
         return None
 
 
+def compute_digest(model: onnx.ModelProto) -> str:
+    """A digest of what the candidate computes, weight *values* left out: the nodes (with
+    their attributes), the inputs and outputs, and each initializer's name, type and shape.
+
+    Two candidates with the same digest run the same kernels on the same shapes; they
+    differ only in numbers (an INT8 calibrator's scales, say), which do not change CPU
+    kernels' speed. They get one latency measurement (`onnxcomp.tune.search`), so noise
+    cannot make one of them look faster. A tensor in a node attribute is hashed by
+    type and shape too. One pass over the graph.
+    """
+    h = hashlib.sha1()
+
+    def tensor(t: onnx.TensorProto) -> None:
+        h.update(f"{t.name}:{t.data_type}:{list(t.dims)};".encode())
+
+    graph = model.graph
+    for vi in (*graph.input, *graph.output):
+        h.update(vi.SerializeToString())
+    for t in graph.initializer:
+        tensor(t)
+    for node in graph.node:
+        h.update(f"{node.domain}:{node.op_type}:{list(node.input)}:{list(node.output)}".encode())
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                h.update(a.name.encode())
+                tensor(a.t)
+            else:
+                h.update(a.SerializeToString())
+    return h.hexdigest()[:16]
+
+
 class Worker:
     """Runs trials in one process against its own copy of the original (see the module doc)."""
 
@@ -147,6 +178,7 @@ class Worker:
             "within_budget": violation <= 0,
             "size_bytes": candidate.ByteSize(),
             "model_sha1": model_digest(candidate),
+            "compute_sha1": compute_digest(candidate),
             "verification": report.verification.get("data"),
             "degraded": report.degraded,
             "warnings": list(report.warnings),

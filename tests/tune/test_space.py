@@ -80,3 +80,48 @@ def test_presets_are_configurations_of_the_space() -> None:
     quant = list(int8.passes())[-1]
     assert quant.name == "quantize-int8" and quant.options.calibrator == "entropy" and quant.options.target_cosine is None
     assert describe(presets["prune-distill-int8"]).startswith("prune 0.3")
+
+
+def test_spread_covers_the_space_and_is_asked_as_given() -> None:
+    import optuna
+
+    from onnxcomp.tune.space import spread_configs, suggest
+
+    space = derive_space(classifier(), train_data=True)
+    spread = spread_configs(space)
+    presets = list(preset_configs(space).values())
+    assert not any(c in presets for c in spread)  # a preset is a trial already
+    assert len({describe(c) for c in spread}) == len(spread)  # no configuration twice
+    # Every calibrator alone, light and heavy pruning, with and without INT8 and recovery.
+    assert {c.get("quant.calibrator") for c in spread if not c["prune"]} >= set(space.calibrators)
+    ratios = {c["prune.ratio"] for c in spread if c["prune"]}
+    assert min(ratios) <= 0.1 and max(ratios) >= 0.8
+    assert {(c["quant"] != "none", c["recover"]) for c in spread if c["prune"] and c["prune.ratio"] >= 0.5} == {
+        (False, "none"), (False, "distill"), (True, "none"), (True, "distill")}
+    # Enqueued, each is asked back unchanged (a value outside the sampler's grid would not be).
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for c in spread:
+        study.enqueue_trial(c)
+    assert [suggest(study.ask(), space) for _ in spread] == spread
+
+
+def test_compute_digest_ignores_values_not_structure(tmp_path) -> None:
+    from onnxcomp.api import optimize
+    from onnxcomp.tune.trial import compute_digest, model_digest
+
+    rng = np.random.default_rng(0)
+    for name in ("c", "e"):
+        np.savez(tmp_path / f"{name}.npz", x=rng.standard_normal((16, 3, 8, 8)).astype(np.float32))
+
+    def int8(calibrator: str, per_channel: bool) -> onnx.ModelProto:
+        config = {"quant": "static", "quant.calibrator": calibrator, "quant.per_channel": per_channel, "quant.fallback": 0}
+        return optimize(classifier(), pipeline_of(config), calibration_data=tmp_path / "c.npz",
+                        eval_data=tmp_path / "e.npz", speed_check=False)[0]
+
+    minmax, entropy, per_tensor = int8("minmax", True), int8("entropy", True), int8("minmax", False)
+    # Two calibrators: other scales (other bytes), the same kernels on the same shapes.
+    assert model_digest(minmax) != model_digest(entropy)
+    assert compute_digest(minmax) == compute_digest(entropy)
+    # Per-tensor weights have other scale shapes: another computation.
+    assert compute_digest(minmax) != compute_digest(per_tensor)

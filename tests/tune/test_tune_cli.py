@@ -37,11 +37,13 @@ def test_outputs_pareto_presets_and_budget(files: Files, tmp_path: Path) -> None
     presets = {t["preset"] for t in rep["trials"] if t["preset"]}
     assert {"int8", "prune", "prune-recover"} <= presets
     assert not any(p["dominates_front"] for p in rep["presets"].values())
-    # Trials that built the same model share one latency measurement.
-    by_model: dict[str, set] = {}
-    for t in rep["trials"]:
-        by_model.setdefault(t.get("model_sha1"), set()).add(t.get("latency_ratio"))
-    assert all(len(ratios) == 1 for sha, ratios in by_model.items() if sha)
+    # Trials that built the same model, or models computing the same (other scales), share
+    # one latency measurement.
+    for key in ("model_sha1", "compute_sha1"):
+        by_model: dict[str, set] = {}
+        for t in rep["trials"]:
+            by_model.setdefault(t.get(key), set()).add(t.get("latency_ratio"))
+        assert all(len(ratios) == 1 for sha, ratios in by_model.items() if sha)
     # The chosen model is the fastest within budget, written, and within budget on the eval data.
     best = rep["best"]
     feasible = [t for t in rep["trials"] if t.get("within_budget")]
