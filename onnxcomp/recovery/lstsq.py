@@ -114,6 +114,21 @@ class NormalEquations:
             return np.stack([np.linalg.lstsq(a[g], self.xty[g], rcond=None)[0] for g in range(self.groups)])
 
 
+def stratified_positions(samples: int, per_sample: int, cap: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Up to about ``cap`` row indices of a ``samples · per_sample`` row batch, the same
+    number from each sample (rows of one sample -- spatial positions, tokens -- are
+    correlated; spreading the budget over samples keeps the fit's data diverse).
+
+    Returns:
+        Sorted flat indices (sample-major), or None when every row fits in ``cap``.
+    """
+    if samples * per_sample <= cap:
+        return None
+    k = min(per_sample, max(1, -(-cap // max(samples, 1))))
+    parts = [np.sort(rng.choice(per_sample, size=k, replace=False)) + i * per_sample for i in range(samples)]
+    return np.concatenate(parts)
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """The spatial hyper-parameters of an N-d convolution (N = 1, 2 or 3)."""
