@@ -10,27 +10,31 @@ ridge problem::
 
 -- feature distillation in closed form, one layer at a time.
 
-Sweeps. Each pass over the calibration data (a *sweep*) runs the models once per batch
-with every needed activation tapped (one onnxruntime session per model and sweep) and
-accumulates every layer's ``XᵀX`` / ``XᵀY`` at once; the activations are never stored.
+Steps. Each step is one pass over the calibration data with every activation it needs
+tapped (one onnxruntime session per model and step); every layer's ``XᵀX`` / ``XᵀY``
+are summed at once and the activations are never stored.
 
-1. The first sweep runs only the teacher and fits each layer on the *teacher's* input,
-   restricted to the channels the student kept: every layer starts from the best weights
-   for ideal inputs, independently of the others.
-2. Each further sweep (``sweeps``, default 2) refits every layer on the *student's* own
-   input (the model as refit so far), so a layer also absorbs the remaining errors of the
-   layers before it.
+1. The teacher runs once. Each layer keeps the teacher's output at a fixed budget of
+   sampled positions (``max_rows`` rows over all samples, the same number from each;
+   `RefitJob.take_targets`): its regression targets for every step. Layers whose input
+   the teacher can give (its channels the student kept) are fit on it: every layer
+   starts from the best weights for ideal inputs, independently of the others.
+2. Then ``blocks`` depth-ordered blocks are refit on the *student's* own input (the model
+   as refit so far, earlier blocks included), so a layer also absorbs the remaining errors
+   of the layers before it. Only the student's prefix up to the block runs.
 
-Cost: ``1 + 2·sweeps`` forward passes over the calibration data, plus the products
-(``rows · F²`` per layer and batch; ``max_rows`` subsamples large feature maps).
+Cost: one teacher pass, about ``(blocks + 1) / 2`` student passes and short held-out
+passes; the products (``rows · F²`` per layer) and solves are bounded by the row budget,
+so only the forward passes grow with the calibration size.
 
 Held-out samples (one in five, see `split_batches`) guard against overfitting the
 calibration set: per layer they choose the ridge (`refit_job.RIDGE_GRID`, relative to
 mean(diag(XᵀX)), unless ``ridge`` is given) and a refit is kept only when it lowers the
-layer's held-out error. The model's held-out output error (relative squared error per
-output channel, averaged) is measured after every sweep, the pruned model's included, and
-the best state is the one returned: the refit never leaves the model worse on held-out
-samples than pruning alone did.
+layer's held-out error. After every step the model's held-out fidelity is measured with
+the verification's metric (`refit_job.FidelityMeter`: the worst cosine over outputs and
+their channels), and the step is undone unless it does not lower that headline
+(`refit_job.Fidelity.beats`): the refit never leaves the model worse on held-out samples
+than pruning alone did, by the number verification reports.
 
 Which output channels of the teacher a layer must reproduce comes from the pruning
 record (`onnxcomp.pruning.PruneRecord`). Without one (e.g. an explicit teacher in a
@@ -77,8 +81,8 @@ class RefitSettings:
             inputs, after the first pass that fits each one on the teacher's input (0: that
             first pass only).
         max_samples: Calibration samples used (None: all).
-        max_rows: Regression rows per layer per 64 samples (spatial subsampling; at least
-            2 per feature).
+        max_rows: Regression rows per layer over all samples (the same number from each
+            sample; at least 2 per feature).
         exclude: Node names never refit.
     """
 
@@ -241,15 +245,16 @@ def reconstruct(
         calibration: The inputs both models are run on (one sample in five is held out).
         teacher: The model whose activations the layers are fit to.
         record: What pruning kept (None: match channels by count, see the module doc).
-        settings: Scope, ridge, sweeps and sampling of the refit.
+        settings: Scope, ridge, blocks and sampling of the refit.
         ctx: Export, random source (row subsampling), logging and progress.
 
     Returns:
         Stats for the report: ``layers_refit`` (layers whose weights changed),
-        ``layers_skipped``, and when any layer was tried ``layers_unchanged``, ``sweeps``,
-        ``held_out_samples``, ``rel_error_before`` / ``rel_error_after`` (mean per-layer
-        held-out error of the last sweep) and ``output_error_pruned`` /
-        ``output_error_after`` (the model's held-out output error, see `OutputError`).
+        ``layers_skipped``, and when any layer was tried ``layers_unchanged``, ``steps``,
+        ``steps_kept``, ``held_out_samples``, ``rel_error_before`` / ``rel_error_after``
+        (mean per-layer held-out error) and ``cosine_pruned`` / ``cosine_after`` and
+        ``output_cosine_pruned`` / ``output_cosine_after`` (the model's held-out headline
+        and whole-output cosines, see `refit_job.Fidelity`).
 
     Raises:
         UsageError: A teacher tensor has another channel count than the student's and no
