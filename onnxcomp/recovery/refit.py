@@ -331,10 +331,8 @@ def reconstruct(
     per_layer: list[tuple[float, float]] = []
 
     def solve(active: list[RefitJob], step: int) -> None:
-        hint = None
         for job in active:
-            new, before, after = job.solve(settings.ridge, hint)
-            hint = job.ridge if job.ridge is not None else hint
+            new, before, after = job.solve(settings.ridge)
             if new is not None:
                 job.layer.assign(new)
             per_layer.append((before, after))

@@ -106,12 +106,11 @@ class RefitJob:
         positions, targets, held = self.rows[index]
         (self.held if held else self.fit).add(self.layer.design(x, positions), targets)
 
-    def solve(self, ridge: float | None, hint: float | None = None) -> tuple[np.ndarray | None, float, float]:
+    def solve(self, ridge: float | None) -> tuple[np.ndarray | None, float, float]:
         """The refit of one layer from its sums: ``(new weights or None, error before, after)``.
 
         Errors are relative squared errors on the held-out samples (on the fitting samples
         when none was held out). The new weights come back only when they lower that error.
-        ``hint`` is where a ridge search starts (see `_ridge_search`).
         """
         old = self.layer.current()
         if self.fit.samples == 0:
@@ -127,7 +126,7 @@ class RefitJob:
         elif self.ridge is not None:
             best_err, best = attempt(self.ridge)
         elif self.held.samples:
-            best_err, best, self.ridge = _ridge_search(attempt, hint)
+            best_err, best, self.ridge = _ridge_search(attempt)
         else:
             best_err, best = attempt(DEFAULT_RIDGE)
         before = judge.residual(old)
@@ -137,15 +136,14 @@ class RefitJob:
         return None, before, before
 
 
-def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]], start: float | None = None,
-                  ) -> tuple[float, np.ndarray, float]:
+def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]]) -> tuple[float, np.ndarray, float]:
     """The ``(error, weights, ridge)`` of the best ridge in `RIDGE_GRID`, by descent.
 
     Held-out error is close to unimodal in the ridge, so walking to the better neighbour
     until none is better finds the grid's best in a few solves instead of 5 (a solve costs
-    ``F³``: the largest cost of a wide layer). The walk starts at ``start`` (the ridge the
-    previous layer chose: neighbouring layers are conditioned alike, so it is often already
-    the best, and 2-3 solves settle it), else at the grid's middle.
+    ``F³``: the largest cost of a wide layer). It starts at the grid's middle, the most
+    frequent choice (on YOLOv8n 35 of 63 layers; starting at the previous layer's choice
+    instead took more solves, 3.65 per layer against 3.44).
     """
     seen: dict[int, tuple[float, np.ndarray]] = {}
 
@@ -154,7 +152,7 @@ def _ridge_search(evaluate: Callable[[float], tuple[float, np.ndarray]], start: 
             seen[i] = evaluate(RIDGE_GRID[i])
         return seen[i][0]
 
-    i = RIDGE_GRID.index(start) if start in RIDGE_GRID else len(RIDGE_GRID) // 2
+    i = len(RIDGE_GRID) // 2
     while True:
         best = min((j for j in (i - 1, i, i + 1) if 0 <= j < len(RIDGE_GRID)), key=at)
         if best == i:
