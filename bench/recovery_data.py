@@ -3,6 +3,7 @@
 * OCR direction classifier ``[N, 3, 48, 192]``: text lines rendered with PIL (DejaVu fonts
   when installed, else PIL's default font), half of them upside down, resized and
   normalised as PP-OCR does (``(x/255 − 0.5) / 0.5``); synthetic stripes without PIL.
+* OCR recogniser ``[N, 3, 48, 320]``: upright rendered text lines, normalised like the classifier's.
 * OCR detector ``[N, 3, H, W]``: a page of rendered text lines, ImageNet-normalised.
 * YOLOv8n ``[N, 3, 320, 320]``: random crops of the photos shipped by scikit-learn and
   matplotlib (``china.jpg``, ``flower.jpg``, ``grace_hopper.jpg``), RGB in [0, 1].
@@ -124,6 +125,22 @@ def ocr_cls(n: int, seed: int) -> dict[str, np.ndarray]:
     return {"x": out}
 
 
+def ocr_rec(n: int, seed: int) -> dict[str, np.ndarray]:
+    """PP-OCR recogniser crops ``[n, 3, 48, 320]`` (upright text lines, padded right), input ``x``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    fonts = _fonts()
+    out = np.zeros((n, 3, 48, 320), dtype=np.float32)
+    for i in range(n):
+        line = _render_line(rng, fonts)
+        h, w = line.shape[:2]
+        new_w = min(320, max(1, round(w * 48 / h)))
+        img = np.asarray(Image.fromarray(line.astype(np.uint8)).resize((new_w, 48), Image.BILINEAR), dtype=np.float32)
+        out[i, :, :, :new_w] = ((img / 255 - 0.5) / 0.5).transpose(2, 0, 1)
+    return {"x": out}
+
+
 def ocr_det(n: int, seed: int, height: int = 320, width: int = 320) -> dict[str, np.ndarray]:
     """PP-OCR detector pages ``[n, 3, H, W]``: several rendered lines on a page, input ``x``."""
     from PIL import Image
@@ -154,7 +171,7 @@ def minilm(n: int, seed: int, seq: int = 32) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": np.ones((n, seq), dtype=np.int64)}
 
 
-BUILDERS = {"ocr_cls": ocr_cls, "ocr_det": ocr_det, "yolo": yolo, "imagenet": imagenet, "minilm": minilm}
+BUILDERS = {"ocr_cls": ocr_cls, "ocr_rec": ocr_rec, "ocr_det": ocr_det, "yolo": yolo, "imagenet": imagenet, "minilm": minilm}
 
 
 def write(kind: str, path: Path, n: int, seed: int) -> Path:

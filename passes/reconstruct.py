@@ -43,7 +43,7 @@ class ReconstructOptions(PassOptions):
     )
     blocks: int = field(default=4, metadata={"help": "depth-ordered blocks refit on the student's own inputs (0: teacher inputs only)"})
     max_samples: int | None = field(default=None, metadata={"help": "calibration samples used (default: all)"})
-    max_rows: int = field(default=2048, metadata={"help": "regression rows per layer per 64 samples (spatial subsampling; at least 2 per feature)"})
+    max_rows: int = field(default=2048, metadata={"help": "regression rows per layer over all samples (spread evenly over them; at least 2 per feature)"})
     teacher: str | None = field(default=None, metadata={"help": "teacher ONNX path (default: the model before prune-channels, else the run's input)"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names never refit"})
 

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Smallest relative ridge solved in float32 (smaller ones, and exact fits, in float64).
+FLOAT32_RIDGE = 1e-3
+
 
 @dataclass
 class NormalEquations:
@@ -95,6 +98,7 @@ class NormalEquations:
 
         Args:
             ridge: Relative regularisation; ``λ = ridge · mean(diag(XᵀX))`` per group.
+                From `FLOAT32_RIDGE` up the system is solved in float32.
 
         Returns:
             ``[G, F(+1), C]`` float64 weights; the last row is the bias when ``bias``.
@@ -108,10 +112,37 @@ class NormalEquations:
         # singular; their weights then come out as zero.
         lam = np.maximum(lam, 1e-12 * np.maximum(diag.max(axis=1, initial=0.0), 1.0))
         a[:, idx, idx] += lam[:, None]
+        if ridge >= FLOAT32_RIDGE:
+            # The solve is most of a wide layer's refit (F³), and float32 halves it. With
+            # this much ridge the system is well conditioned (cond ≤ 1 + F / ridge), the
+            # weights are stored as float32 anyway, and every solution is judged by its
+            # residual from the float64 sums (`residual`): a poor one is never kept.
+            with np.errstate(all="ignore"):
+                try:
+                    w = np.linalg.solve(a.astype(np.float32), self.xty.astype(np.float32)).astype(np.float64)
+                    if np.isfinite(w).all():
+                        return w
+                except np.linalg.LinAlgError:
+                    pass
         try:
             return np.linalg.solve(a, self.xty)  # all groups in one batched call
         except np.linalg.LinAlgError:
             return np.stack([np.linalg.lstsq(a[g], self.xty[g], rcond=None)[0] for g in range(self.groups)])
+
+
+def stratified_positions(samples: int, per_sample: int, cap: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Up to about ``cap`` row indices of a ``samples · per_sample`` row batch, the same
+    number from each sample (rows of one sample -- spatial positions, tokens -- are
+    correlated; spreading the budget over samples keeps the fit's data diverse).
+
+    Returns:
+        Sorted flat indices (sample-major), or None when every row fits in ``cap``.
+    """
+    if samples * per_sample <= cap:
+        return None
+    k = min(per_sample, max(1, -(-cap // max(samples, 1))))
+    parts = [np.sort(rng.choice(per_sample, size=k, replace=False)) + i * per_sample for i in range(samples)]
+    return np.concatenate(parts)
 
 
 @dataclass(frozen=True)

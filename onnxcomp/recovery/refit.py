@@ -10,27 +10,31 @@ ridge problem::
 
 -- feature distillation in closed form, one layer at a time.
 
-Sweeps. Each pass over the calibration data (a *sweep*) runs the models once per batch
-with every needed activation tapped (one onnxruntime session per model and sweep) and
-accumulates every layer's ``XᵀX`` / ``XᵀY`` at once; the activations are never stored.
+Steps. Each step is one pass over the calibration data with every activation it needs
+tapped (one onnxruntime session per model and step); every layer's ``XᵀX`` / ``XᵀY``
+are summed at once and the activations are never stored.
 
-1. The first sweep runs only the teacher and fits each layer on the *teacher's* input,
-   restricted to the channels the student kept: every layer starts from the best weights
-   for ideal inputs, independently of the others.
-2. Each further sweep (``sweeps``, default 2) refits every layer on the *student's* own
-   input (the model as refit so far), so a layer also absorbs the remaining errors of the
-   layers before it.
+1. The teacher runs once. Each layer keeps the teacher's output at a fixed budget of
+   sampled positions (``max_rows`` rows over all samples, the same number from each;
+   `RefitJob.take_targets`): its regression targets for every step. Layers whose input
+   the teacher can give (its channels the student kept) are fit on it: every layer
+   starts from the best weights for ideal inputs, independently of the others.
+2. Then ``blocks`` depth-ordered blocks are refit on the *student's* own input (the model
+   as refit so far, earlier blocks included), so a layer also absorbs the remaining errors
+   of the layers before it. Only the student's prefix up to the block runs.
 
-Cost: ``1 + 2·sweeps`` forward passes over the calibration data, plus the products
-(``rows · F²`` per layer and batch; ``max_rows`` subsamples large feature maps).
+Cost: one teacher pass, about ``(blocks + 1) / 2`` student passes and short held-out
+passes; the products (``rows · F²`` per layer) and solves are bounded by the row budget,
+so only the forward passes grow with the calibration size.
 
 Held-out samples (one in five, see `split_batches`) guard against overfitting the
 calibration set: per layer they choose the ridge (`refit_job.RIDGE_GRID`, relative to
 mean(diag(XᵀX)), unless ``ridge`` is given) and a refit is kept only when it lowers the
-layer's held-out error. The model's held-out output error (relative squared error per
-output channel, averaged) is measured after every sweep, the pruned model's included, and
-the best state is the one returned: the refit never leaves the model worse on held-out
-samples than pruning alone did.
+layer's held-out error. After every step the model's held-out fidelity is measured with
+the verification's metric (`refit_job.FidelityMeter`: the worst cosine over outputs and
+their channels), and the step is undone unless it does not lower that headline
+(`refit_job.Fidelity.beats`): the refit never leaves the model worse on held-out samples
+than pruning alone did, by the number verification reports.
 
 Which output channels of the teacher a layer must reproduce comes from the pruning
 record (`onnxcomp.pruning.PruneRecord`). Without one (e.g. an explicit teacher in a
@@ -54,17 +58,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.ir import default_opset, dims_of, infer_shapes, toposort
-from onnxcomp.recovery.activations import TensorTap, split_batches
+from onnxcomp.recovery.activations import BATCH_SAMPLES, TensorTap, split_batches
 from onnxcomp.recovery.layers import LinearLayer, match_layer
-from onnxcomp.recovery.refit_job import DEFAULT_RIDGE, OutputError, RefitJob
+from onnxcomp.recovery.refit_job import DEFAULT_RIDGE, Fidelity, FidelityMeter, RefitJob
 
 if typing.TYPE_CHECKING:
     from onnxcomp.checking.calibration import CalibrationData
     from onnxcomp.pruning.record import PruneRecord
-
-
-#: Relative held-out improvement a refit state needs over the best earlier one (pruned included).
-STATE_MARGIN = 0.02
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,8 +81,8 @@ class RefitSettings:
             inputs, after the first pass that fits each one on the teacher's input (0: that
             first pass only).
         max_samples: Calibration samples used (None: all).
-        max_rows: Regression rows per layer per 64 samples (spatial subsampling; at least
-            2 per feature).
+        max_rows: Regression rows per layer over all samples (the same number from each
+            sample; at least 2 per feature).
         exclude: Node names never refit.
     """
 
@@ -245,15 +245,16 @@ def reconstruct(
         calibration: The inputs both models are run on (one sample in five is held out).
         teacher: The model whose activations the layers are fit to.
         record: What pruning kept (None: match channels by count, see the module doc).
-        settings: Scope, ridge, sweeps and sampling of the refit.
+        settings: Scope, ridge, blocks and sampling of the refit.
         ctx: Export, random source (row subsampling), logging and progress.
 
     Returns:
         Stats for the report: ``layers_refit`` (layers whose weights changed),
-        ``layers_skipped``, and when any layer was tried ``layers_unchanged``, ``sweeps``,
-        ``held_out_samples``, ``rel_error_before`` / ``rel_error_after`` (mean per-layer
-        held-out error of the last sweep) and ``output_error_pruned`` /
-        ``output_error_after`` (the model's held-out output error, see `OutputError`).
+        ``layers_skipped``, and when any layer was tried ``layers_unchanged``, ``steps``,
+        ``steps_kept``, ``held_out_samples``, ``rel_error_before`` / ``rel_error_after``
+        (mean per-layer held-out error) and ``cosine_pruned`` / ``cosine_after`` and
+        ``output_cosine_pruned`` / ``output_cosine_after`` (the model's held-out headline
+        and whole-output cosines, see `refit_job.Fidelity`).
 
     Raises:
         UsageError: A teacher tensor has another channel count than the student's and no
@@ -270,38 +271,62 @@ def reconstruct(
     outputs = [o.name for o in graph.outputs if o.name in _tensor_names(teacher)]
     from_teacher = [j for j in jobs if j.x_kept is not False]
     steps = _blocks(graph, jobs, settings.blocks)
+    known = calibration.num_samples
+    if known is not None and settings.max_samples is not None:
+        known = min(known, settings.max_samples)
+    per_rows = known or BATCH_SAMPLES  # the row budget is spread over this many samples
+
+    def cap(job: RefitJob, samples: int) -> int:
+        # At least 2 rows per feature, so wide layers stay determined.
+        budget = max(settings.max_rows, 2 * (job.layer.features + 1))
+        return max(1, -(-budget * samples // per_rows))
 
     # A state is each layer's inputs and attributes: `LinearLayer.assign` puts fresh
     # constants in, so restoring the saved lists restores the graph exactly.
-    def snapshot() -> list[tuple[list[gs.Tensor], dict[str, Any]]]:
-        return [(list(j.layer.node.inputs), dict(j.layer.node.attrs)) for j in jobs]
+    def snapshot(group: list[RefitJob]) -> list[tuple[RefitJob, list[gs.Tensor], dict[str, Any]]]:
+        return [(j, list(j.layer.node.inputs), dict(j.layer.node.attrs)) for j in group]
 
-    def batches() -> Iterator[tuple[dict[str, np.ndarray], bool]]:
-        return split_batches(calibration, teacher, max_samples=settings.max_samples)
+    def restore(state: list[tuple[RefitJob, list[gs.Tensor], dict[str, Any]]]) -> None:
+        for job, inputs, attrs in state:
+            job.layer.node.inputs.clear()  # graphsurgeon lists keep tensor links in sync
+            job.layer.node.inputs.extend(inputs)
+            job.layer.node.attrs.clear()
+            job.layer.node.attrs.update(attrs)
 
-    initial = snapshot()
-    best_err, best_state, best_index = float("inf"), initial, 0
-    errors: list[float | None] = []
+    def batches() -> Iterator[tuple[int, dict[str, np.ndarray], bool]]:
+        for index, (feeds, held) in enumerate(split_batches(calibration, teacher, max_samples=settings.max_samples)):
+            yield index, feeds, held
+
+    initial = snapshot(jobs)
     # The teacher's outputs on the held-out samples (small; the inputs are re-read).
     held_targets: list[dict[str, np.ndarray]] = []
+    fidelities: list[Fidelity | None] = []
+    kept_steps: list[int] = []
+    best: Fidelity | None = None
 
-    def remember(err: OutputError) -> None:
-        nonlocal best_err, best_state, best_index
-        value = err.value()
-        errors.append(value)
-        # A later state must beat the best by a margin: the held-out fifth is small, and an
-        # improvement within its noise is not worth leaving the earlier weights for.
-        if value is not None and value < best_err * (1 - STATE_MARGIN):
-            best_err, best_state, best_index = value, snapshot(), len(errors) - 1
+    def measure() -> Fidelity | None:
+        """Held-out fidelity of the graph as it is now."""
+        tap, meter = TensorTap(ctx.to_model(graph), outputs), FidelityMeter()
+        held_feeds = (feeds for _, feeds, held in batches() if held)
+        for feeds, target in zip(held_feeds, held_targets):
+            meter.add(tap(feeds), target)
+        return meter.value()
 
-    def measure() -> None:
-        """Held-out output error of the graph as it is now (state after a step)."""
-        if held_targets:
-            tap, err = TensorTap(ctx.to_model(graph), outputs), OutputError()
-            held_feeds = (feeds for feeds, held in batches() if held)
-            for feeds, target in zip(held_feeds, held_targets):
-                err.add(tap(feeds), target)
-            remember(err)
+    def settle(step: int, state: list[tuple[RefitJob, list[gs.Tensor], dict[str, Any]]]) -> None:
+        """Keep this step's refits only when held-out fidelity -- the headline verification
+        reports -- does not fall (`Fidelity.beats`); else put its layers back as they were."""
+        nonlocal best
+        if not held_targets:
+            kept_steps.append(step)
+            return
+        now = measure()
+        fidelities.append(now)
+        if now is not None and (best is None or now.beats(best)):
+            best = now
+            kept_steps.append(step)
+        else:
+            restore(state)
+            ctx.logger.debug("reconstruct: step %d lowers held-out fidelity (%s vs %s); its refits are undone", step, now, best)
 
     per_layer: list[tuple[float, float]] = []
 
@@ -314,71 +339,72 @@ def reconstruct(
             ctx.logger.debug("reconstruct %s (step %d): held-out rel. error %.4g -> %.4g", job.layer.node.name, step, before, after)
 
     total = 1 + len(steps)
-    # Step 1: the teacher alone, every layer on the teacher's input; the held-out samples'
-    # teacher outputs are kept (they measure every state) and the pruned state is measured.
+    # Step 1: the teacher, once. Every layer keeps its targets (sampled positions of the
+    # teacher's output) for all steps, and the layers whose input the teacher can give are
+    # fit on it; the held-out samples' teacher outputs are kept (they judge every state)
+    # and the pruned state is measured on them.
     ctx.progress(f"reconstruct: step 1/{total} (teacher inputs, {len(from_teacher)} layers)")
-    teacher_tap = TensorTap(teacher, [j.layer.y for j in from_teacher] + [j.layer.x for j in from_teacher] + outputs)
+    teacher_tap = TensorTap(teacher, [j.layer.y for j in jobs] + [j.layer.x for j in from_teacher] + outputs)
     pruned_tap = TensorTap(ctx.to_model(graph), outputs)
-    pruned_err = OutputError()
+    pruned = FidelityMeter()
     held_samples = 0
-    for feeds, held in batches():
+    for index, feeds, held in batches():
         t_out = teacher_tap(feeds)
+        samples = len(next(iter(feeds.values())))
         if held:
-            held_samples += len(next(iter(feeds.values())))
+            held_samples += samples
             held_targets.append({o: t_out[o] for o in outputs})
-            pruned_err.add(pruned_tap(feeds), held_targets[-1])
+            pruned.add(pruned_tap(feeds), held_targets[-1])
+        for job in jobs:
+            job.take_targets(index, t_out[job.layer.y], held, ctx.rng, cap(job, samples))
         for job in from_teacher:
             x = job.teacher_input(t_out[job.layer.x])
             if x is not None:
-                job.accumulate(x, t_out[job.layer.y], held, ctx.rng, settings.max_rows)
+                job.accumulate(index, x)
+        del t_out
     del teacher_tap, pruned_tap
-    if held_targets:
-        remember(pruned_err)
+    best = pruned.value() if held_targets else None
+    fidelities.append(best)
+    state = snapshot(from_teacher)
     solve(from_teacher, 1)
-    measure()
+    settle(1, state)
     # Then the student, block by block in depth order: each block's layers see inputs
-    # from the blocks before them, already refit; only the graph's prefix up to a block runs.
+    # from the blocks before them, as kept; only the student's prefix up to a block runs,
+    # and the teacher not at all (its targets were kept in step 1).
     for k, block in enumerate(steps, start=2):
         ctx.progress(f"reconstruct: step {k}/{total} (student inputs, {len(block)} layers)")
         student_tap = TensorTap(ctx.to_model(graph), [j.layer.x for j in block])
-        teacher_tap = TensorTap(teacher, [j.layer.y for j in block])
         for job in block:
             job.reset()
-        for feeds, held in batches():
-            s_out, t_out = student_tap(feeds), teacher_tap(feeds)
+        for index, feeds, _ in batches():
+            s_out = student_tap(feeds)
             for job in block:
-                job.accumulate(s_out[job.layer.x], t_out[job.layer.y], held, ctx.rng, settings.max_rows)
+                job.accumulate(index, s_out[job.layer.x])
+        del student_tap
+        state = snapshot(block)
         solve(block, k)
-        measure()
+        settle(k, state)
 
-    if held_targets and best_err < float("inf"):
-        chosen = best_index
-        if chosen != len(errors) - 1:
-            for job, (inputs, attrs) in zip(jobs, best_state):
-                job.layer.node.inputs.clear()  # graphsurgeon lists keep tensor links in sync
-                job.layer.node.inputs.extend(inputs)
-                job.layer.node.attrs.clear()
-                job.layer.node.attrs.update(attrs)
-    else:
-        if not held_targets:
-            ctx.logger.warning("reconstruct: too few calibration batches to hold any out; ridge %g, refits unchecked "
-                               "on unseen samples", settings.ridge if settings.ridge is not None else DEFAULT_RIDGE)
-        chosen = len(errors) - 1
+    if not held_targets:
+        ctx.logger.warning("reconstruct: too few calibration batches to hold any out; ridge %g, refits unchecked "
+                           "on unseen samples", settings.ridge if settings.ridge is not None else DEFAULT_RIDGE)
     changed = sum(
         any(a is not b for a, b in zip(inputs, j.layer.node.inputs)) or len(inputs) != len(j.layer.node.inputs)
-        for j, (inputs, _) in zip(jobs, initial)
+        for j, inputs, _ in initial
     )
     stats: dict[str, Any] = {
         "layers_refit": changed,
         "layers_unchanged": len(jobs) - changed,
         "layers_skipped": skipped,
         "steps": total,
+        "steps_kept": kept_steps,
         "held_out_samples": held_samples,
         "rel_error_before": round(float(np.mean([b for b, _ in per_layer])), 6) if per_layer else 0.0,
         "rel_error_after": round(float(np.mean([a for _, a in per_layer])), 6) if per_layer else 0.0,
     }
-    if held_targets and errors[0] is not None:
-        stats["output_error_pruned"] = round(errors[0], 6)
-        stats["output_error_after"] = round(float(errors[chosen]), 6)
-        stats["best_step"] = chosen  # 0: the pruned weights, 1: teacher-input fits, k: after block k-1
+    if fidelities and fidelities[0] is not None and best is not None:
+        stats["cosine_pruned"] = round(fidelities[0].cosine, 6)
+        stats["cosine_after"] = round(best.cosine, 6)
+        stats["output_cosine_pruned"] = round(fidelities[0].output_cosine, 6)
+        stats["output_cosine_after"] = round(best.output_cosine, 6)
     return stats

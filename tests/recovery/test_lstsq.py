@@ -72,3 +72,14 @@ def test_dead_feature_does_not_break_the_solve() -> None:
     sol = eq.solve(ridge=0.0)[0]
     assert np.isfinite(sol).all()
     np.testing.assert_allclose(sol[:, 0], [2.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_stratified_positions_spread_the_budget_over_samples() -> None:
+    from onnxcomp.recovery.lstsq import stratified_positions
+
+    rng = np.random.default_rng(0)
+    assert stratified_positions(4, 10, 40, rng) is None  # everything fits
+    pos = stratified_positions(4, 100, 40, rng)
+    assert pos is not None and len(pos) == 40
+    assert np.all(np.diff(pos) > 0)
+    assert np.bincount(pos // 100, minlength=4).tolist() == [10, 10, 10, 10]
