@@ -21,6 +21,7 @@ from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
 from onnxcomp.pipeline.presets import pipeline_for
 from onnxcomp.pipeline.registry import load_builtin_passes
 from onnxcomp.pipeline.report import Report
+from onnxcomp.perf.machine import release_memory
 from onnxcomp.pipeline.steps import Pipeline, build_pipeline
 
 
@@ -158,6 +159,7 @@ def optimize(
         progress=progress,
     )
     result, report = manager.run(model)
+    release_memory()  # the run's graph and sessions, before the result is timed and written
     report.input = str(input_path) if input_path else None
     if speed_check and any(r.modified and not r.lossless for r in report.passes):
         from onnxcomp.perf.speed_check import check_speed
@@ -167,6 +169,7 @@ def optimize(
         report.speed, slower = check_speed(model, result, data=calibration_data, seed=seed)
         if slower:
             report.warnings.append(slower)
+        release_memory()
     if output is not None:
         written = save_model(result, output, protect=[input_path] if input_path else [])
         report.output = str(written)
