@@ -408,7 +408,7 @@ def _externalize(src: onnx.TensorProto, dst: onnx.TensorProto, f, end: int, loca
         if n < EXTERNAL_THRESHOLD:
             payload = safety.read_external(src)
             del dst.external_data[:]
-            dst.data_location = onnx.TensorProto.DEFAULT
+            dst.ClearField("data_location")
             dst.raw_data = payload
             return end
     pad = (-end) % 4096  # page-align so runtimes can mmap tensors
@@ -446,7 +446,7 @@ def _serialize_inlined(model: onnx.ModelProto) -> bytes:
         for t in referenced:
             payload = safety.read_external(t)
             del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
+            t.ClearField("data_location")  # DEFAULT, and not written: the bytes of an unreferenced load
             t.raw_data = payload
             del payload
         return model.SerializeToString(deterministic=True)
