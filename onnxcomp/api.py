@@ -13,7 +13,7 @@ from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.metrics import ChannelSplit, parse_channel_spec
 from onnxcomp.checking.verify import Tolerance
 from onnxcomp.errors import UsageError
-from onnxcomp.io.files import check_output_path, load_model, save_model
+from onnxcomp.io.files import check_output_path, load_model, save_model, with_payloads
 from onnxcomp.ir.shapes import dims_of
 from onnxcomp.pipeline.manager import ManagerOptions, PassManager
 from onnxcomp.pipeline.pass_api import Pass
@@ -173,4 +173,8 @@ def optimize(
     if output is not None:
         written = save_model(result, output, protect=[input_path] if input_path else [])
         report.output = str(written)
+    else:
+        # A large input's weights were left in its file (io.load_model): hand the caller
+        # a complete model, as for any input that fits one protobuf.
+        result = with_payloads(result)
     return result, report

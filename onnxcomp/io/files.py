@@ -433,6 +433,16 @@ def _externalize(src: onnx.TensorProto, dst: onnx.TensorProto, f, end: int, loca
     return end + n
 
 
+def with_payloads(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` complete in memory: a copy with referenced payloads read in, when it fits
+    one protobuf; otherwise (or when nothing is referenced) ``model`` itself."""
+    if model_nbytes(model) >= PROTO_LIMIT or not any(safety.is_referenced(t) for t in safety.iter_tensors(model)):
+        return model
+    out = onnx.ModelProto()
+    out.ParseFromString(_serialize_inlined(model))
+    return out
+
+
 def _serialize_inlined(model: onnx.ModelProto) -> bytes:
     """``model`` serialized as one file, the payloads of referenced tensors read in.
 

@@ -122,3 +122,13 @@ def test_chunked_rtn_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     chunked = blockwise.rtn(w, 4, 32, False)
     for a, b in ((whole.codes, chunked.codes), (whole.scales, chunked.scales), (whole.zero_points, chunked.zero_points)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_api_returns_a_complete_model_without_output(tmp_path: Path, lazy_single_file: None) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(_mlp(), src)
+    result, _ = onnxcomp.optimize(str(src))  # lossless: the weights are unchanged, read from the file
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in result.graph.initializer)
+    expected = {t.name: numpy_helper.to_array(t) for t in _mlp().graph.initializer}
+    for t in result.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(t), expected[t.name])
