@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from onnx import numpy_helper
 
 from onnxcomp.errors import InvalidModelError, UsageError, one_line
-from onnxcomp.io import safety
+from onnxcomp.io import payloads, safety
 from onnxcomp.io.outputs import check_output_path, external_data_files, remove_stale_temps, temp_prefix
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -87,7 +87,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
             `onnxcomp.io.safety.reference_external_data`). A single-file model of at
             least `LAZY_INLINE_BYTES` gets the same treatment: its large initializers
             become references to their byte ranges inside the model file itself
-            (`_header_referencing_payloads`). Everything in onnxcomp reads and writes such
+            (`onnxcomp.io.payloads.header_referencing_payloads`). Everything in onnxcomp reads and writes such
             models by streaming from the file; other consumers should write them with
             `save_model` first.
 
@@ -101,7 +101,7 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     p = Path(path)
     _sniff(p)
     if lazy_external and load_external_data and p.stat().st_size >= LAZY_INLINE_BYTES:
-        header = _header_referencing_payloads(p)
+        header = payloads.header_referencing_payloads(p, LAZY_INLINE_MIN_TENSOR)
         if header is not None:
             safety.check_model_header(header, p)
             safety.check_limits(header)
@@ -122,43 +122,6 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     else:
         safety.load_external_data_safely(model, p.parent, p)
     return model
-
-
-def _header_referencing_payloads(path: Path) -> onnx.ModelProto | None:
-    """The model in ``path`` with its large main-graph initializers left in the file.
-
-    The file is parsed without those payloads (`onnxcomp.io.payloads.without_payloads`),
-    and each such initializer becomes an external tensor at its byte range of the model
-    file, pinned like `safety.reference_external_data` pins external data. So loading
-    never holds the weights (a parse would hold the file's bytes and their parsed copy).
-    None when this does not apply: no large payload, external data already, a file that
-    cannot be referenced safely (a link, several hard links) or does not parse; the
-    normal load then runs and reports any problem.
-    """
-    from onnxcomp.io import payloads
-
-    try:
-        safety.resolve_inside(path.parent, path.name)  # the checks every later read repeats
-        ranges = payloads.inline_payload_ranges(path, LAZY_INLINE_MIN_TENSOR)
-        if not ranges:
-            return None
-        header = onnx.ModelProto()
-        header.ParseFromString(payloads.without_payloads(path, ranges))
-    except Exception:  # noqa: BLE001 - any failure: the normal load decides and explains
-        return None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in safety.iter_tensors(header)):
-        return None
-    folder = str(path.parent.resolve())
-    for t in header.graph.initializer:
-        r = ranges.get(t.name)
-        if r is None:
-            continue
-        if t.HasField("raw_data") or safety.expected_nbytes(t) != r[1]:
-            return None  # not the tensor the scan saw: let the normal load judge the file
-        t.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", path.name), ("offset", str(r[0])), ("length", str(r[1])), (safety.BASEPATH_KEY, folder)):
-            t.external_data.add(key=key, value=value)
-    return header
 
 
 def _external_total(model: onnx.ModelProto) -> int:

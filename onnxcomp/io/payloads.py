@@ -6,7 +6,8 @@ onnxruntime copies what it is lent). For a large single-file model that is three
 copies of the weights before a pass starts. But an initializer's ``raw_data`` is a plain
 byte range of the file: `inline_payload_ranges` finds those ranges by walking the
 protobuf wire format (tags and lengths only, never the payloads), and
-`onnxcomp.io.files.load_model` then turns each large initializer into an external
+`header_referencing_payloads` (what `onnxcomp.io.files.load_model` uses for large files)
+parses the file without them and turns each large initializer into an external
 reference into the model file itself — the form the lazy loading of >2 GB external-data
 models already streams from (`onnxcomp.io.safety.is_referenced`).
 
@@ -21,6 +22,10 @@ from __future__ import annotations
 import mmap
 import os
 from pathlib import Path
+
+import onnx
+
+from onnxcomp.io import safety
 
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
@@ -157,3 +162,38 @@ def inline_payload_ranges(path: str | os.PathLike[str], min_bytes: int = 0) -> d
                 if payload is not None and payload[1] >= min_bytes:
                     out[name] = payload
     return out
+
+
+def header_referencing_payloads(path: Path, min_bytes: int) -> onnx.ModelProto | None:
+    """The model in ``path`` with its main-graph initializers of ``min_bytes`` or more left in the file.
+
+    The file is parsed without those payloads (`without_payloads`), and each such
+    initializer becomes an external tensor at its byte range of the model file, pinned
+    like `safety.reference_external_data` pins external data. So loading never holds the
+    weights (a parse would hold the file's bytes and their parsed copy). None when this
+    does not apply: no large payload, external data already, a file that cannot be
+    referenced safely (a link, several hard links) or does not parse; the caller's normal
+    load then runs and reports any problem.
+    """
+    try:
+        safety.resolve_inside(path.parent, path.name)  # the checks every later read repeats
+        ranges = inline_payload_ranges(path, min_bytes)
+        if not ranges:
+            return None
+        header = onnx.ModelProto()
+        header.ParseFromString(without_payloads(path, ranges))
+    except Exception:  # noqa: BLE001 - any failure: the normal load decides and explains
+        return None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in safety.iter_tensors(header)):
+        return None
+    folder = str(path.parent.resolve())
+    for t in header.graph.initializer:
+        r = ranges.get(t.name)
+        if r is None:
+            continue
+        if t.HasField("raw_data") or safety.expected_nbytes(t) != r[1]:
+            return None  # not the tensor the scan saw: let the normal load judge the file
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", path.name), ("offset", str(r[0])), ("length", str(r[1])), (safety.BASEPATH_KEY, folder)):
+            t.external_data.add(key=key, value=value)
+    return header
