@@ -84,30 +84,6 @@ def prefill_ms(paths: list[Path], seq: int, rounds: int = 15) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
-def decode_tokens_per_s(paths: list[Path], prompt: int, steps: int, repeats: int = 3) -> list[float]:
-    """Greedy decode of ``steps`` tokens after a ``prompt``-token prefill, KV cache fed back;
-    tokens/s of the decode steps (median of ``repeats``, models interleaved)."""
-    sessions = [_session(p) for p in paths]
-    names = [i.name for i in sessions[0].get_inputs()]
-    vocab = sessions[0].get_outputs()[0].shape[-1]
-    ids0 = np.random.default_rng(0).integers(0, vocab, (1, prompt))
-    rates: list[list[float]] = [[] for _ in paths]
-    for _ in range(repeats):
-        for i, sess in enumerate(sessions):
-            feeds = {"input_ids": ids0}
-            for n in names[1:]:
-                shape = [d if isinstance(d, int) else 0 for d in sess.get_inputs()[names.index(n)].shape]
-                shape[0] = 1
-                feeds[n] = np.zeros(shape, np.float32)
-            outs = sess.run(None, feeds)
-            t = time.perf_counter()
-            for _ in range(steps):
-                nxt = outs[0][:, -1].argmax(-1)[:, None]
-                outs = sess.run(None, {"input_ids": nxt, **dict(zip(names[1:], outs[1:]))})
-            rates[i].append(steps / (time.perf_counter() - t))
-    return [float(np.median(r)) for r in rates]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true")
@@ -162,12 +138,17 @@ def main() -> None:
         onnxcomp.optimize(str(kv), passes=["quantize-weights:symmetric=true,accuracy_level=4"], output=str(work / "kv_rtn4.onnx"))
         kv_rows = [("FP32", kv), ("onnxruntime RTN", work / "kv_ort.onnx"), ("onnxcomp rtn (sym)", work / "kv_rtn.onnx"),
                    ("onnxcomp rtn (sym, accuracy_level=4)", work / "kv_rtn4.onnx")]
-        tps = decode_tokens_per_s([p for _, p in kv_rows], prompt=64, steps=args.decode)
-        lines += ["", (f"decoder_kv: prefill 64 tokens, then {args.decode} greedy decode steps with the cache fed back; "
-                       "tokens/s of the decode steps, median of 3 interleaved repeats, 2 threads (noisy, shared machine)."), "",
-                  "| model | size vs FP32 | decode tokens/s | vs FP32 |", "|---|---|---|---|"]
-        for (label, path), r in zip(kv_rows, tps):
-            lines.append(f"| {label} | {path.stat().st_size / kv.stat().st_size:.3f} | {r:.1f} | ×{r / tps[0]:.2f} |")
+        # The same measurement as `onnxcomp bench --decode N --shape input_ids=1x64 --threads 2`.
+        res = onnxcomp.bench([str(p) for _, p in kv_rows], threads=2, decode=args.decode, shapes={"input_ids": (1, 64)},
+                             rounds=5, warmup=2)
+        lines += ["", (f"decoder_kv: prefill 64 tokens, then {args.decode} greedy decode steps with the cache fed back "
+                       f"(`onnxcomp bench --decode {args.decode}`); tokens/s at the median per-token time of "
+                       f"{res.rounds} interleaved generations, 2 threads (noisy, shared machine)."), "",
+                  "| model | size vs FP32 | prefill ms | decode tokens/s | vs FP32 |", "|---|---|---|---|---|"]
+        for (label, path), m in zip(kv_rows, res.models):
+            d = m.decode
+            lines.append(f"| {label} | {path.stat().st_size / kv.stat().st_size:.3f} | {d.prefill.p50:.2f} | "
+                         f"{d.tokens_per_s:.1f} | ×{d.decode_ratio_to_first:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

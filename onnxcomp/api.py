@@ -13,7 +13,7 @@ from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.metrics import ChannelSplit, parse_channel_spec
 from onnxcomp.checking.verify import Tolerance
 from onnxcomp.errors import UsageError
-from onnxcomp.io.files import check_output_path, load_model, save_model
+from onnxcomp.io.files import check_output_path, load_model, save_model, with_payloads
 from onnxcomp.ir.shapes import dims_of
 from onnxcomp.pipeline.manager import ManagerOptions, PassManager
 from onnxcomp.pipeline.pass_api import Pass
@@ -21,6 +21,7 @@ from onnxcomp.pipeline.plugins import load_entry_point_plugins, load_plugin
 from onnxcomp.pipeline.presets import pipeline_for
 from onnxcomp.pipeline.registry import load_builtin_passes
 from onnxcomp.pipeline.report import Report
+from onnxcomp.perf.machine import release_memory
 from onnxcomp.pipeline.steps import Pipeline, build_pipeline
 
 
@@ -158,6 +159,7 @@ def optimize(
         progress=progress,
     )
     result, report = manager.run(model)
+    release_memory()  # the run's graph and sessions, before the result is timed and written
     report.input = str(input_path) if input_path else None
     if speed_check and any(r.modified and not r.lossless for r in report.passes):
         from onnxcomp.perf.speed_check import check_speed
@@ -167,7 +169,12 @@ def optimize(
         report.speed, slower = check_speed(model, result, data=calibration_data, seed=seed)
         if slower:
             report.warnings.append(slower)
+        release_memory()
     if output is not None:
         written = save_model(result, output, protect=[input_path] if input_path else [])
         report.output = str(written)
+    else:
+        # A large input's weights were left in its file (io.load_model): hand the caller
+        # a complete model, as for any input that fits one protobuf.
+        result = with_payloads(result)
     return result, report

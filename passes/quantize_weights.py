@@ -147,9 +147,16 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         if o.algorithm == "awq":
             scales, extra = self._awq(graph, sites, moments)
             sites = self._sites(graph)  # same order: folds only add nodes at the end
-        weights = [self._scaled(site, scales.get(i)) for i, site in enumerate(sites)]
+        # Float weights are kept only where a later step reads them again (mixed precision,
+        # AWQ's scaled copies); otherwise one is in memory at a time (models over 2 GB).
+        keep = mixed or bool(scales)
+        weights: list[np.ndarray | None] = []
         quants, sensitivity, errs = [], [], []
-        for i, (site, w) in enumerate(zip(sites, weights)):
+        bytes_before = 0
+        for i, site in enumerate(sites):
+            w = self._scaled(site, scales.get(i))
+            weights.append(w if keep else None)
+            bytes_before += w.nbytes
             ctx.progress(f"quantize-weights: {i + 1}/{len(sites)} {site.node.name}")
             h = moments[inputs[i]].hessian if site.kind != "gather" and moments else None
             if h is not None and i in scales:  # the layer now reads x / s
@@ -180,7 +187,7 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             "format": o.format,
             "weights_quantized": sum(p > 0 for p in precision),
             "embeddings_quantized": sum(s.kind == "gather" and p > 0 for s, p in zip(sites, precision)),
-            "weight_bytes_before": int(sum(w.nbytes for w in weights)),
+            "weight_bytes_before": int(bytes_before),
             "weight_bytes_after": bytes_after,
             **extra,
         }
@@ -205,6 +212,8 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         name = unique_namer(graph, prefix="wq")
         nbytes = 0
         for site, bq, w, bits in zip(sites, quants, weights, precision):
+            if w is None and bits != bq.bits:
+                w = site.w_nk()  # not kept (no AWQ scale, see run): read it again
             if bits == 0:
                 nbytes += w.nbytes  # stays float (any AWQ scale was already moved onto its input)
                 if not np.array_equal(w, site.w_nk()):

@@ -73,28 +73,37 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
 @click.option("--duration", type=float, default=5.0, show_default=True, help="Seconds of timed rounds when --rounds is not given.")
 @click.option("--placement/--no-placement", default=None,
               help="Report which EP ran each op type (onnxruntime profiling). Default: on for non-CPU EPs.")
+@click.option("--decode", type=int, metavar="N",
+              help="Causal LMs with a KV cache: prefill latency and decode tokens/s over N greedy tokens "
+                   "(prompt: --shape of the token input, default 1x32).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write results as JSON here ('-' = stdout).")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append a Markdown table here (e.g. \"$GITHUB_STEP_SUMMARY\").")
 @handle_errors
 def bench(models: tuple[Path, ...], ep: str, batch: int | None, shapes: tuple[str, ...], data: str | None, seed: int,
           threads: int | None, warmup: int, rounds: int | None, duration: float, placement: bool | None,
-          json_out: Path | None) -> None:
+          decode: int | None, json_out: Path | None, md_out: Path | None) -> None:
     """Time MODELS interleaved (A B, B A, …) on one EP: p50/p90/p99/mean, ratio to the first.
 
     A model that cannot be loaded or run is a row saying why; the others are still timed
-    and the exit code is 1 (2 when none could be timed).
+    and the exit code is 1 (2 when none could be timed). With --decode N every model must
+    have a KV cache (else exit 2); each round is one whole generation per model.
     """
     from onnxcomp.perf.benchmark import bench as run_bench
 
-    _check_models(models, (("--json", json_out),))
+    _check_models(models, (("--json", json_out), ("--markdown", md_out)))
     _check_data(data)
     if warmup < 0 or duration <= 0:
         raise UsageError("--warmup must be >= 0 and --duration > 0")
     with progress_bar("bench") as progress:
         result = run_bench(list(models), ep=ep, threads=threads, batch=batch, shapes=shapes, data=data, warmup=warmup,
                            rounds=rounds, duration_s=duration, placement=placement, progress=progress, seed=seed,
-                           keep_going=True)
+                           keep_going=True, decode=decode)
     if json_out is not None:
         _write_json(json_out, result.to_dict())
+    if md_out is not None:
+        with open(md_out, "a", encoding="utf-8") as f:
+            f.write(result.to_markdown())
     if not State.quiet and str(json_out) != "-":
         result.render()
     if result.failed:

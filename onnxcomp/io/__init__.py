@@ -1,7 +1,9 @@
 """Files: reading and writing models safely, and input hygiene.
 
-* `onnxcomp.io.files`: `load_model` (validated, external data checked, lazy for >2 GB),
-  `save_model` (atomic, verified after writing, never over the input);
+* `onnxcomp.io.files`: `load_model` (validated, external data checked, weights left on
+  disk for >2 GB external data and large single files), `save_model` (atomic, verified
+  after writing, never over the input);
+* `onnxcomp.io.payloads`: where a single-file model's weights lie inside the file;
 * `onnxcomp.io.outputs`: output paths checked before any work, per-process temporary
   names, stale temporaries of killed runs removed, atomic text outputs;
 * `onnxcomp.io.safety`: limits and checks on untrusted models (paths, sizes, depth);

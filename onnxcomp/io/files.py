@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import numpy_helper
 
 from onnxcomp.errors import InvalidModelError, UsageError, one_line
-from onnxcomp.io import safety
+from onnxcomp.io import payloads, safety
 from onnxcomp.io.outputs import check_output_path, external_data_files, remove_stale_temps, temp_prefix
 
 #: Protobuf cannot serialize a message of 2 GiB or more; stay clear of the limit.
@@ -41,6 +42,12 @@ EXTERNAL_THRESHOLD = 1024
 #: keep their tensors on disk (referenced, not loaded): a model too large for one
 #: protobuf is then never held in memory by onnxcomp itself.
 LAZY_EXTERNAL_BYTES = PROTO_LIMIT
+#: With ``lazy_external``, single-file models at least this large keep their large
+#: weights in the file too (`onnxcomp.io.payloads`): each reader would otherwise copy
+#: them again (protobuf memory, decoded arrays, onnxruntime's own copy).
+LAZY_INLINE_BYTES = 256 << 20
+#: Initializers at least this large are referenced in the file by a lazy single-file load.
+LAZY_INLINE_MIN_TENSOR = 64 << 10
 
 
 def _sniff(path: Path) -> None:
@@ -77,9 +84,12 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
             references are still checked, so a later load cannot escape the folder.
         lazy_external: When external payloads total at least `LAZY_EXTERNAL_BYTES`, keep
             them on disk: tensors stay external, pinned to the model's folder (see
-            `onnxcomp.io.safety.reference_external_data`). Everything in onnxcomp reads
-            and writes such models by streaming from that file; other consumers should
-            write them with `save_model` first.
+            `onnxcomp.io.safety.reference_external_data`). A single-file model of at
+            least `LAZY_INLINE_BYTES` gets the same treatment: its large initializers
+            become references to their byte ranges inside the model file itself
+            (`onnxcomp.io.payloads.header_referencing_payloads`). Everything in onnxcomp reads and writes such
+            models by streaming from the file; other consumers should write them with
+            `save_model` first.
 
     Returns:
         The model.
@@ -90,6 +100,12 @@ def load_model(path: str | os.PathLike[str], *, load_external_data: bool = True,
     """
     p = Path(path)
     _sniff(p)
+    if lazy_external and load_external_data and p.stat().st_size >= LAZY_INLINE_BYTES:
+        header = payloads.header_referencing_payloads(p, LAZY_INLINE_MIN_TENSOR)
+        if header is not None:
+            safety.check_model_header(header, p)
+            safety.check_limits(header)
+            return header
 
     try:
         model = onnx.load_model(str(p), load_external_data=False)
@@ -202,7 +218,9 @@ def save_model(
     """
     out = check_output_path(path, protect)
     remove_stale_temps(out)  # leftovers of a killed run writing the same output
-    use_external = needs_external_data(model) if external_data is None else external_data
+    # By size: a model whose weights are still referenced in its input file but fits one
+    # protobuf (a lazily loaded single-file model) is written as one file again.
+    use_external = model_nbytes(model) >= PROTO_LIMIT if external_data is None else external_data
     data_name = out.name + ".data"
     final_data = out.parent / data_name
     # A previous output at this path may use a data file the new one does not need.
@@ -212,8 +230,10 @@ def save_model(
         tmpdir = Path(tempfile.mkdtemp(prefix=temp_prefix(out), suffix=".tmp", dir=out.parent))
         tmp_model = tmpdir / out.name
         tmp_data = tmpdir / data_name
-        to_write = _externalized_copy(model, tmp_data, data_name) if use_external else model
-        blob = to_write.SerializeToString(deterministic=True)
+        if use_external:
+            blob = _externalized_copy(model, tmp_data, data_name).SerializeToString(deterministic=True)
+        else:
+            blob = _serialize_inlined(model)
         with tmp_model.open("wb") as f:
             f.write(blob)
             f.flush()
@@ -277,86 +297,141 @@ def _refers_to(model_path: Path, data_name: str) -> bool:
 def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -> onnx.ModelProto:
     """A copy of ``model`` whose large tensors point into ``data_path`` (written here).
 
-    The copy shares nothing mutable with ``model``; tensor payloads are streamed to the
-    file one at a time, and tensors still referenced on disk (lazy loading) are copied
-    file-to-file by the kernel (``copy_file_range``), so peak memory stays at about one
-    tensor beyond the model's in-memory part. Small referenced tensors are inlined.
-    ``data_path`` is removed again when no tensor needed it.
+    The copy shares nothing mutable with ``model``, and ``model`` is not touched (protobuf
+    frees memory only with a whole message, so clearing and restoring a payload would
+    hold it twice). Main-graph initializers enter the copy as payload-free headers; their
+    payloads are streamed to the file one at a time, and tensors still referenced on
+    disk (lazy loading) are copied file-to-file by the kernel (``copy_file_range``), so
+    peak memory stays at about one tensor beyond the model's in-memory part. Small
+    referenced tensors are inlined. ``data_path`` is removed again when no tensor needed it.
     """
-    tensors = list(safety.iter_tensors(model))
-    # Per tensor: None (leave as is), ("ext", offset, length) or ("inline", payload).
-    records: list[tuple | None] = []
+    shell = onnx.ModelProto()
+    _copy_except(model, shell, {"graph"})
+    _copy_except(model.graph, shell.graph, {"initializer"})
     with data_path.open("wb") as f:
-        offset = 0
-        for t in tensors:
-            if safety.is_referenced(t):
-                src, src_off, n = safety.external_source(t)
-                if n < EXTERNAL_THRESHOLD:
-                    records.append(("inline", safety.read_external(t)))
-                    continue
-            elif t.data_location == onnx.TensorProto.EXTERNAL:
-                raise InvalidModelError(f"tensor {t.name!r} still references external data that was not loaded")
-            else:
-                payload_size = len(t.raw_data) if t.HasField("raw_data") else None
-                if payload_size is None:
-                    n_est = int(np.prod(t.dims, dtype=np.int64)) * 4
-                    if n_est < EXTERNAL_THRESHOLD or t.data_type == onnx.TensorProto.STRING:
-                        records.append(None)
-                        continue
-                elif payload_size < EXTERNAL_THRESHOLD:
-                    records.append(None)
-                    continue
-            pad = (-offset) % 4096  # page-align so runtimes can mmap tensors
-            if pad:
-                f.write(b"\0" * pad)
-                offset += pad
-            if safety.is_referenced(t):
-                f.flush()
-                _copy_range(src, src_off, n, f)
-            else:
-                data = _tensor_bytes(t)
-                n = len(data)
-                f.write(data)
-                del data
-            records.append(("ext", offset, n))
-            offset += n
+        end = 0
+        for t in model.graph.initializer:
+            new = shell.graph.initializer.add()
+            if _external_size(t) is None:
+                new.CopyFrom(t)
+                continue
+            _copy_except(t, new, {"raw_data", "external_data", "data_location", *_TYPED_FIELDS})
+            end = _externalize(t, new, f, end, location)
+        # Tensors elsewhere (subgraphs, functions, Constant attributes) are rare and small:
+        # the copy already holds them, so they are moved out of the copy itself.
+        for t in safety.iter_tensors(shell):
+            if t.data_location == onnx.TensorProto.EXTERNAL and not safety.is_referenced(t):
+                continue  # written above
+            if _external_size(t) is not None:
+                end = _externalize(t, t, f, end, location)
         f.flush()
         os.fsync(f.fileno())
-    if offset == 0:
+    if end == 0:
         data_path.unlink()
-    # Temporarily clear payloads so CopyFrom does not duplicate gigabytes.
-    saved: list[tuple[bytes | None, list]] = []
-    try:
-        for t, rec in zip(tensors, records):
-            if rec is None or rec[0] != "ext" or safety.is_referenced(t):
-                saved.append((None, []))
-                continue
-            raw = t.raw_data if t.HasField("raw_data") else None
-            saved.append((raw, _take_typed_fields(t)))
-            t.ClearField("raw_data")
-        shell = onnx.ModelProto()
-        shell.CopyFrom(model)
-    finally:
-        for t, (raw, typed) in zip(tensors, saved):
-            if raw is not None:
-                t.raw_data = raw
-            _restore_typed_fields(t, typed)
-    for t, rec in zip(list(safety.iter_tensors(shell)), records):
-        if rec is None:
-            continue
-        del t.external_data[:]
-        if rec[0] == "inline":
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = rec[1]
-            continue
-        t.data_location = onnx.TensorProto.EXTERNAL
-        t.external_data.add(key="location", value=location)
-        t.external_data.add(key="offset", value=str(rec[1]))
-        t.external_data.add(key="length", value=str(rec[2]))
     return shell
 
 
-def _copy_range(src: Path, offset: int, length: int, dst) -> None:  # noqa: ANN001 - a binary file
+def _copy_except(src: Message, dst: Message, skip: set[str]) -> None:
+    """Copy every set field of ``src`` except those named in ``skip`` into ``dst``."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if fd.is_repeated:
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _external_size(t: onnx.TensorProto) -> int | None:
+    """Payload bytes of ``t`` if it goes to the data file (referenced or large), else None."""
+    if safety.is_referenced(t):
+        return safety.external_source(t)[2]
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        raise InvalidModelError(f"tensor {t.name!r} still references external data that was not loaded")
+    if t.HasField("raw_data"):
+        # From the dims: reading t.raw_data would copy the payload.
+        n = safety.expected_nbytes(t)
+        n = len(t.raw_data) if n is None else n
+    elif t.data_type == onnx.TensorProto.STRING:
+        return None
+    else:
+        n = int(np.prod(t.dims, dtype=np.int64)) * 4
+    return n if n >= EXTERNAL_THRESHOLD else None
+
+
+def _externalize(src: onnx.TensorProto, dst: onnx.TensorProto, f, end: int, location: str) -> int:
+    """Append ``src``'s payload to ``f`` (page-aligned) and make ``dst`` point at it; returns the new end.
+
+    A small referenced tensor is inlined into ``dst`` instead.
+    """
+    if safety.is_referenced(src):
+        path, offset, n = safety.external_source(src)
+        if n < EXTERNAL_THRESHOLD:
+            payload = safety.read_external(src)
+            del dst.external_data[:]
+            dst.ClearField("data_location")
+            dst.raw_data = payload
+            return end
+    pad = (-end) % 4096  # page-align so runtimes can mmap tensors
+    if pad:
+        f.write(b"\0" * pad)
+        end += pad
+    if safety.is_referenced(src):
+        f.flush()
+        _copy_range(path, offset, n, f)
+    else:
+        data = _tensor_bytes(src)
+        n = len(data)
+        f.write(data)
+        del data
+        for name in ("raw_data", *_TYPED_FIELDS):
+            dst.ClearField(name)
+    del dst.external_data[:]
+    dst.data_location = onnx.TensorProto.EXTERNAL
+    dst.external_data.add(key="location", value=location)
+    dst.external_data.add(key="offset", value=str(end))
+    dst.external_data.add(key="length", value=str(n))
+    return end + n
+
+
+def with_payloads(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` complete in memory: a copy with referenced payloads read in, when it fits
+    one protobuf; otherwise (or when nothing is referenced) ``model`` itself."""
+    if model_nbytes(model) >= PROTO_LIMIT or not any(safety.is_referenced(t) for t in safety.iter_tensors(model)):
+        return model
+    out = onnx.ModelProto()
+    out.ParseFromString(_serialize_inlined(model))
+    return out
+
+
+def _serialize_inlined(model: onnx.ModelProto) -> bytes:
+    """``model`` serialized as one file, the payloads of referenced tensors read in.
+
+    The referenced tensors get their payloads for the serialization only (and their
+    references back afterwards), rather than through a copy of the whole model, which
+    would hold every other payload twice.
+    """
+    referenced = [t for t in safety.iter_tensors(model) if safety.is_referenced(t)]
+    saved = [list(t.external_data) for t in referenced]
+    try:
+        for t in referenced:
+            payload = safety.read_external(t)
+            del t.external_data[:]
+            t.ClearField("data_location")  # DEFAULT, and not written: the bytes of an unreferenced load
+            t.raw_data = payload
+            del payload
+        return model.SerializeToString(deterministic=True)
+    finally:
+        for t, entries in zip(referenced, saved):
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.extend(entries)
+
+
+def _copy_range(src: Path, offset: int, length: int, dst) -> None:
     """Append ``length`` bytes of ``src`` from ``offset`` to open file ``dst``, kernel-side
     when possible (no user-space buffer), else in 16 MiB chunks."""
     with src.open("rb") as s:
@@ -381,21 +456,6 @@ def _copy_range(src: Path, offset: int, length: int, dst) -> None:  # noqa: ANN0
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
-
-
-def _take_typed_fields(t: onnx.TensorProto) -> list[tuple[str, list]]:
-    taken = []
-    for name in _TYPED_FIELDS:
-        values = getattr(t, name)
-        if len(values):
-            taken.append((name, list(values)))
-            t.ClearField(name)
-    return taken
-
-
-def _restore_typed_fields(t: onnx.TensorProto, taken: list[tuple[str, list]]) -> None:
-    for name, values in taken:
-        getattr(t, name).extend(values)
 
 
 def serialize_for_runtime(model: onnx.ModelProto, workdir: Path) -> bytes | str:

@@ -130,6 +130,16 @@ class ExternalValues(LazyValues):
 
         from onnxcomp.io import safety
 
+        t = self.tensor
+        if lendable(t.data_type):  # read straight into the array: one copy, not three
+            path, offset, length = safety.external_source(t)
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
+            count = int(np.prod(t.dims, dtype=np.int64))
+            if length == count * dtype.itemsize:
+                arr = np.fromfile(path, dtype=dtype, count=count, offset=offset)
+                if arr.size != count:
+                    raise ValueError(f"tensor {t.name!r}: external data file {path.name} ended early")
+                return arr.reshape(tuple(t.dims)).astype(dtype.newbyteorder("="), copy=False)
         inline = onnx.TensorProto()
         inline.CopyFrom(self.tensor)  # header only: external tensors carry no payload
         inline.raw_data = safety.read_external(self.tensor)

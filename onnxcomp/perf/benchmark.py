@@ -22,6 +22,7 @@ import numpy as np
 
 from onnxcomp.checking.runtime import parse_ep, providers_for
 from onnxcomp.errors import InvalidModelError, OnnxcompError, UsageError, one_line
+from onnxcomp.perf.decode import DecodeRunner, DecodeStats, decode_stats, prepare_decoder
 from onnxcomp.perf.feeds import feed_shapes, parse_shape_specs
 from onnxcomp.perf.machine import environment, model_size_bytes, peak_rss_mb
 from onnxcomp.perf.placement import node_placement
@@ -48,6 +49,8 @@ class ModelBench:
     node_placement: dict[str, dict[str, int]] | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    #: With ``decode``: prefill latency and decode speed (``latency`` is then one whole generation).
+    decode: DecodeStats | None = None
 
     @property
     def throughput(self) -> float:
@@ -72,6 +75,8 @@ class ModelBench:
             "warnings": self.warnings,
             "error": self.error,
         }
+        if self.decode is not None:
+            d["decode"] = self.decode.to_dict()
         if samples:
             d["samples_ms"] = self.samples_ms
         return d
@@ -88,6 +93,8 @@ class BenchResult:
     warmup: int
     rounds: int
     seconds: float
+    #: ``bench(decode=N)``: tokens generated after each prefill (None: plain latency bench).
+    decode_tokens: int | None = None
 
     @property
     def failed(self) -> list[ModelBench]:
@@ -102,6 +109,7 @@ class BenchResult:
             "threads": self.threads,
             "warmup": self.warmup,
             "rounds": self.rounds,
+            "decode_tokens": self.decode_tokens,
             "interleaved": True,
             "seconds": self.seconds,
             "process_peak_rss_mb": peak_rss_mb(),
@@ -113,8 +121,8 @@ class BenchResult:
     def render(self, console: Any | None = None) -> None:
         """A rich table: latency percentiles, ratio to the first model, size, memory."""
         console = console or default_console()
-        title = (f"latency (ms) on {self.providers[0]} · threads={self.threads or 'default'} · "
-                 f"{self.rounds} interleaved rounds")
+        what = "latency (ms)" if self.decode_tokens is None else f"whole generation (ms, prefill + {self.decode_tokens} tokens)"
+        title = f"{what} on {self.providers[0]} · threads={self.threads or 'default'} · {self.rounds} interleaved rounds"
 
         def build(width: int) -> Any:
             t = table(title, console)
@@ -131,12 +139,15 @@ class BenchResult:
                           f"{m.host_memory_mb:.1f}")
             return t
 
-        t = fit_table(build, console, max(len(Path(m.path).name) for m in self.models))
-        console.print(t)
+        longest = max(len(Path(m.path).name) for m in self.models)
+        console.print(fit_table(build, console, longest))
         timed = [m for m in self.models if m.latency is not None]
-        shapes = {Path(m.path).name: m.input_shapes for m in timed}
         first = "the first model" if timed and timed[0] is self.models[0] else f"{Path(timed[0].path).name} (the first that ran)"
-        console.print(f"inputs: {shapes}  (× first = p50 of {first} ÷ p50 of this one; > 1 is faster)")
+        if self.decode_tokens is None:
+            shapes = {Path(m.path).name: m.input_shapes for m in timed}
+            console.print(f"inputs: {shapes}  (× first = p50 of {first} ÷ p50 of this one; > 1 is faster)")
+        else:
+            self._render_decode(console, longest, first)
         for m in self.failed:
             console.print(f"[red]failed[/] {Path(m.path).name}: {m.error}")
         for m in self.models:
@@ -145,6 +156,50 @@ class BenchResult:
                 console.print(f"[dim]{Path(m.path).name} node placement — {parts}[/]")
             for w in m.warnings:
                 console.print(f"[yellow]warning[/] {Path(m.path).name}: {w}")
+
+
+    def _render_decode(self, console: Any, longest: int, first: str) -> None:
+        """The ``--decode`` table: prefill latency and decode speed per model."""
+        rows = [m for m in self.models if m.decode is not None]
+        if not rows:
+            return
+        d0 = rows[0].decode
+        assert d0 is not None
+
+        def build(width: int) -> Any:
+            t = table(f"decode: prompt {d0.batch}x{d0.prompt_tokens}, then {self.decode_tokens} greedy tokens, cache fed back", console)
+            for col in ("model", "prefill ms", "p90", "× first", "tokens/s", "ms/token p90", "× first"):
+                t.add_column(col, justify="left" if col == "model" else "right", no_wrap=col != "model")
+            for m in rows:
+                d = m.decode
+                assert d is not None
+                t.add_row(elide_middle(Path(m.path).name, width), fmt_g(d.prefill.p50), fmt_g(d.prefill.p90),
+                          f"{d.prefill_ratio_to_first:.3f}", fmt_g(d.tokens_per_s), fmt_g(d.per_token.p90),
+                          f"{d.decode_ratio_to_first:.3f}")
+            return t
+
+        console.print(fit_table(build, console, longest))
+        console.print(f"× first: prefill p50 of {first} ÷ this one's; tokens/s of this one ÷ {first}'s (> 1 is faster)")
+
+    def to_markdown(self) -> str:
+        """A Markdown summary (``bench --markdown``): one row per model, decode columns with ``decode``."""
+        head = ["model", "p50 ms", "p90 ms", "× first", "size"]
+        if self.decode_tokens is not None:
+            head += ["prefill ms", "prefill × first", "decode tokens/s", "decode × first"]
+        lines = [f"Bench on {self.providers[0]}, threads={self.threads or 'default'}, {self.rounds} interleaved rounds"
+                 + (f"; latency = one generation (prefill + {self.decode_tokens} tokens)" if self.decode_tokens else ""),
+                 "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for m in self.models:
+            name = Path(m.path).name
+            if m.latency is None:
+                lines.append(f"| {name} | failed: {m.error} |" + " |" * (len(head) - 2))
+                continue
+            row = [name, fmt_g(m.latency.p50), fmt_g(m.latency.p90), f"{m.ratio_to_first:.3f}", human_bytes(m.size_bytes)]
+            if m.decode is not None:
+                d = m.decode
+                row += [fmt_g(d.prefill.p50), f"{d.prefill_ratio_to_first:.3f}", fmt_g(d.tokens_per_s), f"{d.decode_ratio_to_first:.3f}"]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines) + "\n"
 
 
 def bench(
@@ -163,6 +218,7 @@ def bench(
     progress: ProgressFn | None = None,
     seed: int = 0,
     keep_going: bool = False,
+    decode: int | None = None,
 ) -> BenchResult:
     """Benchmark one or more models, interleaved, on one execution provider.
 
@@ -185,12 +241,18 @@ def bench(
         keep_going: A model that cannot be read or run becomes a row with its ``error``
             (``BenchResult.failed``) and the others are still timed; ratios are then to the
             first model that ran. Without it the first such model raises.
+        decode: Causal LMs with a KV cache: time whole greedy generations (a prefill of
+            the prompt, ``--shape`` of the token input or 1×32, then ``decode`` tokens with
+            the presents fed back as pasts; `onnxcomp.perf.decode`). ``latency`` is then one
+            generation and each model gets ``decode`` statistics (prefill ms, tokens/s).
+            Warm-up is at most 3 generations per model.
 
     Returns:
         A `BenchResult`; ``to_dict()`` is the ``bench --json`` document.
 
     Raises:
-        UsageError: Unknown/unavailable EP, bad shapes, bad counts.
+        UsageError: Unknown/unavailable EP, bad shapes, bad counts; with ``decode``, a
+            model without a KV cache.
         InvalidModelError: A model cannot be read or run (with ``keep_going``: none can).
         CalibrationDataError: ``data`` is unusable.
     """
@@ -203,6 +265,10 @@ def bench(
         raise UsageError(f"--rounds must be >= 1, got {rounds}")
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
+    if decode is not None and decode < 1:
+        raise UsageError(f"--decode must be >= 1 token, got {decode}")
+    if decode is not None and data is not None:
+        raise UsageError("--decode generates from a random prompt; it does not take --data (give the prompt size with --shape)")
     ep_name, device_id = parse_ep(ep)
     providers = providers_for(ep_name)
     shape_map = parse_shape_specs(shapes)
@@ -213,6 +279,11 @@ def bench(
     errors: dict[int, str] = {}
     for i, path in enumerate(paths):
         try:
+            if decode is not None:
+                prepared.append(prepare_decoder(path, new_tokens=decode, providers=providers, device_id=device_id,
+                                                threads=threads, batch=batch, shapes=shape_map, warmup=min(warmup, 3),
+                                                spinning=spinning, seed=seed))
+                continue
             prepared += prepare_models([path], providers=providers, device_id=device_id, threads=threads, batch=batch,
                                        shapes=shape_map, data=data, warmup=warmup, seed=seed, spinning=spinning)
         except UsageError:
@@ -230,8 +301,12 @@ def bench(
         for w in p.warnings:
             log.warning("%s: %s", p.path, w)
     timer = InterleavedTimer([p.runner for p in prepared])
-    timer.warmup(2)  # once more interleaved, so the first timed round is not the first switch
+    timer.warmup(1 if decode else 2)  # once more interleaved, so the first timed round is not the first switch
+    decoders = [p.runner for p in prepared if isinstance(p.runner, DecodeRunner)]
+    for r in decoders:
+        r.reset()  # only timed generations count
     ms = timed_rounds(timer, rounds=rounds, duration_s=duration_s, min_rounds=min_rounds, progress=progress)
+    generation = iter(decode_stats(decoders)) if decoders else None
     want_placement = placement if placement is not None else providers[0] != "CPUExecutionProvider"
     timed: list[ModelBench] = []
     first_p50 = float(np.median(ms[:, 0]))
@@ -250,10 +325,11 @@ def bench(
             input_shapes=feed_shapes(p.feeds), size_bytes=model_size_bytes(p.path), host_memory_mb=p.memory_mb,
             ratio_to_first=first_p50 / stats.p50 if stats.p50 > 0 else float("inf"),
             paired_ratio_to_first=paired_ratio(ms[:, 0], ms[:, j]), node_placement=place, warnings=list(p.warnings),
+            decode=next(generation) if generation is not None else None,
         ))
     results = _in_given_order(paths, timed, errors)
     return BenchResult(models=results, ep=ep, providers=list(prepared[0].session.get_providers()), threads=threads,
-                       warmup=warmup, rounds=int(ms.shape[0]), seconds=time.perf_counter() - t0)
+                       warmup=warmup, rounds=int(ms.shape[0]), seconds=time.perf_counter() - t0, decode_tokens=decode)
 
 
 def _in_given_order(paths: Sequence[str | os.PathLike[str]], timed: list[ModelBench], errors: Mapping[int, str]

@@ -21,6 +21,28 @@ def rss_bytes() -> int:
         return 0
 
 
+def release_memory() -> None:
+    """Free unreachable objects now and hand freed heap pages back to the system.
+
+    A run's graph is freed only by the cycle collector (its nodes and tensors refer to
+    each other), and glibc keeps pages that onnxruntime sessions and parsed protobufs of
+    hundreds of MB freed; a later large step (timing, writing the result) would then be
+    added on top of memory no longer in use (measured: 1.45 → 1.27 GB peak for
+    ``quantize-weights`` on a 540 MB decoder). ``malloc_trim`` exists only in glibc;
+    elsewhere only the collection happens.
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_mb() -> float | None:
     """Peak resident memory of this process so far (all sessions together), in MB."""
     try:

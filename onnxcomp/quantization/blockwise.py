@@ -90,14 +90,26 @@ def quantize_values(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int)
     return np.clip(q, 0, (1 << bits) - 1).astype(np.uint8)
 
 
+#: `rtn` works on this many weights at a time, so its float temporaries stay a few MB
+#: whatever the size of the weight (an embedding table can be hundreds of MB).
+RTN_CHUNK = 1 << 21
+
+
 def rtn(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> BlockQuant:
     """Round-to-nearest block quantization of ``w [N, K]``."""
     n, k = w.shape
-    wp = padded(np.asarray(w, dtype=np.float32), block_size)
-    blocks = wp.reshape(n, -1, block_size)
-    scale, zp = block_params(blocks, bits, symmetric)
-    codes = quantize_values(blocks, scale, zp, bits).reshape(n, -1)
-    return BlockQuant(codes, scale, zp, k, bits, block_size, symmetric)
+    rows = max(1, RTN_CHUNK // max(k, 1))
+    codes, scales, zps = [], [], []
+    for i in range(0, n, rows):
+        wp = padded(np.asarray(w[i:i + rows], dtype=np.float32), block_size)
+        blocks = wp.reshape(wp.shape[0], -1, block_size)
+        scale, zp = block_params(blocks, bits, symmetric)
+        codes.append(quantize_values(blocks, scale, zp, bits).reshape(wp.shape[0], -1))
+        scales.append(scale)
+        zps.append(zp)
+    if len(codes) == 1:
+        return BlockQuant(codes[0], scales[0], zps[0], k, bits, block_size, symmetric)
+    return BlockQuant(np.concatenate(codes), np.concatenate(scales), np.concatenate(zps), k, bits, block_size, symmetric)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:

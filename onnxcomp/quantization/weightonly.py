@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir import is_graph_output
+from onnxcomp.ir import is_graph_output, peek_values
 from onnxcomp.quantization.blockwise import (
     BlockQuant,
     dequantize_linear_arrays,
@@ -58,7 +59,8 @@ class WeightSite:
 
     def w_nk(self) -> np.ndarray:
         """The weight as float32 ``[N, K]``: rows are output channels (table rows for Gather)."""
-        w = np.asarray(self.weight.values, dtype=np.float32)
+        # Not cached on the constant: a pass streaming weights one by one holds one at a time.
+        w = np.asarray(peek_values(self.weight, readonly=True), dtype=np.float32)
         return w if self.transposed else w.T
 
 
@@ -103,7 +105,7 @@ def find_weight_sites(
     out = []
     for node in graph.nodes:
         site = _site(node, embeddings)
-        if site is None or site.weight.values.size < min_weight_size:
+        if site is None or math.prod(site.weight.shape) < min_weight_size:  # from the header: no weight is loaded
             continue
         if any(fnmatch.fnmatchcase(n, p) for p in exclude for n in (node.name, site.weight.name)):
             continue
