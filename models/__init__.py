@@ -19,7 +19,8 @@ Models (``MODEL_NAMES``):
 * ``digits`` -- residual CNN *trained* on scikit-learn's ``load_digits``,
   input ``input`` ``[B, 1, 8, 8]``, output ``logits`` (see :mod:`models.digits`).
 
-Every model has a ``small=True`` variant for fast tests. All random models are
+Every model has a ``small=True`` variant for fast tests; the decoders also take
+``decoder_size`` (a key of ``DECODER_SIZES``, e.g. ``"135m"``: SmolLM-135M's shape). All random models are
 seeded; weights are reproducible for a given ``seed``.
 """
 
@@ -35,7 +36,14 @@ import torch
 from . import digits
 from ._onnx_export import DEFAULT_OPSET, cosine, export_module, run_onnx
 from .bert import BERT, BERT_SMALL, BertConfig, build_bert
-from .decoder import DECODER, DECODER_SMALL, build_decoder, past_names
+from .decoder import (
+    DECODER,
+    DECODER_SIZES,
+    DECODER_SMALL,
+    DecoderConfig,
+    build_decoder,
+    past_names,
+)
 from .mobilenetv2 import MOBILENETV2, MOBILENETV2_SMALL, build_mobilenetv2
 from .resnet import RESNET18, RESNET18_SMALL, RESNET50, RESNET50_SMALL, build_resnet
 from .vit import VIT, VIT_SMALL, build_vit
@@ -100,12 +108,22 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
 
 
-def spec(name: str, *, small: bool = False) -> ModelSpec:
+def _decoder_config(small: bool, decoder_size: str | None) -> DecoderConfig:
+    """The decoder's configuration: ``decoder_size`` when given, else small or default."""
+    if decoder_size is None:
+        return DECODER_SMALL if small else DECODER
+    if decoder_size not in DECODER_SIZES:
+        raise ValueError(f"unknown decoder size {decoder_size!r}; expected one of {tuple(DECODER_SIZES)}")
+    return DECODER_SIZES[decoder_size]
+
+
+def spec(name: str, *, small: bool = False, decoder_size: str | None = None) -> ModelSpec:
     """Describe a model's inputs/outputs and sizes without building it.
 
     Args:
         name: One of :data:`MODEL_NAMES`.
         small: Describe the small variant.
+        decoder_size: Decoders only: a key of ``DECODER_SIZES`` (overrides ``small``).
 
     Returns:
         The :class:`ModelSpec`.
@@ -122,7 +140,7 @@ def spec(name: str, *, small: bool = False) -> ModelSpec:
             max_seq_len=cfg.max_position,
         )
     if name in CAUSAL_LMS:
-        dcfg = DECODER_SMALL if small else DECODER
+        dcfg = _decoder_config(small, decoder_size)
         pin, pout = past_names(dcfg) if name == "decoder_kv" else ((), ())
         return ModelSpec(
             name, "causal_lm", ("input_ids", *pin), ("logits", *pout), vocab_size=dcfg.vocab_size, max_seq_len=dcfg.max_position
@@ -134,7 +152,7 @@ def spec(name: str, *, small: bool = False) -> ModelSpec:
     return ModelSpec(name, "image", (input_name,), ("logits",), image_size=image_cfg.image_size)  # type: ignore[attr-defined]
 
 
-def build(name: str, *, small: bool = False, seed: int = 0) -> torch.nn.Module:
+def build(name: str, *, small: bool = False, seed: int = 0, decoder_size: str | None = None) -> torch.nn.Module:
     """Build a model in eval mode.
 
     Args:
@@ -143,6 +161,7 @@ def build(name: str, *, small: bool = False, seed: int = 0) -> torch.nn.Module:
         seed: Seed of the random initialisation. For ``digits`` it is the
             training seed; the trained weights come from the cache (trained
             on first use, see :func:`models.digits.train_or_load`).
+        decoder_size: Decoders only: a key of ``DECODER_SIZES`` (overrides ``small``).
 
     Returns:
         The module, in eval mode.
@@ -153,7 +172,7 @@ def build(name: str, *, small: bool = False, seed: int = 0) -> torch.nn.Module:
     if name == "bert":
         return build_bert(BERT_SMALL if small else BERT, seed)
     if name in CAUSAL_LMS:
-        return build_decoder(DECODER_SMALL if small else DECODER, seed)
+        return build_decoder(_decoder_config(small, decoder_size), seed)
     builder, full_cfg, small_cfg = _IMAGE_BUILDERS[name]
     return builder(small_cfg if small else full_cfg, seed)
 
@@ -163,7 +182,9 @@ def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _random_inputs(s: ModelSpec, batch: int, seq_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _random_inputs(
+    s: ModelSpec, batch: int, seq_len: int, rng: np.random.Generator, dcfg: DecoderConfig = DECODER
+) -> dict[str, np.ndarray]:
     if s.kind == "image":
         x = rng.standard_normal((batch, s.channels, s.image_size, s.image_size), dtype=np.float32)
         return {s.input_names[0]: x}
@@ -175,9 +196,8 @@ def _random_inputs(s: ModelSpec, batch: int, seq_len: int, rng: np.random.Genera
     if s.kind == "causal_lm":
         out = {"input_ids": ids}
         if len(s.input_names) > 1:  # KV cache: a past as long as the new tokens
-            cfg = DECODER_SMALL if s.vocab_size == DECODER_SMALL.vocab_size else DECODER
             for n in s.input_names[1:]:
-                out[n] = rng.standard_normal((batch, cfg.num_kv_heads, seq_len, cfg.head_dim), dtype=np.float32)
+                out[n] = rng.standard_normal((batch, dcfg.num_kv_heads, seq_len, dcfg.head_dim), dtype=np.float32)
         return out
     mask = np.ones((batch, seq_len), dtype=np.int64)
     # Row 0 is full length; other rows are right-padded to random lengths so
@@ -190,7 +210,7 @@ def _random_inputs(s: ModelSpec, batch: int, seq_len: int, rng: np.random.Genera
 
 
 def example_inputs(
-    name: str, *, small: bool = False, batch: int = 1, seq_len: int = 32, seed: int = 0
+    name: str, *, small: bool = False, batch: int = 1, seq_len: int = 32, seed: int = 0, decoder_size: str | None = None
 ) -> dict[str, np.ndarray]:
     """Seeded example inputs keyed by ONNX input name.
 
@@ -204,18 +224,19 @@ def example_inputs(
         batch: Batch size.
         seq_len: Sequence length (BERT only).
         seed: RNG seed.
+        decoder_size: Decoders only: a key of ``DECODER_SIZES`` (overrides ``small``).
 
     Returns:
         Mapping input name -> array.
     """
-    s = spec(name, small=small)
+    s = spec(name, small=small, decoder_size=decoder_size)
     if s.kind == "digits":
         return {s.input_names[0]: digits.sample_inputs(batch, seed)}
-    return _random_inputs(s, batch, seq_len, np.random.default_rng(seed))
+    return _random_inputs(s, batch, seq_len, np.random.default_rng(seed), _decoder_config(small, decoder_size))
 
 
 def make_calibration(
-    name: str, path: str | Path, *, n: int = 16, small: bool = False, seq_len: int = 32, seed: int = 0
+    name: str, path: str | Path, *, n: int = 16, small: bool = False, seq_len: int = 32, seed: int = 0, decoder_size: str | None = None
 ) -> Path:
     """Write an ``.npz`` of ``n`` calibration samples stacked on axis 0.
 
@@ -231,14 +252,15 @@ def make_calibration(
         small: Shapes of the small variant.
         seq_len: Sequence length (BERT only).
         seed: RNG seed.
+        decoder_size: Decoders only: a key of ``DECODER_SIZES`` (overrides ``small``).
 
     Returns:
         ``path``.
     """
-    s = spec(name, small=small)
+    s = spec(name, small=small, decoder_size=decoder_size)
     if s.kind == "digits":
         return digits.calibration_npz(path, n=n, seed=seed)
-    arrays = _random_inputs(s, n, seq_len, np.random.default_rng([seed, 0xCA1B]))
+    arrays = _random_inputs(s, n, seq_len, np.random.default_rng([seed, 0xCA1B]), _decoder_config(small, decoder_size))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
@@ -259,6 +281,7 @@ def export(
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
     module: torch.nn.Module | None = None,
+    decoder_size: str | None = None,
 ) -> Path:
     """Export a model to a single self-contained ONNX file.
 
@@ -285,21 +308,22 @@ def export(
         module: Export this module instead of ``build(name, ...)`` -- e.g. a
             pruned or fine-tuned copy -- with exactly the same input/output
             names, example inputs and dynamic axes as the original.
+        decoder_size: Decoders only: a key of ``DECODER_SIZES`` (overrides ``small``).
 
     Returns:
         The written path.
     """
-    s = spec(name, small=small)
-    model = module if module is not None else build(name, small=small, seed=seed)
+    s = spec(name, small=small, decoder_size=decoder_size)
+    model = module if module is not None else build(name, small=small, seed=seed, decoder_size=decoder_size)
     trace_batch = max(batch, 2) if dynamic_batch else batch
     trace_seq = max(seq_len, 2) if (dynamic_batch and s.kind == "text") else seq_len
-    inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=trace_seq, seed=seed)
+    inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=trace_seq, seed=seed, decoder_size=decoder_size)
     dynamic_axes = None
     dynamic_max = None
     if s.kind == "causal_lm":
         # Sequence (and past) lengths are always symbolic: a causal LM is fed prompts of
         # any length and, with a cache, one token at a time.
-        inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=max(seq_len, 2), seed=seed)
+        inputs = example_inputs(name, small=small, batch=trace_batch, seq_len=max(seq_len, 2), seed=seed, decoder_size=decoder_size)
         b = {0: "batch"} if dynamic_batch else {}
         dynamic_axes = {n: ({**b, 1: "seq"} if n == "input_ids" else {**b, 2: "past"}) for n in s.input_names}
     elif dynamic_batch:

@@ -15,18 +15,36 @@ from pathlib import Path
 
 import torch
 
-from . import MODEL_NAMES, build, cosine, digits, example_inputs, export, make_calibration, param_count, run_onnx
+from . import (
+    CAUSAL_LMS,
+    MODEL_NAMES,
+    build,
+    cosine,
+    digits,
+    example_inputs,
+    export,
+    make_calibration,
+    param_count,
+    run_onnx,
+)
+from .decoder import DECODER_SIZES
 
 
 def _check(name: str, onnx_path: Path, args: argparse.Namespace) -> float:
     """Lowest output cosine between onnxruntime and PyTorch on fresh inputs."""
-    model = build(name, small=args.small, seed=args.seed)
-    inputs = example_inputs(name, small=args.small, batch=args.batch, seq_len=args.seq_len, seed=args.seed + 1)
+    size = _decoder_size(name, args)
+    model = build(name, small=args.small, seed=args.seed, decoder_size=size)
+    inputs = example_inputs(name, small=args.small, batch=args.batch, seq_len=args.seq_len, seed=args.seed + 1, decoder_size=size)
     with torch.no_grad():
         ref = model(*(torch.from_numpy(v) for v in inputs.values()))
     refs = ref if isinstance(ref, tuple) else (ref,)
     outs = run_onnx(onnx_path, inputs)
     return min(cosine(o, r.numpy()) for o, r in zip(outs, refs))
+
+
+def _decoder_size(name: str, args: argparse.Namespace) -> str | None:
+    """``--decoder-size`` for the decoders, None for every other model."""
+    return args.decoder_size if name in CAUSAL_LMS else None
 
 
 def _export_all(args: argparse.Namespace) -> int:
@@ -48,8 +66,11 @@ def _export_all(args: argparse.Namespace) -> int:
             keep_batchnorm=args.keep_batchnorm,
             dynamic_batch=args.dynamic_batch,
             seed=args.seed,
+            decoder_size=_decoder_size(name, args),
         )
-        make_calibration(name, out / f"{name}.calib.npz", n=args.calib_n, small=args.small, seq_len=args.seq_len)
+        make_calibration(
+            name, out / f"{name}.calib.npz", n=args.calib_n, small=args.small, seq_len=args.seq_len, decoder_size=_decoder_size(name, args)
+        )
         extra = ""
         if name == "digits":
             digits.test_split_npz(out / "digits.test.npz")
@@ -57,7 +78,7 @@ def _export_all(args: argparse.Namespace) -> int:
             _, acc = digits.train_or_load(small=args.small, seed=args.seed)
             extra = f"  test_acc={acc:.4f}"
         seconds = time.perf_counter() - t0
-        params = param_count(build(name, small=args.small, seed=args.seed))
+        params = param_count(build(name, small=args.small, seed=args.seed, decoder_size=_decoder_size(name, args)))
         line = f"{name:<12} {path.stat().st_size / 2**20:9.2f} MiB  {params:>11,d} params  {seconds:6.1f}s"
         if not args.no_check:
             line += f"  ort_cos={_check(name, path, args):.6f}"
@@ -86,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=32, help="BERT sequence length (default 32)")
     p.add_argument("--calib-n", type=int, default=16, help="calibration samples per model (default 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--decoder-size", choices=tuple(DECODER_SIZES), default=None, help="decoder/decoder_kv shape (135m: SmolLM-135M's); overrides --small"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
     args = parser.parse_args(argv)
     if args.command == "export":

@@ -46,6 +46,10 @@ class DecoderConfig:
 
 DECODER = DecoderConfig()
 DECODER_SMALL = DecoderConfig(vocab_size=256, hidden=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate=128, max_position=256)
+#: SmolLM-135M's shape (134.5M parameters with the tied embedding), for tool-time and memory benches.
+DECODER_135M = DecoderConfig(vocab_size=49152, hidden=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate=1536)
+#: Decoder sizes by name (`python -m models export --decoder-size`); "small" is ``small=True``.
+DECODER_SIZES: dict[str, DecoderConfig] = {"small": DECODER_SMALL, "default": DECODER, "135m": DECODER_135M}
 
 
 class RMSNorm(nn.Module):

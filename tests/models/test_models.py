@@ -100,6 +100,22 @@ def test_full_size_transformer_shapes() -> None:
     assert (VIT.image_size, VIT.patch_size) == (224, 16)
 
 
+def test_decoder_sizes() -> None:
+    """``decoder_size="135m"`` is SmolLM-135M's shape; the KV inputs follow the chosen size."""
+    from models.decoder import DECODER_135M, Decoder
+
+    c = DECODER_135M
+    assert (c.hidden, c.num_layers, c.num_heads, c.num_kv_heads, c.intermediate, c.vocab_size) == (576, 30, 9, 3, 1536, 49152)
+    with torch.device("meta"):  # count parameters without allocating 540 MB
+        assert 134_000_000 < models.param_count(Decoder(c)) < 135_000_000
+    s = models.spec("decoder_kv", decoder_size="135m")
+    assert s.vocab_size == 49152 and len(s.input_names) == 1 + 2 * 30
+    x = models.example_inputs("decoder_kv", decoder_size="135m", seq_len=3)
+    assert x["past_key_values.0.key"].shape == (1, 3, 3, 64)
+    with pytest.raises(ValueError, match="decoder size"):
+        models.spec("decoder", decoder_size="huge")
+
+
 @pytest.mark.parametrize("name", RANDOM_MODELS)
 def test_build_is_seeded_and_in_eval_mode(name: str) -> None:
     a = models.build(name, small=True, seed=0)
