@@ -110,21 +110,17 @@ def windows(ids: list[int], n: int, seq: int) -> np.ndarray:
     return np.stack([np.asarray(ids[s:s + seq], np.int64) for s in starts])
 
 
-def load_pretrained(gguf: Path):
-    """(our Decoder with the GGUF's weights, the transformers model, its tokenizer)."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as e:
-        raise SystemExit(f"preparing the model needs the bench-llm extra (transformers, gguf, accelerate): {e}") from e
+def port(hf):
+    """Our `models.decoder.Decoder` with the weights of a transformers ``LlamaForCausalLM``.
+
+    Raises:
+        SystemExit: The model is not a tied, bias-free Llama (what `Decoder` implements).
+    """
     from models.decoder import Decoder, DecoderConfig
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
     c = hf.config
     if c.model_type != "llama" or not c.tie_word_embeddings or c.attention_bias or c.mlp_bias:
-        raise SystemExit(f"{gguf.name}: not a tied, bias-free Llama ({c.model_type})")
+        raise SystemExit(f"not a tied, bias-free Llama: {c.model_type}")
     theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", getattr(c, "rope_theta", None))
     cfg = DecoderConfig(vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
                         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads,
@@ -133,7 +129,21 @@ def load_pretrained(gguf: Path):
     ours = Decoder(cfg).eval()
     state = {k.removeprefix("model."): v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
     ours.load_state_dict(state, strict=True)
-    return ours, hf, tok
+    return ours
+
+
+def load_pretrained(gguf: Path):
+    """(our Decoder with the GGUF's weights, the transformers model, its tokenizer)."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise SystemExit(f"preparing the model needs the bench-llm extra (transformers, gguf, accelerate): {e}") from e
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    return port(hf), hf, tok
 
 
 def prepare(cache: Path, n_calib: int, n_heldout: int, seq: int) -> Prepared:
