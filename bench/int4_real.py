@@ -276,7 +276,7 @@ def main() -> None:
     m = prep.meta
     lines = [
         (f"Model: {m['source']}; {m['params']:,} parameters; FP32 export {size0 / 1e6:.0f} MB "
-        f"(dequantized Q4_1/Q8_0 weights, see above). Port vs transformers: max |logits diff| {m['port_max_abs_logits_diff']:.1e}."),
+        f"(dequantized Q4_1/Q8_0 weights: see the docstring). Port vs transformers: max |logits diff| {m['port_max_abs_logits_diff']:.1e}."),
         (f"Text: {m['text']} (sha256 {m['text_sha256'][:12]}). Held-out: {len(prep.heldout)} x {args.seq} tokens; "
         f"calibration: another {args.calib} x {args.seq} (disjoint topics). Prefill 1 x 128, 2 threads, median of 15 interleaved "
         f"rounds (noisy, shared 2-core machine). Tool time and peak RSS: the tool's own process."),
