@@ -11,8 +11,11 @@ also measured per channel, and its headline ``cosine`` is the worst of the whole
 cosine and every judged channel's cosine. The channel axis (`default_channel_axis`):
 
 * rank >= 4 (NCHW-style feature maps): axis 1;
-* rank 3: the smaller of axes 1 and 2 (``[N, C, L]`` heads such as YOLO's ``[1, 22,
-  2100]`` use axis 1, ``[N, L, C]`` token outputs use axis 1 too when L < C);
+* rank 3: the smaller of axes 1 and 2 when it has at most `SMALL_AXIS` entries
+  (``[N, C, L]`` heads such as YOLO's ``[1, 22, 2100]`` or ``[1, 84, 8400]`` use axis 1;
+  short ``[N, L, C]`` token outputs are judged per token). A language model's logits
+  ``[N, 256, 49152]`` are not split: its worst of hundreds of tokens says little about
+  the model and would flag every 4-bit result (its measure is perplexity);
 * rank 2 ``[N, C]`` with 2 <= C <= `SMALL_HEAD` (box + score heads, a few classes): the
   last axis (wide class-score or embedding rows are homogeneous; their cosine is the
   output's);
@@ -60,6 +63,9 @@ from onnxcomp.errors import UsageError
 NEAR_ZERO = 1e-8
 #: Widest rank-2 ``[N, C]`` output that is measured per column (see `default_channel_axis`).
 SMALL_HEAD = 32
+#: Most entries of a rank-3 output's smaller axis (1 or 2) judged one by one (see
+#: `default_channel_axis`): detection heads have tens of channels, LM sequences hundreds.
+SMALL_AXIS = 100
 #: A reference top-1 is clear when it leads the runner-up by this times the row's std.
 TOP1_MARGIN = 0.5
 #: Default fidelity floor: a lossy result whose worst cosine (per output and per channel)
@@ -112,7 +118,7 @@ def default_channel_axis(shape: tuple[int, ...]) -> int | None:
     rank = len(shape)
     if rank >= 4:
         axis = 1
-    elif rank == 3:
+    elif rank == 3 and min(shape[1], shape[2]) <= SMALL_AXIS:
         axis = 1 if shape[1] <= shape[2] else 2
     elif rank == 2 and shape[1] <= SMALL_HEAD:
         axis = 1

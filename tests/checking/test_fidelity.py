@@ -106,7 +106,8 @@ def test_tiny_but_real_channel_is_judged() -> None:
 @pytest.mark.parametrize(
     ("shape", "axis"),
     [((1, 22, 2100), 1), ((1, 2100, 22), 2), ((2, 16, 8, 8), 1), ((2, 1, 8, 8), None), ((8, 10), 1), ((8, 1000), None),
-     ((8,), None), ((), None), ((2, 7, 384), 1)],
+     ((8,), None), ((), None), ((2, 7, 384), 1), ((1, 84, 8400), 1),
+     ((8, 256, 49152), None), ((8, 128, 4096), None)],
 )
 def test_default_channel_axis(shape: tuple[int, ...], axis: int | None) -> None:
     assert default_channel_axis(shape) == axis
