@@ -50,9 +50,10 @@ for _p in (str(HERE.parent), str(HERE), str(HERE / "real")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from int4_decoder import _session, decode_tokens_per_s, prefill_ms
+from int4_decoder import _session, prefill_ms
 from real_fetch import DEFAULT_CACHE, SMOLLM2, decoder_gguf, sha256
 
+import onnxcomp
 from onnxcomp.checking.perplexity import PerplexityAccumulator
 
 #: onnxruntime's RTN exactly as `int4_decoder.ort_rtn` runs it, as a script: the tool's own
@@ -297,9 +298,13 @@ def main() -> None:
             dst = work / f"kv{k}.onnx"
             quantize(label, prep.kv, dst, None, work)
             kv_rows.append((label, dst))
-        tps = decode_tokens_per_s([p for _, p in kv_rows], prompt=64, steps=args.decode)
-        lines += ["", (f"KV-cache export: prefill 64 tokens, then {args.decode} greedy decode steps with the cache fed back; "
-                       "tokens/s of the decode steps, median of 3 interleaved repeats, 2 threads (noisy, shared machine). "
+        # The same measurement as `onnxcomp bench --decode N --shape input_ids=1x64 --threads 2`.
+        res = onnxcomp.bench([str(p) for _, p in kv_rows], threads=2, decode=args.decode, shapes={"input_ids": (1, 64)},
+                             rounds=5, warmup=2)
+        tps = [m.decode.tokens_per_s for m in res.models]
+        lines += ["", (f"KV-cache export: prefill 64 tokens, then {args.decode} greedy decode steps with the cache fed back "
+                       f"(`onnxcomp bench --decode {args.decode}`); tokens/s at the median per-token time of "
+                       f"{res.rounds} interleaved generations, 2 threads. "
                        "Quantized without calibration data (gptq/awq give the same graph, so the same speed)."), "",
                   "| model | size vs FP32 | decode tokens/s | vs FP32 |", "|---|---|---|---|"]
         for (label, path), r in zip(kv_rows, tps):
