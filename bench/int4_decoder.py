@@ -27,10 +27,11 @@ from onnxcomp.checking.perplexity import PerplexityAccumulator
 
 
 def _session(path: Path, threads: int = 2) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    # No thread spinning: sessions timed in turn must not steal each other's cores
+    # (see int8_speed.session).
+    from onnxcomp.checking.runtime import open_session
+
+    return open_session(str(path), ["CPUExecutionProvider"], threads=threads, spinning=False)
 
 
 def sample_text(path: Path, n: int, length: int, seed: int) -> np.ndarray:
