@@ -107,38 +107,33 @@ def _render_line(rng: np.random.Generator, fonts: list[str]) -> np.ndarray:
     return np.clip(arr + rng.normal(0, 6, arr.shape), 0, 255)
 
 
-def ocr_cls(n: int, seed: int) -> dict[str, np.ndarray]:
-    """PP-OCR direction classifier crops ``[n, 3, 48, 192]`` (half rotated 180°), input ``x``."""
+def _ocr_crops(n: int, seed: int, width: int, rotate_half: bool) -> np.ndarray:
+    """``[n, 3, 48, width]`` rendered text lines, resized to height 48, padded right, in
+    PP-OCR's [-1, 1] range; with ``rotate_half`` about half are turned 180°."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     fonts = _fonts()
-    out = np.zeros((n, 3, 48, 192), dtype=np.float32)
+    out = np.zeros((n, 3, 48, width), dtype=np.float32)
     for i in range(n):
         line = _render_line(rng, fonts)
         h, w = line.shape[:2]
-        new_w = min(192, max(1, round(w * 48 / h)))
+        new_w = min(width, max(1, round(w * 48 / h)))
         img = np.asarray(Image.fromarray(line.astype(np.uint8)).resize((new_w, 48), Image.BILINEAR), dtype=np.float32)
-        if rng.random() < 0.5:
+        if rotate_half and rng.random() < 0.5:
             img = img[::-1, ::-1]
         out[i, :, :, :new_w] = ((img / 255 - 0.5) / 0.5).transpose(2, 0, 1)
-    return {"x": out}
+    return out
+
+
+def ocr_cls(n: int, seed: int) -> dict[str, np.ndarray]:
+    """PP-OCR direction classifier crops ``[n, 3, 48, 192]`` (half rotated 180°), input ``x``."""
+    return {"x": _ocr_crops(n, seed, 192, rotate_half=True)}
 
 
 def ocr_rec(n: int, seed: int) -> dict[str, np.ndarray]:
     """PP-OCR recogniser crops ``[n, 3, 48, 320]`` (upright text lines, padded right), input ``x``."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    fonts = _fonts()
-    out = np.zeros((n, 3, 48, 320), dtype=np.float32)
-    for i in range(n):
-        line = _render_line(rng, fonts)
-        h, w = line.shape[:2]
-        new_w = min(320, max(1, round(w * 48 / h)))
-        img = np.asarray(Image.fromarray(line.astype(np.uint8)).resize((new_w, 48), Image.BILINEAR), dtype=np.float32)
-        out[i, :, :, :new_w] = ((img / 255 - 0.5) / 0.5).transpose(2, 0, 1)
-    return {"x": out}
+    return {"x": _ocr_crops(n, seed, 320, rotate_half=False)}
 
 
 def ocr_det(n: int, seed: int, height: int = 320, width: int = 320) -> dict[str, np.ndarray]:

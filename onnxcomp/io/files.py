@@ -306,8 +306,8 @@ def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -
     referenced tensors are inlined. ``data_path`` is removed again when no tensor needed it.
     """
     shell = onnx.ModelProto()
-    _copy_except(model, shell, {"graph"})
-    _copy_except(model.graph, shell.graph, {"initializer"})
+    copy_fields_except(model, shell, {"graph"})
+    copy_fields_except(model.graph, shell.graph, {"initializer"})
     with data_path.open("wb") as f:
         end = 0
         for t in model.graph.initializer:
@@ -315,7 +315,7 @@ def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -
             if _external_size(t) is None:
                 new.CopyFrom(t)
                 continue
-            _copy_except(t, new, {"raw_data", "external_data", "data_location", *_TYPED_FIELDS})
+            copy_fields_except(t, new, {"raw_data", "external_data", "data_location", *_TYPED_FIELDS})
             end = _externalize(t, new, f, end, location)
         # Tensors elsewhere (subgraphs, functions, Constant attributes) are rare and small:
         # the copy already holds them, so they are moved out of the copy itself.
@@ -331,8 +331,13 @@ def _externalized_copy(model: onnx.ModelProto, data_path: Path, location: str) -
     return shell
 
 
-def _copy_except(src: Message, dst: Message, skip: set[str]) -> None:
-    """Copy every set field of ``src`` except those named in ``skip`` into ``dst``."""
+def copy_fields_except(src: Message, dst: Message, skip: Iterable[str]) -> None:
+    """Copy every set field of ``src`` except those named in ``skip`` into the empty ``dst``.
+
+    How a model is copied without its weights (``skip={"initializer"}`` on the graph)
+    without serializing or duplicating them.
+    """
+    skip = set(skip)
     for fd, value in src.ListFields():
         if fd.name in skip:
             continue

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from google.protobuf.message import Message
 from onnx import TensorProto, numpy_helper
 
 from onnxcomp.io import safety
+from onnxcomp.io.files import copy_fields_except
 
 #: Initializers at least this large (payload bytes) are stripped.
 MIN_STRIPPED_BYTES = 4096
@@ -73,24 +73,11 @@ def references_files(model: onnx.ModelProto) -> bool:
     return any(safety.is_referenced(t) for t in safety.iter_tensors(model))
 
 
-def _copy_fields(src: Message, dst: Message, skip: str) -> None:
-    """Copy every set field of ``src`` except ``skip`` into the empty message ``dst``."""
-    for fd, value in src.ListFields():
-        if fd.name == skip:
-            continue
-        if fd.is_repeated:
-            getattr(dst, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(dst, fd.name).CopyFrom(value)
-        else:
-            setattr(dst, fd.name, value)
-
-
 def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose main graph has no initializers (the rest is copied)."""
     out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
-    _copy_fields(model.graph, out.graph, skip="initializer")
+    copy_fields_except(model, out, {"graph"})
+    copy_fields_except(model.graph, out.graph, {"initializer"})
     return out
 
 

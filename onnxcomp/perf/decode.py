@@ -40,12 +40,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxcomp.checking.runtime import CUDA_DEVICE_EPS, open_session
-from onnxcomp.errors import InvalidModelError, UsageError, one_line
+from onnxcomp.checking.runtime import CUDA_DEVICE_EPS
+from onnxcomp.errors import UsageError
 from onnxcomp.io.files import load_model
-from onnxcomp.perf.machine import rss_bytes
 from onnxcomp.perf.placement import ep_warnings
-from onnxcomp.perf.prepare import PreparedModel
+from onnxcomp.perf.prepare import PreparedModel, warm_session
 from onnxcomp.perf.timing import LatencyStats, paired_ratio
 
 _PAST = re.compile(r"past|cache", re.IGNORECASE)
@@ -285,15 +284,11 @@ def prepare_decoder(path: str | os.PathLike[str], *, new_tokens: int, providers:
     if unknown:
         raise UsageError(f"--decode takes --shape for the token input {layout.tokens!r} only (prompt BATCHxLENGTH), not {unknown}")
     prompt = prompt_ids(layout, model, batch=batch, shape=(shapes or {}).get(layout.tokens), seed=seed)
-    rss0 = rss_bytes()
-    sess = open_session(str(path), providers, threads=threads, spinning=spinning, device_id=device_id)
-    runner = DecodeRunner(sess, layout, prompt, new_tokens, providers=sess.get_providers(), device_id=device_id)
-    try:
-        for _ in range(max(1, warmup)):
-            runner()
-    except Exception as e:
-        raise InvalidModelError(f"onnxruntime cannot generate with {path} (prompt {list(prompt.shape)}): {one_line(e, 300)}") from None
-    mem = max(0, rss_bytes() - rss0) / 2**20
+    sess, runner, mem = warm_session(
+        path, providers, threads=threads, spinning=spinning, device_id=device_id, warmup=warmup,
+        runner_for=lambda s: DecodeRunner(s, layout, prompt, new_tokens, providers=s.get_providers(), device_id=device_id),
+        what=f"generate with {path} (prompt {list(prompt.shape)})",
+    )
     b, n = prompt.shape
     feeds = {layout.tokens: prompt, **layout.empty_caches(b), **layout.extras(b, 0, n)}  # the prefill's
     return PreparedModel(str(path), model, feeds, sess, runner, mem, ep_warnings(model, providers))

@@ -32,6 +32,37 @@ class PreparedModel:
     warnings: list[str]
 
 
+def warm_session(
+    path: str | os.PathLike[str],
+    providers: Sequence[str],
+    *,
+    threads: int | None,
+    spinning: bool,
+    device_id: int,
+    warmup: int,
+    runner_for: Callable[[Any], Callable[[], Any]],
+    what: str,
+) -> tuple[Any, Callable[[], Any], float]:
+    """Open a timing session on ``path``, build its runner and run the warm-up.
+
+    Returns:
+        ``(session, runner, memory_mb)``: the growth of resident memory while the session
+        was built and warmed up is the model's memory figure.
+
+    Raises:
+        InvalidModelError: The warm-up fails ("onnxruntime cannot {what}: ...").
+    """
+    rss0 = rss_bytes()
+    sess = open_session(str(path), providers, threads=threads, spinning=spinning, device_id=device_id)
+    runner = runner_for(sess)
+    try:
+        for _ in range(max(1, warmup)):
+            runner()
+    except Exception as e:  # noqa: BLE001 - any onnxruntime failure in the warm-up becomes one line
+        raise InvalidModelError(f"onnxruntime cannot {what}: {one_line(e, 300)}") from None
+    return sess, runner, max(0, rss_bytes() - rss0) / 2**20
+
+
 def prepare_models(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -61,15 +92,11 @@ def prepare_models(
     for p in paths:
         model = load_model(p, load_external_data=False)
         feeds = make_feeds(model, batch=batch, shapes=shapes, data=data, seed=seed)
-        rss0 = rss_bytes()
-        sess = open_session(str(p), providers, threads=threads, spinning=spinning, device_id=device_id)
-        runner = make_runner(sess, feeds, sess.get_providers(), device_id)
-        try:
-            for _ in range(max(1, warmup)):
-                runner()
-        except Exception as e:
-            raise InvalidModelError(f"onnxruntime cannot run {p} on inputs {feed_shapes(feeds)}: {one_line(e, 300)}") from None
-        mem = max(0, rss_bytes() - rss0) / 2**20
+        sess, runner, mem = warm_session(
+            p, providers, threads=threads, spinning=spinning, device_id=device_id, warmup=warmup,
+            runner_for=lambda s, feeds=feeds: make_runner(s, feeds, s.get_providers(), device_id),
+            what=f"run {p} on inputs {feed_shapes(feeds)}",
+        )
         out.append(PreparedModel(str(p), model, feeds, sess, runner, mem, ep_warnings(model, providers)))
     for label, src in extra_models:
         model = onnx.load_model_from_string(src) if isinstance(src, bytes) else onnx.load_model(src)
