@@ -77,7 +77,7 @@ METHODS: dict[str, tuple[list[str] | str, bool]] = {
     "onnxcomp int8 preset": (["--preset", "int8"], True),
 }
 #: The tool-time-only row: RTN with neither data nor verification, like onnxruntime's.
-BARE_RTN = "onnxcomp rtn (sym), no data, --verify none"
+BARE_RTN = "onnxcomp rtn (asym; the default), no data, --verify none"
 #: Methods also applied to the KV-cache export for the decode table (weights only: the
 #: format and shapes, not the algorithm, decide the speed).
 KV_METHODS = ("onnxruntime MatMulNBitsQuantizer RTN (sym, MatMul only)", "onnxcomp rtn (sym)",
@@ -207,7 +207,7 @@ def run_tool(cmd: list[str], log: Path) -> tuple[float, int, int]:
 
 def quantize(label: str, src: Path, dst: Path, calib: Path | None, logs: Path) -> tuple[float, int]:
     """Run one method on ``src``; (seconds, peak RSS). Exits with the tool's log tail on failure."""
-    how = METHODS[label][0] if label in METHODS else ["-p", f"{QW},symmetric=true", "--verify", "none", "--allow-unverified"]
+    how = METHODS[label][0] if label in METHODS else ["-p", QW, "--verify", "none", "--allow-unverified"]
     if how == "ort":
         cmd = [sys.executable, "-c", ORT_RTN, str(src), str(dst)]
     else:

@@ -3,7 +3,9 @@
 Every MatMul/Gemm with a constant 2-D float weight of at least ``min_weight_size`` elements
 (and, with ``embeddings``, every Gather from a constant table) gets its weight quantized in
 blocks of ``block_size`` input channels, one scale (and zero point unless ``symmetric``)
-per block and output channel. Activations stay float.
+per block and output channel. Tables and the tied output projections that read them
+(``x @ Transpose(table)``) get ``embedding_bits``. Activations stay float, except in
+``MatMulNBits`` with ``accuracy_level`` 4 (int8 compute: the default for 8-bit weights).
 
 * ``algorithm=rtn``: round to nearest; no data needed.
 * ``algorithm=gptq``: per layer, error-compensating column-by-column rounding with the
@@ -63,12 +65,18 @@ class QuantizeWeightsOptions(PassOptions):
     format: Literal["matmulnbits", "qdq"] = field(
         default="matmulnbits", metadata={"help": "onnxruntime MatMulNBits/GatherBlockQuantized, or block-wise DequantizeLinear (opset 21)"}
     )
-    accuracy_level: int = field(default=0, metadata={"help": "MatMulNBits compute type: 0 unset (fp32), 1 fp32, 2 fp16, 3 bf16, 4 int8"})
+    accuracy_level: int | None = field(
+        default=None,
+        metadata={"help": "MatMulNBits compute type: 0 unset (fp32), 1 fp32, 2 fp16, 3 bf16, 4 int8; "
+                          "none: 0 for 4-bit weights, 4 for 8-bit ones (onnxruntime's CPU kernel is fast for 8 bits only in int8)"},
+    )
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "glob patterns over node and weight names to keep float"})
     min_weight_size: int = field(default=1024, metadata={"help": "weights with fewer elements stay float"})
     embeddings: bool = field(default=True, metadata={"help": "also quantize Gather from constant tables (embeddings)"})
     embedding_bits: int = field(
-        default=8, metadata={"help": "bits of embedding tables (4 or 8): the table feeds the residual stream directly"}
+        default=8,
+        metadata={"help": "bits of embedding tables and of tied output projections that read them (4 or 8): "
+                          "the table feeds the residual stream, the projection makes the logits"},
     )
     damp: float = field(default=0.01, metadata={"help": "gptq: damping, fraction of mean diag(XᵀX)"})
     act_order: bool = field(default=True, metadata={"help": "gptq: quantize input channels by decreasing activation energy"})
@@ -89,7 +97,7 @@ class QuantizeWeightsOptions(PassOptions):
             raise UsageError(f"embedding_bits must be 4 or 8, got {self.embedding_bits}")
         if not 16 <= self.block_size <= 256 or self.block_size & (self.block_size - 1):
             raise UsageError(f"block_size must be a power of two in 16..256, got {self.block_size}")
-        if not 0 <= self.accuracy_level <= 4:
+        if self.accuracy_level is not None and not 0 <= self.accuracy_level <= 4:
             raise UsageError("accuracy_level must be in 0..4")
         if self.min_weight_size < 0:
             raise UsageError("min_weight_size must be >= 0")
@@ -162,11 +170,11 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             if h is not None and i in scales:  # the layer now reads x / s
                 h = h / np.outer(scales[i], scales[i])
             if o.algorithm == "gptq" and h is not None:
-                bq = gptq(w, h, bits=o.bits, block_size=o.block_size, symmetric=o.symmetric, damp=o.damp, act_order=o.act_order)
-                errs.append((layer_error(w, bq.dequantize(), h), layer_error(w, rtn(w, o.bits, o.block_size, o.symmetric).dequantize(), h)))
+                bits = self._site_bits(site)
+                bq = gptq(w, h, bits=bits, block_size=o.block_size, symmetric=o.symmetric, damp=o.damp, act_order=o.act_order)
+                errs.append((layer_error(w, bq.dequantize(), h), layer_error(w, rtn(w, bits, o.block_size, o.symmetric).dequantize(), h)))
             else:
-                bits = max(o.bits, o.embedding_bits) if site.kind == "gather" else o.bits
-                bq = rtn(w, bits, o.block_size, o.symmetric)
+                bq = rtn(w, self._site_bits(site), o.block_size, o.symmetric)
             quants.append(bq)
             if mixed:  # relative output error of this layer alone: the order in which layers get more bits
                 d = w - bq.dequantize()
@@ -182,6 +190,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             precision, mp_stats = self._mixed_precision(graph, ctx, float_model, quants, weights, sensitivity)
             extra.update(mp_stats)
         bytes_after = self._emit(graph, sites, quants, weights, precision)
+        tied = [p for s, p in zip(sites, precision) if s.tied]
+        if tied:  # 0 = left float by mixed precision
+            extra["tied_projection_bits"] = max(tied)
         stats = {
             "algorithm": o.algorithm,
             "format": o.format,
@@ -194,8 +205,27 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         return PassResult(modified=True, stats=stats)
 
     def _initial_precision(self, sites: list) -> list[int]:
+        return [self._site_bits(s) for s in sites]
+
+    def _site_bits(self, site) -> int:
+        """``bits``, or ``embedding_bits`` (never fewer) for tables and the tied projections reading them.
+
+        A tied output projection makes the logits from the same table; on a real 135M decoder
+        RTN gave +32.7 % perplexity with it at 4 bits, +22.1 % at 8 (`bench/RESULTS_int4_real.md`).
+        """
         o = self.options
-        return [max(o.bits, o.embedding_bits) if s.kind == "gather" else o.bits for s in sites]
+        return max(o.bits, o.embedding_bits) if site.kind == "gather" or site.tied else o.bits
+
+    def _accuracy_level(self, bits: int) -> int:
+        """The MatMulNBits ``accuracy_level`` of a ``bits``-bit weight.
+
+        Unset: fp32 compute (0) for 4 bits; int8 compute (4) for 8 bits, since onnxruntime's
+        CPU kernel for 8-bit weights with fp32 compute was 50x slower on a 576 x 49,152
+        projection (and decoding 3x slower end to end) than with int8 compute.
+        """
+        if self.options.accuracy_level is not None:
+            return self.options.accuracy_level
+        return 4 if bits == 8 else 0
 
     def _sites(self, graph: gs.Graph) -> list:
         o = self.options
@@ -223,7 +253,7 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 bq = rtn(w, bits, o.block_size, o.symmetric)
             node_name = name(site.node.name or site.kind)
             if o.format == "matmulnbits":
-                nbytes += emit_matmulnbits(graph, site, bq, accuracy_level=o.accuracy_level, name=node_name)
+                nbytes += emit_matmulnbits(graph, site, bq, accuracy_level=self._accuracy_level(bq.bits), name=node_name)
             else:
                 nbytes += emit_qdq(graph, site, bq, name=node_name)
         self._set_opsets(graph, o.format)

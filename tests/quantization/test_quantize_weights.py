@@ -57,15 +57,28 @@ def test_cli_rtn_4bit_smaller_file_close_outputs(decoder, tmp_path):
     stats = rep["passes"][0]["stats"]
     assert stats["weights_quantized"] == 16 and stats["embeddings_quantized"] == 1
     assert cosine(_logits(out, held), _logits(src, held)) > 0.8  # 4-bit on a 64-wide model
-    out8 = tmp_path / "q8.onnx"
+    # The tied output projection takes embedding_bits (8), so int8 compute (accuracy level 4).
+    levels = {n.name: _attrs(n) for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"}
+    assert sorted((a["bits"], a["accuracy_level"]) for a in levels.values()) == [(4, 0)] * 14 + [(8, 4)]
+    assert stats["tied_projection_bits"] == 8
+    out8, out8_fp = tmp_path / "q8.onnx", tmp_path / "q8fp.onnx"
     assert _optimize(src, out8, "quantize-weights:bits=8")[0] == 0
-    assert cosine(_logits(out8, held), _logits(src, held)) > 0.999
+    assert {_attrs(n)["accuracy_level"] for n in onnx.load(str(out8)).graph.node if n.op_type == "MatMulNBits"} == {4}
+    assert _optimize(src, out8_fp, "quantize-weights:bits=8,accuracy_level=0")[0] == 0
+    assert cosine(_logits(out8_fp, held), _logits(src, held)) > 0.999  # 8-bit weights, fp32 compute
+    assert cosine(_logits(out8, held), _logits(src, held)) > 0.99  # and int8 activations as well
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def test_qdq_format_matches_matmulnbits(decoder, tmp_path):
     src, _, held = decoder
-    a, b = tmp_path / "nbits.onnx", tmp_path / "qdq.onnx"
-    assert _optimize(src, a, "quantize-weights")[0] == 0
+    a, b, c = tmp_path / "nbits.onnx", tmp_path / "qdq.onnx", tmp_path / "nbits_default.onnx"
+    # fp32 compute everywhere (the default gives the 8-bit tied projection int8 compute)
+    assert _optimize(src, a, "quantize-weights:accuracy_level=0")[0] == 0
+    assert _optimize(src, c, "quantize-weights")[0] == 0
     code, text, _ = _optimize(src, b, "quantize-weights:format=qdq")
     assert code == 0, text
     m = onnx.load(str(b))
@@ -82,6 +95,7 @@ def test_qdq_format_matches_matmulnbits(decoder, tmp_path):
     for got in (fused, unfused):
         np.testing.assert_allclose(got, _logits(a, held), rtol=1e-4, atol=1e-4)
     assert cosine(_logits(b, held), _logits(a, held)) > 0.99  # default int8 compute: close
+    assert cosine(_logits(b, held), _logits(c, held)) > 0.99  # both defaults: close
 
 
 def test_gptq_and_awq_beat_rtn_on_held_out_inputs(decoder, tmp_path):
@@ -148,6 +162,53 @@ def test_gemm_with_bias_equals_dequantized_reference(fmt, trans_b):
     # qdq unfused (onnxruntime's fusion would compute in int8 by default, see above).
     got = session(q, optimize=fmt == "matmulnbits").run(None, {"x": x})[0]
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+
+
+def _tied_model(vocab: int = 96, hidden: int = 64, seed: int = 2) -> tuple[onnx.ModelProto, np.ndarray]:
+    """ids -> Gather(table) -> x @ Transpose(table): a tied embedding and output projection."""
+    table = np.random.default_rng(seed).standard_normal((vocab, hidden)).astype(np.float32)
+    m = make_model(
+        [helper.make_node("Gather", ["table", "ids"], ["h"], name="embed"),
+         helper.make_node("Transpose", ["table"], ["t"], name="t", perm=[1, 0]),
+         helper.make_node("MatMul", ["h", "t"], ["logits"], name="head")],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, vocab])],
+        {"table": table},
+    )
+    return m, table
+
+
+@pytest.mark.parametrize(
+    ("spec", "bits", "level"),
+    [("", 8, 4), ("accuracy_level=0", 8, 0), ("embedding_bits=4", 4, 0), ("accuracy_level=4,embedding_bits=4", 4, 4)],
+)
+def test_tied_projection_takes_embedding_bits_and_int8_compute_at_8_bits(spec, bits, level):
+    m, table = _tied_model()
+    q, res = run_pass_by_name(m, f"quantize-weights:{spec}" if spec else "quantize-weights")
+    head = [n for n in q.graph.node if n.op_type == "MatMulNBits"]
+    assert len(head) == 1 and ops(q)["GatherBlockQuantized"] == 1 and "Transpose" not in ops(q)
+    assert (_attrs(head[0])["bits"], _attrs(head[0])["accuracy_level"]) == (bits, level)
+    assert res.stats["tied_projection_bits"] == bits
+    ids = np.array([[0, 7, 95, 3, 7]], np.int64)
+    deq = rtn(table, bits, 32, False).dequantize()  # the table and the projection share the bits
+    expect = deq[ids] @ deq.T
+    got = session(q).run(None, {"ids": ids})[0]
+    if level == 0:  # fp32 compute: exactly the dequantized weights
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4)
+    else:  # int8 activations: close, not exact
+        assert cosine(got, expect) > 0.999 and not np.allclose(got, expect, rtol=1e-6, atol=1e-6)
+
+
+def test_tied_projection_qdq_is_8_bit_and_exact():
+    m, table = _tied_model()
+    q, _ = run_pass_by_name(m, "quantize-weights:format=qdq")
+    dq = {n.input[0]: n for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    codes = {i.name: i.data_type for i in q.graph.initializer if i.name in dq}
+    assert sorted(codes.values()) == [TensorProto.UINT8, TensorProto.UINT8]  # table and projection: 8 bits
+    ids = np.array([[1, 2, 3, 4, 90]], np.int64)
+    deq = rtn(table, 8, 32, False).dequantize()
+    got = session(q, optimize=False).run(None, {"ids": ids})[0]
+    np.testing.assert_allclose(got, deq[ids] @ deq.T, rtol=1e-4, atol=1e-4)
 
 
 def test_exclude_and_min_weight_size_keep_weights_float():
