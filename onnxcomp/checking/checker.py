@@ -41,11 +41,11 @@ from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.verify import (
     Outputs,
     Tolerance,
-    VerificationData,
     Verifier,
     drift,
     fidelity,
 )
+from onnxcomp.checking.verify_data import VerificationData
 from onnxcomp.errors import UnverifiedError, VerificationError, one_line
 from onnxcomp.ir.candidate import Candidate
 from onnxcomp.ir.weightless import references_files, structure_skeleton

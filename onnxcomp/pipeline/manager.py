@@ -44,7 +44,8 @@ from onnxcomp._version import __version__
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.checker import Checker, Verdict, check_structure
 from onnxcomp.checking.metrics import FIDELITY_FLOOR, ChannelSplit
-from onnxcomp.checking.verify import Tolerance, select_verification_data
+from onnxcomp.checking.verify import Tolerance
+from onnxcomp.checking.verify_data import select_verification_data
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, one_line
 from onnxcomp.io.hygiene import normalize
 from onnxcomp.ir.candidate import Candidate
