@@ -30,6 +30,7 @@ log = logging.getLogger("onnxcomp")
 #: Input feeds, one dict per run.
 Feeds = list[dict[str, np.ndarray]]
 
+
 def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
     return any(any(not is_fixed(d) for d in (s.shape or ())) for s in required_input_specs(model))
 
@@ -49,7 +50,7 @@ def _parameter_count(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer)
 
 
-def _lm_windows(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], labels: list[np.ndarray | None]) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray | None], int, int] | None:
+def _lm_windows(model: onnx.ModelProto, feeds: Feeds, labels: list[np.ndarray | None]) -> tuple[Feeds, list[np.ndarray | None], int, int] | None:
     """One feed per window (row of ``input_ids``) within `LM_VERIFY_MACS`, for a causal LM.
 
     Returns:
@@ -59,7 +60,7 @@ def _lm_windows(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], labe
     if causal_lm_interface(model) is None or not feeds or any(IDS not in f for f in feeds):
         return None
     budget = LM_VERIFY_MACS // max(_parameter_count(model), 1)
-    out: list[dict[str, np.ndarray]] = []
+    out: Feeds = []
     out_labels: list[np.ndarray | None] = []
     tokens = available = 0
     for feed, lab in zip(feeds, labels):
@@ -138,10 +139,15 @@ def select_verification_data(
     if windows is None:
         return data
     feeds, labels, tokens, available = windows
-    what, _, rest = data.description.partition(" samples of ")
+    # "8 held-out samples of calib.npz" -> "2 of 8 held-out windows of calib.npz (512 tokens)"
+    head, sep, rest = data.description.partition(" samples of ")
     count = f"{len(feeds)} of {available}" if len(feeds) < available else f"{len(feeds)}"
-    kind = what.split(" ", 1)[1] + " " if " " in what else ""
-    return VerificationData(feeds, labels, f"{count} {kind}windows of {rest} ({tokens} tokens)", data.fit, data.held_out)
+    if sep:
+        kind = head.partition(" ")[2]
+        desc = f"{count} {kind + ' ' if kind else ''}windows of {rest} ({tokens} tokens)"
+    else:
+        desc = f"{data.description}: {count} windows ({tokens} tokens)"
+    return VerificationData(feeds, labels, desc, data.fit, data.held_out)
 
 
 #: The description of generated verification inputs.

@@ -5,7 +5,8 @@ execution provider (INT8 QDQ that the EP does not fuse, pruning that breaks a fu
 pattern), the trade is all loss and the user should hear it. `check_speed` times input
 and result the way ``bench`` does — one session each, warm-up, interleaved rounds (A B,
 B A, …), the median of per-round ratios (`onnxcomp.perf.timing`) — but briefly (about
-`DURATION_S` seconds of rounds, at least `MIN_ROUNDS`), and `slower_warning` turns a ratio
+`DURATION_S` seconds of rounds, at least `MIN_ROUNDS`, or `SLOW_MIN_ROUNDS` for models
+whose round alone takes longer), and `slower_warning` turns a ratio
 below `SLOWER_BELOW` into a warning. ``bench`` / ``compare`` remain the tools for a real
 measurement; this check is short and its ratio is noisy by a few percent.
 """
