@@ -4,6 +4,8 @@ verification and fidelity metrics.
 * `onnxcomp.checking.calibration`: calibration / training data (`CalibrationData`) and
   generated inputs;
 * `onnxcomp.checking.runtime`: the one place that builds onnxruntime sessions;
+* `onnxcomp.checking.verify_data`: which data verification runs on (held out, windows
+  of a causal LM within a compute budget);
 * `onnxcomp.checking.verify`: reference outputs, drift against a tolerance, fidelity;
   `Checker` (`onnxcomp.checking.checker`) checks a candidate model for the pass manager;
 * `onnxcomp.checking.metrics`: cosine per output and per channel, errors, SNR, top-1
@@ -30,12 +32,11 @@ from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.runtime import make_session, resolve_providers, run
 from onnxcomp.checking.verify import (
     Tolerance,
-    VerificationData,
     drift,
     evaluate,
     fidelity,
-    select_verification_data,
 )
+from onnxcomp.checking.verify_data import VerificationData, select_verification_data
 
 __all__ = [
     "FIDELITY_FLOOR",

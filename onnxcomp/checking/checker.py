@@ -41,11 +41,11 @@ from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.verify import (
     Outputs,
     Tolerance,
-    VerificationData,
     Verifier,
     drift,
     fidelity,
 )
+from onnxcomp.checking.verify_data import VerificationData
 from onnxcomp.errors import UnverifiedError, VerificationError, one_line
 from onnxcomp.ir.candidate import Candidate
 from onnxcomp.ir.weightless import references_files, structure_skeleton
@@ -141,6 +141,7 @@ class Checker:
         self._lend_weights = not references_files(model)
         self._baseline: Outputs | None = None  # last accepted outputs; None = the input's
         self._baseline_model: onnx.ModelProto | None = None
+        self._baseline_fidelity: dict[str, OutputFidelity] | None = None  # its fidelity, for final()
         self.verifier: Verifier | None = None
         if verify != "none":
             if data is None:
@@ -196,7 +197,7 @@ class Checker:
         problem = fidelity_problem(per)
         if problem and not lossless:  # lossless: drift above already compared NaN/Inf patterns
             return Verdict.rejected(f"result fails verification: {problem}")
-        self._baseline, self._baseline_model = outs, model
+        self._baseline, self._baseline_model, self._baseline_fidelity = outs, model, per
         return Verdict(model, fidelity=summarize(per))
 
     def _fidelity(self, outs: Outputs) -> dict[str, OutputFidelity]:
@@ -254,13 +255,14 @@ class Checker:
                 raise UnverifiedError(f"could not verify the result: {verifier.unverifiable}; pass --allow-unverified to write it anyway")
             self._warn(f"not verified: {verifier.unverifiable}")
             return {"verified": False, "reason": verifier.unverifiable}
-        if result is self._baseline_model and self._baseline is not None:
-            outs, err = self._baseline, None  # already evaluated when it was accepted
+        if result is self._baseline_model and self._baseline is not None and self._baseline_fidelity is not None:
+            # Already evaluated and measured when it was accepted.
+            outs, per = self._baseline, self._baseline_fidelity
         else:
             outs, err = verifier.evaluate(result)
-        if err:
-            raise VerificationError(f"final model: {err} ({context})")
-        per = self._fidelity(outs)
+            if err:
+                raise VerificationError(f"final model: {err} ({context})")
+            per = self._fidelity(outs)
         problem = fidelity_problem(per)
         if problem:
             raise VerificationError(f"final model fails verification on {data}: {problem} ({context}); nothing written")

@@ -71,6 +71,8 @@ TOP1_MARGIN = 0.5
 #: Default fidelity floor: a lossy result whose worst cosine (per output and per channel)
 #: is below this is reported as degraded, with a warning naming the output and channel.
 FIDELITY_FLOOR = 0.9
+#: Values converted to float64 at a time by the accumulators (8 MB of float64).
+CHUNK = 1 << 20
 #: Output names that mark an embedding (no top-1 agreement for those).
 _EMBEDDING_HINTS = re.compile(r"embed|pool|hidden|feature|vector|sentence|token|encod", re.IGNORECASE)
 
@@ -194,6 +196,16 @@ class OutputFidelity:
         return None
 
 
+def _finite_pair(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``ref`` and ``cand`` in float64 with non-finite values zeroed where either has one,
+    and the mask of values finite in both (None when all are)."""
+    r, c = ref.astype(np.float64), cand.astype(np.float64)
+    mask = np.isfinite(r) & np.isfinite(c)
+    if mask.all():
+        return r, c, None
+    return np.where(mask, r, 0.0), np.where(mask, c, 0.0), mask
+
+
 def _cos(dot: Any, nr: Any, nc: Any) -> Any:
     """Cosine from sums (arrays or floats): 1 when both are zero, 0 when one is."""
     dot, nr, nc = np.asarray(dot, np.float64), np.asarray(nr, np.float64), np.asarray(nc, np.float64)
@@ -227,33 +239,45 @@ class FidelityAccumulator:
         self.correct_ref = self.correct_cand = self.labelled = 0
 
     def add(self, ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None = None) -> None:
-        """Add one batch of outputs (same shape), with optional task labels."""
+        """Add one batch of outputs (same shape), with optional task labels.
+
+        Sums are taken in float64 over `CHUNK` values at a time: a float64 copy of a whole
+        batch (an LM's logits window is 50 MB of float32) would cost several times its size.
+        """
         if ref.shape != cand.shape:
             raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
-        r = ref.astype(np.float64)
-        c = cand.astype(np.float64)
-        # NaN/Inf in the same places (e.g. a model with NaN weights) count as equal.
-        fin_r, fin_c = np.isfinite(r), np.isfinite(c)
-        mask = fin_r & fin_c
-        all_finite = bool(mask.all())
-        if not all_finite:
-            same_nonfinite = ~fin_r & ((r == c) | (np.isnan(r) & np.isnan(c)))
-            self.mismatched_nan += int(((~fin_r | ~fin_c) & ~same_nonfinite).sum())
-            r, c = np.where(mask, r, 0.0), np.where(mask, c, 0.0)
-        d = r - c
-        flat_r, flat_c, flat_d = r.reshape(-1), c.reshape(-1), d.reshape(-1)
-        self.dot += float(np.dot(flat_r, flat_c))
-        self.nr += float(np.dot(flat_r, flat_r))
-        self.nc += float(np.dot(flat_c, flat_c))
-        self.err2 += float(np.dot(flat_d, flat_d))
-        if flat_d.size:
-            ad = np.abs(flat_d)
-            self.abs_sum += float(ad.sum())
-            self.max_abs = max(self.max_abs, float(ad.max()))
-        n_fin = int(mask.sum()) if not all_finite else r.size
-        self.count += n_fin
-        self.size += r.size
-        self._add_channels(r, c, mask if not all_finite else None)
+        flat_r, flat_c = ref.reshape(-1), cand.reshape(-1)
+        all_finite = True
+        # Buffers reused chunk after chunk: fresh 8 MB arrays cost a page fault per page.
+        width = min(CHUNK, flat_r.size)
+        buf_r, buf_c, buf_d = np.empty(width), np.empty(width), np.empty(width)
+        for start in range(0, flat_r.size, CHUNK):
+            raw_r, raw_c = flat_r[start:start + CHUNK], flat_c[start:start + CHUNK]
+            r, c, d = buf_r[:raw_r.size], buf_c[:raw_r.size], buf_d[:raw_r.size]
+            r[...], c[...] = raw_r, raw_c
+            nr, nc = float(np.dot(r, r)), float(np.dot(c, c))
+            n_fin = r.size
+            if not (math.isfinite(nr) and math.isfinite(nc)):  # squares of finite values never overflow float64
+                all_finite = False
+                fin_r, fin_c = np.isfinite(r), np.isfinite(c)
+                mask = fin_r & fin_c
+                # NaN/Inf in the same places (e.g. a model with NaN weights) count as equal.
+                same_nonfinite = ~fin_r & ((raw_r == raw_c) | (np.isnan(raw_r) & np.isnan(raw_c)))
+                self.mismatched_nan += int(((~fin_r | ~fin_c) & ~same_nonfinite).sum())
+                r[~mask], c[~mask] = 0.0, 0.0
+                nr, nc, n_fin = float(np.dot(r, r)), float(np.dot(c, c)), int(mask.sum())
+            np.subtract(r, c, out=d)
+            self.dot += float(np.dot(r, c))
+            self.nr += nr
+            self.nc += nc
+            self.err2 += float(np.dot(d, d))
+            if d.size:
+                np.abs(d, out=d)
+                self.abs_sum += float(d.sum())
+                self.max_abs = max(self.max_abs, float(d.max()))
+            self.count += n_fin
+        self.size += ref.size
+        self._add_channels(ref, cand)
         if ref.ndim == 2 and ref.shape[1] > 1 and ref.dtype.kind == "f" and all_finite:
             self._add_top1(np.asarray(ref, np.float64), np.asarray(cand, np.float64), labels)
 
@@ -268,21 +292,23 @@ class FidelityAccumulator:
                 self.axis = self.split.axis % len(shape)
         return self.axis
 
-    def _add_channels(self, r: np.ndarray, c: np.ndarray, mask: np.ndarray | None) -> None:
-        axis = self._channel_axis(r.shape)
-        if axis is None or axis >= r.ndim:
+    def _add_channels(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        axis = self._channel_axis(ref.shape)
+        if axis is None or axis >= ref.ndim:
             return
-        n = r.shape[axis]
-        rr = np.moveaxis(r, axis, 0).reshape(n, -1)
-        cc = np.moveaxis(c, axis, 0).reshape(n, -1)
-        counts = np.moveaxis(mask, axis, 0).reshape(n, -1).sum(1) if mask is not None else np.full(n, rr.shape[1])
+        n = ref.shape[axis]
+        rr = np.moveaxis(ref, axis, 0).reshape(n, -1)
+        cc = np.moveaxis(cand, axis, 0).reshape(n, -1)
         if n > len(self.ch_dot):  # a dynamic channel axis may grow between batches
             grow = n - len(self.ch_dot)
             self.ch_dot, self.ch_nr, self.ch_nc, self.ch_n = (np.concatenate([a, np.zeros(grow)]) for a in (self.ch_dot, self.ch_nr, self.ch_nc, self.ch_n))
-        self.ch_dot[:n] += np.einsum("ij,ij->i", rr, cc)
-        self.ch_nr[:n] += np.einsum("ij,ij->i", rr, rr)
-        self.ch_nc[:n] += np.einsum("ij,ij->i", cc, cc)
-        self.ch_n[:n] += counts
+        step = max(1, CHUNK // max(n, 1))
+        for start in range(0, rr.shape[1], step):
+            r, c, mask = _finite_pair(rr[:, start:start + step], cc[:, start:start + step])
+            self.ch_dot[:n] += np.einsum("ij,ij->i", r, c)
+            self.ch_nr[:n] += np.einsum("ij,ij->i", r, r)
+            self.ch_nc[:n] += np.einsum("ij,ij->i", c, c)
+            self.ch_n[:n] += mask.sum(1) if mask is not None else r.shape[1]
 
     def _add_top1(self, ref: np.ndarray, cand: np.ndarray, labels: np.ndarray | None) -> None:
         norms = np.sqrt((ref * ref).sum(1))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxcomp.checking.metrics import CHUNK
+
 #: Names of the token-id input of causal LMs.
 IDS = "input_ids"
 
@@ -84,12 +86,20 @@ class PerplexityAccumulator:
         self.add_targets(logits[:, :-1], ids[:, 1:], None if mask is None else mask[:, 1:])
 
     def add_targets(self, logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None) -> None:
-        """Add one batch of ``logits [B, S, V]`` and the token ``targets [B, S]`` they predict."""
-        z = np.asarray(logits, np.float64)
-        z = z - z.max(axis=-1, keepdims=True)
-        logp = np.take_along_axis(z, targets[..., None].astype(np.int64), axis=-1)[..., 0] - np.log(np.exp(z).sum(axis=-1))
+        """Add one batch of ``logits [B, S, V]`` and the token ``targets [B, S]`` they predict.
+
+        The log-softmax is taken in float64 over a few positions at a time: a float64 copy
+        of a whole batch of LM logits (and its exponent) would cost several times its size.
+        """
         keep = np.ones(targets.shape, bool) if mask is None else mask.astype(bool)
-        self.nll -= float(logp[keep].sum())
+        step = max(1, CHUNK // max(logits.shape[-1], 1))
+        for b in range(logits.shape[0]):
+            for start in range(0, logits.shape[1], step):
+                z = logits[b, start:start + step].astype(np.float64)
+                z -= z.max(axis=-1, keepdims=True)
+                t = targets[b, start:start + step].astype(np.int64)
+                logp = z[np.arange(len(t)), t] - np.log(np.exp(z).sum(axis=-1))
+                self.nll -= float(logp[keep[b, start:start + step]].sum())
         self.tokens += int(keep.sum())
 
     @property

@@ -1,18 +1,21 @@
 """Numeric verification: reference outputs, drift checks, fidelity.
 
-One onnxruntime session per model checked — never per node. Reference outputs are
-computed once, on the data `select_verification_data` chooses: ``--eval-data``, else a
-held-out part of the calibration data for lossy pipelines (data no pass was fitted on),
-else calibration batches, else generated inputs at two different sizes for symbolic dims
-(so a pass that bakes in one size is caught).
+One onnxruntime session per model checked — never per node, and one at a time for large
+models. Reference outputs are computed once, on the data
+`onnxcomp.checking.verify_data.select_verification_data` chooses. A feed's outputs larger
+than `SPILL_BYTES` (an LM's logits) are kept in files of the verification's folder and read
+back one feed at a time (`OutputStore`): neither the reference nor a candidate holds all
+its outputs in memory, and the metrics stream over them.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,21 +23,21 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxcomp.checking.calibration import (
-    CalibrationData,
-    required_input_specs,
+from onnxcomp.checking.metrics import (
+    CHUNK,
+    ChannelSplit,
+    FidelityAccumulator,
+    OutputFidelity,
 )
-from onnxcomp.checking.data_validate import is_fixed
-from onnxcomp.checking.generated import runnable_inputs
-from onnxcomp.checking.metrics import ChannelSplit, FidelityAccumulator, OutputFidelity
 from onnxcomp.checking.runtime import make_session, run
-from onnxcomp.errors import CalibrationDataError, one_line
+from onnxcomp.errors import one_line
 from onnxcomp.io.files import model_nbytes
 from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, runtime_parts
 
 log = logging.getLogger("onnxcomp")
 
-Outputs = list[dict[str, np.ndarray]]
+#: Outputs per feed, in feed order: a list, or an `OutputStore` that keeps large ones on disk.
+Outputs = Sequence[dict[str, np.ndarray]]
 
 
 @dataclass
@@ -65,101 +68,49 @@ def _as_array(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def _has_symbolic_dims(model: onnx.ModelProto) -> bool:
-    return any(any(not is_fixed(d) for d in (s.shape or ())) for s in required_input_specs(model))
+#: A feed's outputs of at least this many bytes are kept in a file, not in memory (see
+#: `OutputStore`): one window of an LM's logits is 50 MB.
+SPILL_BYTES = 16 << 20
 
 
-#: Most samples of held-out or ``--eval-data`` data that verification runs on: their
-#: reference outputs are kept for the whole run (candidates are compared with them).
-MAX_VERIFY_SAMPLES = 64
+class OutputStore(Sequence[dict[str, np.ndarray]]):
+    """Outputs per feed, the large ones (`SPILL_BYTES`) in ``.npy`` files of a folder of their own.
 
-
-@dataclass
-class VerificationData:
-    """What verification runs on, and what the passes may fit on.
-
-    Attributes:
-        feeds: Input batches the result is verified on.
-        labels: Task labels per batch (None where there are none).
-        description: Names the data for the console and the report, e.g. "8 held-out
-            samples of calib.npz" or "generated inputs".
-        fit: Calibration data the passes get (the fit part when a split was held out).
-        held_out: The feeds are data no pass was fitted on.
+    Indexing reads a spilled feed's outputs back, so walking the store (as `drift`,
+    `fidelity` and `paired_perplexity` do) holds one feed's outputs at a time. The folder
+    is removed with the store.
     """
 
-    feeds: Outputs
-    labels: list[np.ndarray | None]
-    description: str
-    fit: CalibrationData | None
-    held_out: bool
+    def __init__(self, parent: Path) -> None:
+        self._folder = Path(tempfile.mkdtemp(prefix="outputs-", dir=parent))
+        self._items: list[dict[str, np.ndarray] | list[tuple[str, Path]]] = []
+        weakref.finalize(self, shutil.rmtree, self._folder, True)
 
+    def append(self, outputs: dict[str, np.ndarray]) -> None:
+        """Add the next feed's outputs (object arrays, e.g. strings, stay in memory)."""
+        if sum(a.nbytes for a in outputs.values()) < SPILL_BYTES or any(a.dtype.hasobject for a in outputs.values()):
+            self._items.append(outputs)
+            return
+        files = []
+        for j, (name, value) in enumerate(outputs.items()):
+            path = self._folder / f"{len(self._items)}-{j}.npy"
+            np.save(path, value, allow_pickle=False)
+            files.append((name, path))
+        self._items.append(files)
 
-def _data_name(data: CalibrationData) -> str:
-    """The source's name ("calib.npz"), to describe the part of it verification used."""
-    return data.name
+    def __len__(self) -> int:
+        return len(self._items)
 
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        item = self._items[i]
+        if isinstance(item, dict):
+            return item
+        return {name: np.load(path, allow_pickle=False) for name, path in item}
 
-def _batches(data: CalibrationData, max_batches: int | None, max_samples: int | None) -> tuple[Outputs, list[np.ndarray | None], int]:
-    """Batches with labels, and the number of samples in them."""
-    feeds: Outputs = []
-    labels: list[np.ndarray | None] = []
-    n = 0
-    for batch, lab in data.iter_with_labels(max_samples=max_samples):
-        feeds.append(batch)
-        labels.append(lab)
-        n += data.samples_in(batch)
-        if max_batches is not None and len(feeds) >= max_batches:
-            break
-    return feeds, labels, n
-
-
-def select_verification_data(
-    model: onnx.ModelProto,
-    calibration: CalibrationData | None,
-    *,
-    eval_data: CalibrationData | None = None,
-    lossy: bool,
-    seed: int = 0,
-    batches: int = 2,
-    warn: Callable[[str], None] | None = None,
-) -> VerificationData:
-    """Choose the verification data, and the calibration data the passes fit on.
-
-    * ``eval_data`` given: verify on it (up to `MAX_VERIFY_SAMPLES`); passes fit on all of
-      ``calibration``.
-    * A lossy pipeline with ``calibration``: passes fit on part of it and the result is
-      verified on the rest (`CalibrationData.holdout`); when too few samples (or a
-      one-shot reader) leave nothing to hold out, it is verified on the fitting data,
-      with a warning and a description that says so.
-    * A lossless pipeline (nothing is fitted): the first ``batches`` calibration batches.
-    * No data: generated inputs, at two sizes for symbolic dims (a pass that bakes in one
-      size is caught).
-    """
-    if eval_data is not None:
-        feeds, labels, n = _batches(eval_data, None, MAX_VERIFY_SAMPLES)
-        if not feeds:
-            raise CalibrationDataError(f"evaluation data {_data_name(eval_data)} yields no complete batch for the model")
-        return VerificationData(feeds, labels, f"{n} samples of {_data_name(eval_data)}", calibration, True)
-    if calibration is not None:
-        split = calibration.holdout() if lossy else None
-        if split is not None:
-            fit, held = split
-            feeds, labels, n = _batches(held, None, MAX_VERIFY_SAMPLES)
-            if feeds:
-                return VerificationData(feeds, labels, f"{n} held-out samples of {_data_name(calibration)}", fit, True)
-        feeds, labels, n = _batches(calibration, batches, None)
-        if feeds:
-            desc = f"{n} samples of {_data_name(calibration)}"
-            if lossy and not calibration.generated:
-                desc += ", the data the passes were fitted on (too few samples to hold any out)"
-                msg = f"verified on {desc}: the fidelity reported is optimistic; pass --eval-data for an honest figure"
-                log.warning(msg)
-                if warn is not None:
-                    warn(msg)
-            return VerificationData(feeds, labels, desc, calibration, False)
-    # Sizes the model runs on (tried in one session), a second feed at other sizes.
-    feeds = runnable_inputs(model, seed=seed, count=2 if _has_symbolic_dims(model) else 1)
-    return VerificationData(feeds, [None] * len(feeds), "generated inputs", calibration, False)
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (self[i] for i in range(len(self)))
 
 
 def evaluate(
@@ -170,20 +121,39 @@ def evaluate(
     lent: Mapping[str, np.ndarray] | None = None,
     cache: ArrayCache | None = None,
     cancel: threading.Event | None = None,
+    spill: bool = False,
 ) -> Outputs:
     """Run ``model`` (graph optimizations off: we check *our* graph) on every feed.
 
     ``lent`` and ``cache`` pass weights without copying them (see `onnxcomp.ir.weightless`).
     ``cancel``, when set by the time the session is built, skips the runs (`Cancelled`).
+    ``spill`` (with a ``workdir``): return an `OutputStore` there, so large outputs are
+    held one feed at a time. The session is closed before this returns.
     """
     sess = make_session(model, optimize=False, workdir=workdir, lent=lent, cache=cache, one_shot=True)
     if cancel is not None and cancel.is_set():
         raise Cancelled
-    return [{k: _as_array(v) for k, v in run(sess, f).items()} for f in feeds]
+    out: list[dict[str, np.ndarray]] | OutputStore = OutputStore(workdir) if spill and workdir is not None else []
+    for f in feeds:
+        out.append({k: _as_array(v) for k, v in run(sess, f).items()})
+    return out
 
 
 class Cancelled(Exception):
     """A background evaluation whose outputs nobody will read stopped early."""
+
+
+def _max_abs_diff(ref: np.ndarray, cand: np.ndarray, finite: np.ndarray) -> float:
+    """Largest ``|ref - cand|`` in float64 where ``finite``, `CHUNK` values at a time (a
+    float64 copy of an LM's logits window would be 100 MB)."""
+    r, c, keep = ref.reshape(-1), cand.reshape(-1), finite.reshape(-1)
+    out = 0.0
+    for start in range(0, r.size, CHUNK):
+        k = keep[start:start + CHUNK]
+        d = np.abs(r[start:start + CHUNK].astype(np.float64) - c[start:start + CHUNK])[k]
+        if d.size:
+            out = max(out, float(d.max()))
+    return out
 
 
 def drift(reference: Outputs, candidate: Outputs, tolerance: Tolerance) -> tuple[str, str] | None:
@@ -206,7 +176,7 @@ def drift(reference: Outputs, candidate: Outputs, tolerance: Tolerance) -> tuple
                     return name, f"changed output {name!r} (Inf signs differ)"
                 fin = np.isfinite(r)
                 if fin.any():
-                    diff = float(np.abs(r[fin].astype(np.float64) - c[fin]).max())
+                    diff = _max_abs_diff(r, c, fin)
                     bound = tolerance.bound(r)
                     if diff > bound:
                         return name, f"changed output {name!r} beyond tolerance (max |diff| {diff:.3g} > {bound:.3g})"
@@ -304,7 +274,7 @@ class Verifier:
 
     def _compute(self) -> None:
         try:
-            self._outputs = evaluate(self._reference, self.feeds, self.workdir, cache=self.cache, cancel=self._closing)
+            self._outputs = evaluate(self._reference, self.feeds, self.workdir, cache=self.cache, cancel=self._closing, spill=True)
         except Cancelled:
             pass
         except Exception as e:
@@ -376,6 +346,6 @@ class Verifier:
     def _evaluate_now(self, model: "onnx.ModelProto | RuntimeParts | bytes | str", lent: Mapping[str, np.ndarray] | None = None) -> tuple[Outputs, str | None]:
         """`evaluate` without waiting for the reference run."""
         try:
-            return evaluate(model, self.feeds, self.workdir, lent=lent, cache=self.cache), None
+            return evaluate(model, self.feeds, self.workdir, lent=lent, cache=self.cache, spill=True), None
         except Exception as e:
             return [], f"result cannot run in onnxruntime: {one_line(e)}"

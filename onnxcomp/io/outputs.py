@@ -31,7 +31,7 @@ from pathlib import Path
 import onnx
 
 from onnxcomp.errors import UsageError
-from onnxcomp.io import safety
+from onnxcomp.io import payloads, safety
 
 #: The random part ``tempfile`` puts in a name (``tempfile._RandomNameSequence``).
 _RANDOM = r"[a-z0-9_]+"
@@ -166,7 +166,7 @@ def external_data_files(model_path: str | os.PathLike[str]) -> list[Path]:
     """External-data files a model on disk refers to (header read only)."""
     p = Path(model_path)
     try:
-        model = onnx.load_model(str(p), load_external_data=False)
+        model = payloads.structure_only(p)  # a large single file: its weights are not parsed
     except Exception:  # noqa: BLE001 - an unreadable file refers to nothing we could overwrite
         return []
     out: set[Path] = set()

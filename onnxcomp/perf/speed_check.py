@@ -5,7 +5,8 @@ execution provider (INT8 QDQ that the EP does not fuse, pruning that breaks a fu
 pattern), the trade is all loss and the user should hear it. `check_speed` times input
 and result the way ``bench`` does — one session each, warm-up, interleaved rounds (A B,
 B A, …), the median of per-round ratios (`onnxcomp.perf.timing`) — but briefly (about
-`DURATION_S` seconds of rounds, at least `MIN_ROUNDS`), and `slower_warning` turns a ratio
+`DURATION_S` seconds of rounds, at least `MIN_ROUNDS`, or `SLOW_MIN_ROUNDS` for models
+whose round alone takes longer), and `slower_warning` turns a ratio
 below `SLOWER_BELOW` into a warning. ``bench`` / ``compare`` remain the tools for a real
 measurement; this check is short and its ratio is noisy by a few percent.
 """
@@ -13,14 +14,21 @@ measurement; this check is short and its ratio is noisy by a few percent.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnxcomp.checking.calibration import required_input_specs
 from onnxcomp.checking.runtime import make_session, parse_ep, providers_for
 from onnxcomp.errors import one_line
+from onnxcomp.io.files import model_nbytes, save_model
+from onnxcomp.ir.weightless import references_files
 from onnxcomp.perf.feeds import make_feeds
 from onnxcomp.perf.timing import (
     InterleavedTimer,
@@ -37,6 +45,11 @@ DURATION_S = 1.0
 MIN_ROUNDS = 5
 #: Untimed runs of each model first.
 WARMUP = 3
+#: A model whose weights in memory reach this size is timed from a file (`_session_source`):
+#: on the 2.35 GB chain of bench/big_model_memory.py the speed check was the run's peak.
+FILE_BYTES = 256 << 20
+#: Fewest timed rounds of models whose round takes longer than `DURATION_S` (see `_rounds`).
+SLOW_MIN_ROUNDS = 3
 #: A result at less than this fraction of the input's speed is reported as slower
 #: (below 1.0 by more than the noise of a one-second interleaved measurement).
 SLOWER_BELOW = 0.95
@@ -70,7 +83,6 @@ def measure_speed(
         ``{"ratio": r, "ep": provider, "rounds": n, "input_ms": p50, "result_ms": p50}``;
         ``ratio`` is the median over rounds of input time ÷ result time (> 1: faster).
     """
-    import numpy as np
 
     ep_name, device_id = parse_ep(ep)
     providers = providers_for(ep_name)
@@ -80,10 +92,11 @@ def measure_speed(
     fixed_batch = any(s.fixed_batch is not None for s in required_input_specs(reference))
     feeds = make_feeds(reference, data=data, seed=seed, batch=None if fixed_batch else 1)
     # Two sessions timed in turn must not spin (see onnxcomp.perf.timing).
-    sessions = [make_session(m, providers=providers, spinning=False, device_id=device_id) for m in (reference, candidate)]
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-speed-") as tmp:  # mapped files outlive their names
+        sessions = [make_session(_session_source(m, Path(tmp) / str(i)), providers=providers, spinning=False, device_id=device_id)
+                    for i, m in enumerate((reference, candidate))]
     timer = InterleavedTimer([make_runner(s, feeds, s.get_providers(), device_id) for s in sessions])
-    timer.warmup(warmup)
-    ms = timed_rounds(timer, rounds=None, duration_s=duration_s, min_rounds=min_rounds)
+    ms = _rounds(timer, duration_s=duration_s, min_rounds=min_rounds, warmup=warmup)
     return {
         "ratio": paired_ratio(ms[:, 0], ms[:, 1]),
         "ep": sessions[1].get_providers()[0],
@@ -91,6 +104,48 @@ def measure_speed(
         "input_ms": float(np.median(ms[:, 0])),
         "result_ms": float(np.median(ms[:, 1])),
     }
+
+
+def _session_source(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto | str:
+    """``model``, or its copy in ``folder`` with external data when its weights in memory
+    reach `FILE_BYTES`.
+
+    onnxruntime maps external data and lets the mapping go once its kernels have packed
+    the weights; weights lent from memory stay beside their packed copy. (A model whose
+    weights are still in a file already reaches onnxruntime as one, see `make_session`.)
+    """
+    if references_files(model) or model_nbytes(model) < FILE_BYTES:
+        return model
+    folder.mkdir()
+    path = folder / "model.onnx"
+    save_model(model, path, external_data=True)
+    return str(path)
+
+
+def _rounds(timer: InterleavedTimer, *, duration_s: float, min_rounds: int, warmup: int) -> np.ndarray:
+    """Milliseconds of ``(rounds, 2)`` timed rounds: about ``duration_s`` of them, at least ``min_rounds``.
+
+    One warm-up round first (allocations, caches), then one timed round, which says what a
+    round costs. A fast model gets the full warm-up and rounds until ``duration_s`` has
+    passed. A model whose round takes longer than ``duration_s`` (a 135M-parameter LM on
+    256 tokens: 2.6 s) gets no more warm-up and `SLOW_MIN_ROUNDS` rounds, the probe
+    included: runs that long vary by a few percent only, and a fixed schedule of
+    ``warmup`` + 10 rounds took over 30 s there.
+    """
+    timer.warmup(1)
+    probe = timer.rounds(1)
+    per_round_s = float(probe.sum()) / 1000
+    if per_round_s * (warmup - 1) <= duration_s:  # cheap: the full warm-up, the probe discarded
+        timer.warmup(warmup - 1)
+        probe = probe[:0]
+    if per_round_s > duration_s:
+        min_rounds = min(min_rounds, SLOW_MIN_ROUNDS)
+    rounds = max(min_rounds, math.ceil(duration_s / max(per_round_s, 1e-6))) - len(probe)
+    if rounds * per_round_s <= 2 * duration_s:  # cheap: by the clock, in case the probe was slow
+        rest = timed_rounds(timer, rounds=None, duration_s=duration_s, min_rounds=rounds)
+    else:
+        rest = timed_rounds(timer, rounds=rounds, duration_s=duration_s)
+    return np.concatenate([probe, rest])
 
 
 def slower_warning(speed: dict[str, Any], below: float = SLOWER_BELOW) -> str | None:
@@ -121,14 +176,17 @@ def check_speed(
         seed: Seed of generated inputs.
 
     Returns:
-        The report's ``speed`` entry and the warning (None when not slower).
+        The report's ``speed`` entry (with the check's ``seconds``) and the warning (None
+        when not slower).
     """
     path = data if isinstance(data, (str, os.PathLike)) and str(data) != "random" else None
+    start = time.perf_counter()
     try:
         speed = measure_speed(reference, candidate, ep=ep, data=path, seed=seed)
     except Exception as e:  # noqa: BLE001 - a measurement only: nothing that stops it (onnxruntime errors too) may fail the run
         log.info("speed check skipped: %s", one_line(e, 300))
         return {"skipped": one_line(e, 300)}, None
+    speed["seconds"] = round(time.perf_counter() - start, 3)  # the check's own cost, sessions included
     warning = slower_warning(speed)
     if warning:
         log.warning(warning)

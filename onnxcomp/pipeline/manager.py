@@ -44,7 +44,8 @@ from onnxcomp._version import __version__
 from onnxcomp.checking.calibration import CalibrationData
 from onnxcomp.checking.checker import Checker, Verdict, check_structure
 from onnxcomp.checking.metrics import FIDELITY_FLOOR, ChannelSplit
-from onnxcomp.checking.verify import Tolerance, select_verification_data
+from onnxcomp.checking.verify import Tolerance
+from onnxcomp.checking.verify_data import select_verification_data
 from onnxcomp.errors import InvalidModelError, OnnxcompError, PassError, one_line
 from onnxcomp.io.hygiene import normalize
 from onnxcomp.ir.candidate import Candidate
@@ -208,7 +209,9 @@ class PipelineRun:
             # No accepted change: the result is the input itself (no re-export, nothing to run).
             result = self.last_model if self.last_model is not None else self.input
             lossless = all(r.lossless for r in self.report.passes if r.modified)
+            t_final = time.perf_counter()
             self.report.verification = self.checker.final(result, allow_unverified=opts.allow_unverified, lossless=lossless, context=self._context())
+            self.check_seconds += time.perf_counter() - t_final
         finally:
             self.checker.close()
         self.report.seconds = time.perf_counter() - t_start

@@ -41,7 +41,9 @@ class Report:
     verification: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    #: Time spent checking (export, onnx.checker, onnxruntime), included in ``seconds``.
+    #: Time spent checking and verifying (export, onnx.checker, onnxruntime on the
+    #: verification data, the metrics; the final verification too), included in
+    #: ``seconds``; the passes' own time is in ``passes[].seconds``.
     check_seconds: float = 0.0
     onnxcomp_version: str = ""
     seed: int = 0

@@ -177,3 +177,26 @@ def test_parse_channel_spec(text: str, name: str, split: ChannelSplit) -> None:
 def test_parse_channel_spec_errors(text: str) -> None:
     with pytest.raises(ValueError, match="--channels"):
         parse_channel_spec(text)
+
+
+def test_chunked_sums_equal_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sums over a few values at a time (no float64 copy of a whole batch) give the same figures."""
+    from onnxcomp.checking import metrics
+
+    rng = np.random.default_rng(5)
+    ref = _detector_output(rng, n=3, anchors=40)
+    cand = ref + rng.standard_normal(ref.shape).astype(np.float32)
+    cand[1, 2, 7], ref[2, 5, 3], cand[2, 5, 3] = np.nan, np.inf, np.inf  # one mismatch, one shared Inf
+
+    def measure() -> object:
+        acc = FidelityAccumulator()
+        acc.add(ref, cand)
+        return acc.result()
+
+    whole = measure()
+    monkeypatch.setattr(metrics, "CHUNK", 7)  # chunks cut rows, channels and the non-finite values
+    chunked = measure()
+    assert whole.mismatched_nan == chunked.mismatched_nan == 1 and whole.compared == chunked.compared == ref.size - 2
+    for key in ("cosine", "output_cosine", "mean_abs_diff", "snr_db", "worst_channel_cosine"):
+        assert getattr(chunked, key) == pytest.approx(getattr(whole, key), rel=1e-12), key
+    assert chunked.worst_channel == whole.worst_channel and chunked.max_abs_diff == whole.max_abs_diff == np.inf

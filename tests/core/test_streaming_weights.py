@@ -65,6 +65,21 @@ def test_payload_ranges_are_the_raw_data_bytes(tmp_path: Path) -> None:
     assert header.SerializeToString(deterministic=True) == m.SerializeToString(deterministic=True)
 
 
+def test_structure_only_skips_large_payloads_and_keeps_external_references(tmp_path: Path) -> None:
+    """What the output checks read of an input (its external-data files) costs its header only."""
+    from onnxcomp.io.outputs import external_data_files
+
+    m = _mlp()
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    header = payloads.structure_only(path, 1024)
+    kept = {t.name for t in header.graph.initializer if t.raw_data}
+    assert kept == {"b2", "scale"} and [n.op_type for n in header.graph.node] == [n.op_type for n in m.graph.node]
+    assert external_data_files(path) == []
+    ext = _external(m, tmp_path / "ext")
+    assert [p.name for p in external_data_files(ext)] == [f"{ext.name}.data"]
+
+
 def test_lazy_single_file_load_references_the_file_and_writes_it_back(tmp_path: Path, lazy_single_file: None) -> None:
     src = tmp_path / "m.onnx"
     onnx.save(_mlp(), src)

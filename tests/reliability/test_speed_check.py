@@ -134,3 +134,20 @@ def test_slower_warning_threshold(ratio: float, warns: bool) -> None:
     if warns:
         assert w.startswith(f"result is {ratio:.2f}x the speed of the input on CPUExecutionProvider")
     assert slower_warning({"skipped": "cannot run"}) is None
+
+
+def test_schedule_follows_the_cost_of_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round longer than the check's duration gets SLOW_MIN_ROUNDS rounds, not warm-up + 10;
+    a large model is timed from a file (here: every model)."""
+    from onnxcomp.perf import speed_check
+
+    w = np.eye(64, dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    slow = speed_check.measure_speed(model, model, duration_s=1e-9)
+    assert slow["rounds"] == speed_check.SLOW_MIN_ROUNDS and slow["ratio"] > 0
+    monkeypatch.setattr(speed_check, "FILE_BYTES", 0)
+    fast = speed_check.measure_speed(model, model, duration_s=0.05)
+    assert fast["rounds"] >= speed_check.MIN_ROUNDS and 0.5 < fast["ratio"] < 2
