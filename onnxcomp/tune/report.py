@@ -103,6 +103,8 @@ class TuneResult:
     space: dict[str, Any]
     points: list[TrialPoint]
     seconds: float = 0.0
+    #: Configurations the sampler asked again, skipped and replaced (not trials).
+    duplicates_skipped: int = 0
     best: TrialPoint | None = None
     best_output: str | None = None
     best_report: dict[str, Any] | None = None
@@ -138,6 +140,7 @@ class TuneResult:
             "study": self.study,
             "space": self.space,
             "seconds": round(self.seconds, 2),
+            "duplicates_skipped": self.duplicates_skipped,
             "notes": self.notes,
         }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 
 from onnxcomp.tune.search import resume_study
@@ -19,3 +21,30 @@ def test_resume_asks_interrupted_trials_first_then_the_queue_in_order() -> None:
     assert again[0].user_attrs.get("preset") == "int8"  # the preset stays marked
     states = {t.number: t.state for t in study.trials}
     assert states[first[0].number] == states[first[1].number] == optuna.trial.TrialState.FAIL
+
+
+def _distinct_run(seed: int) -> tuple[list[dict], optuna.Study]:
+    """Ask a small space (7 configurations) for 10 trials after enqueuing one config three times."""
+    from onnxcomp.tune.search import Filler, ask_distinct
+    from onnxcomp.tune.space import SearchSpace
+
+    space = SearchSpace(quant_modes=("none", "static"), calibrators=("minmax",))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(seed=seed))
+    for _ in range(3):
+        study.enqueue_trial({"quant": "none"})
+    taken: set[str] = set()
+    filler = Filler(space, seed)
+    first = ask_distinct(study, space, 3, taken, filler)
+    rest = ask_distinct(study, space, 10, taken, filler)  # more than the space holds
+    return [c for _, c in first + rest], study
+
+
+def test_duplicates_are_skipped_and_replaced_deterministically() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs, study = _distinct_run(5)
+    keys = [json.dumps(c, sort_keys=True) for c in configs]
+    assert configs[0] == {"quant": "none"}
+    assert len(keys) == len(set(keys)) == 7  # every configuration once; the space ran out, no endless asking
+    duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(duplicates) >= 2 and all(t.state == optuna.trial.TrialState.PRUNED for t in duplicates)
+    assert _distinct_run(5)[0] == configs  # the same seed, the same trials
