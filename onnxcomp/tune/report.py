@@ -3,7 +3,7 @@
 The Pareto front is over every completed trial (within the budget or not): the points
 no other trial beats on both latency ratio (lower is better) and metric (higher is
 better; for perplexity, lower). The chosen model is the fastest trial within the
-budget (ties: the better metric).
+budget (ties: the one closest to the original, see `choose`).
 """
 
 from __future__ import annotations
@@ -74,10 +74,22 @@ def dominated_by(point: TrialPoint, others: list[TrialPoint]) -> bool:
 
 
 def choose(points: list[TrialPoint]) -> TrialPoint | None:
-    """The fastest point within the budget (ties: the better metric, then the earlier trial:
-    a preset before a search trial that built the same model)."""
+    """The fastest point within the budget.
+
+    Ties (equal latency ratios: candidates of one computation share a measurement,
+    `onnxcomp.tune.search`): the one closest to the original (the higher cosine), then
+    the better metric, then the earlier trial (a preset before a search trial that
+    built the same model). Every tied candidate met the budget on the eval data; the
+    budget is a drop *relative to the original*, and the candidate that agrees most
+    with the original is the one whose drop on other data stays nearest to what was
+    measured, whereas a metric one or two samples better is within the eval set's
+    noise (measured on digits: of two prune 0.9 + distill students timed as one
+    computation, the one better by one validation image, at cosine 0.976, lost three
+    test images; the other, at 0.987, none; bench/MEASUREMENTS.md#tune).
+    """
     feasible = [p for p in points if p.within_budget]
-    return min(feasible, key=lambda p: (p.latency_ratio, -p.score, p.number)) if feasible else None
+    return min(feasible, key=lambda p: (p.latency_ratio, -float(p.result.get("cosine", 0.0)), -p.score, p.number)) \
+        if feasible else None
 
 
 def closest(points: list[TrialPoint]) -> TrialPoint | None:

@@ -373,7 +373,8 @@ def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, A
     that differ only in numbers (two calibrators' activation scales: the same kernels on the
     same shapes, `onnxcomp.tune.trial.compute_digest`). Timing them again would only add
     noise, and picking the luckier of two timings of one computation would flatter the
-    result; with equal latency the better metric wins (`onnxcomp.tune.report.choose`).
+    result; with equal latency the one closest to the original wins, then the better metric
+    (`onnxcomp.tune.report.choose`).
     The report says which: ``same_model_as`` (identical bytes) or ``same_compute_as``.
     """
     if "error" in result:

@@ -48,3 +48,17 @@ def test_duplicates_are_skipped_and_replaced_deterministically() -> None:
     duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert len(duplicates) >= 2 and all(t.state == optuna.trial.TrialState.PRUNED for t in duplicates)
     assert _distinct_run(5)[0] == configs  # the same seed, the same trials
+
+
+def test_choose_the_fastest_within_budget_then_the_closest_to_the_original() -> None:
+    from onnxcomp.tune.report import TrialPoint, choose
+
+    def point(number: int, ratio: float, metric: float, cosine: float, within: bool = True) -> TrialPoint:
+        return TrialPoint(number, {}, "", None, {"score": metric, "metric": metric, "cosine": cosine,
+                                                  "latency_ratio": ratio, "within_budget": within})
+
+    slow, tied_better_metric, tied_closer = point(0, 0.5, 0.99, 0.999), point(1, 0.3, 0.985, 0.976), point(2, 0.3, 0.982, 0.987)
+    outside = point(3, 0.2, 0.9, 0.8, within=False)
+    assert choose([slow, tied_better_metric, tied_closer, outside]) is tied_closer
+    assert choose([slow, tied_better_metric]) is tied_better_metric
+    assert choose([outside]) is None

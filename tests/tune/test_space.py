@@ -97,7 +97,11 @@ def test_spread_covers_the_space_and_is_asked_as_given() -> None:
     ratios = {c["prune.ratio"] for c in spread if c["prune"]}
     assert min(ratios) <= 0.1 and max(ratios) >= 0.8
     assert {(c["quant"] != "none", c["recover"]) for c in spread if c["prune"] and c["prune.ratio"] >= 0.5} == {
-        (False, "none"), (False, "distill"), (True, "none"), (True, "distill")}
+        (False, "distill"), (True, "distill")}  # unrecovered copies compute the same, worse: left out
+    # Every criterion and allocation is tried, at light and heavy ratios.
+    for option, values in (("prune.criterion", space.criteria), ("prune.allocation", space.allocations)):
+        for light in (True, False):
+            assert {c[option] for c in spread if c["prune"] and (c["prune.ratio"] < 0.5) == light} == set(values)
     # Enqueued, each is asked back unchanged (a value outside the sampler's grid would not be).
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"])
