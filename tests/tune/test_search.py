@@ -62,3 +62,17 @@ def test_choose_the_fastest_within_budget_then_the_closest_to_the_original() -> 
     assert choose([slow, tied_better_metric, tied_closer, outside]) is tied_closer
     assert choose([slow, tied_better_metric]) is tied_better_metric
     assert choose([outside]) is None
+
+
+def test_results_stop_cleanly_at_the_time_budget() -> None:
+    """Trials queued behind running ones when the deadline passes are cancelled, not raised."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from onnxcomp.tune.executors import in_order
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(time.sleep, 0.3) for _ in range(6)]
+        results = list(in_order(futures, time.monotonic() + 0.1))
+    assert len(results) == 2  # the two running when the deadline passed finished; four never started
+    assert sum(f.cancelled() for f in futures) == 4
