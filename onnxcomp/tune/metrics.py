@@ -109,6 +109,12 @@ class EvalSet:
         outs = self._outputs(model)
         return self.score_outputs(outs), self.cosine(outs)
 
+    def score_details(self, model: onnx.ModelProto | bytes) -> tuple[float, float, dict[str, float]]:
+        """`score`, and for ``accuracy`` the `paired_accuracy` facts."""
+        outs = self._outputs(model)
+        extra = self.paired_accuracy(outs) if self.metric.name == "accuracy" else {}
+        return self.score_outputs(outs), self.cosine(outs), extra
+
     def cosine(self, outs: list[dict[str, np.ndarray]]) -> float:
         """Worst cosine per output and per channel against the original's outputs."""
         accs: dict[str, FidelityAccumulator] = {}
@@ -121,6 +127,27 @@ class EvalSet:
                     return -1.0  # an output lost or reshaped: as far from the original as it gets
         return float(summarize({k: a.result() for k, a in accs.items()})["cosine"])
 
+    def top1(self, outs: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """Top-1 class per eval sample of the first output (``[N, classes]``)."""
+        first = np.concatenate([np.asarray(o[self.names[0]]) for o in outs])
+        return first.reshape(first.shape[0], -1).argmax(axis=1)
+
+    def paired_accuracy(self, outs: list[dict[str, np.ndarray]]) -> dict[str, float]:
+        """How a candidate's accuracy differs from the original's, sample by sample.
+
+        ``top1_changed``: samples whose top-1 class changed; ``drop_stderr``: the standard
+        error of the accuracy drop from the paired per-sample differences. A drop measured
+        on few changed samples is a firm number; one that is the balance of many gained and
+        lost samples may not hold on other data (the report shows both; the budget is
+        judged on the measured drop).
+        """
+        assert self.labels is not None
+        ref, cand, labels = self.top1(self.reference), self.top1(outs), self.labels.reshape(-1)
+        diff = (ref == labels).astype(np.float64) - (cand == labels)
+        n = len(diff)
+        return {"top1_changed": int(np.sum(ref != cand)),
+                "drop_stderr": float(np.std(diff, ddof=1) / math.sqrt(n)) if n > 1 else 0.0}
+
     def score_outputs(self, outs: list[dict[str, np.ndarray]]) -> float:
         """The metric (higher is better) of these per-batch outputs."""
         name = self.metric.name
@@ -130,8 +157,7 @@ class EvalSet:
         first = joined.get(self.names[0])
         if name == "accuracy":
             assert self.labels is not None and first is not None
-            pred = first.reshape(first.shape[0], -1).argmax(axis=1)
-            return float(np.mean(pred == self.labels.reshape(-1)))
+            return float(np.mean(self.top1(outs) == self.labels.reshape(-1)))
         if name == "perplexity":
             return -self._perplexity(first)
         assert self.metric.function is not None

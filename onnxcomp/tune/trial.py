@@ -166,13 +166,14 @@ class Worker:
 
     def _run(self, config: dict[str, Any]) -> dict[str, Any]:
         candidate, report = self.build(config)
-        score, cosine = self.eval.score(candidate)
+        score, cosine, paired = self.eval.score_details(candidate)
         ratio = self.latency_ratio(candidate)
         violation = self.job.budget.violation(self.eval.original, score, cosine)
         return {
             "score": score,
             "metric": self.metric.display(score),
             "cosine": cosine,
+            **paired,
             "latency_ratio": ratio,
             "violation": violation,
             "within_budget": violation <= 0,

@@ -44,6 +44,12 @@ def test_outputs_pareto_presets_and_budget(files: Files, tmp_path: Path) -> None
         for t in rep["trials"]:
             by_model.setdefault(t.get(key), set()).add(t.get("latency_ratio"))
         assert all(len(ratios) == 1 for sha, ratios in by_model.items() if sha)
+    # Paired facts of the accuracy: the labels are the original's own top-1 (accuracy 1), so
+    # every changed top-1 is a lost sample, and the drop is noise-free only when none changed.
+    n = len(np.load(files.eval)["label"])
+    for t in (t for t in rep["trials"] if "error" not in t):
+        assert t["top1_changed"] == round((1 - t["metric"]) * n)
+        assert (t["drop_stderr"] > 0) == (t["top1_changed"] > 0)
     # The chosen model is the fastest within budget, written, and within budget on the eval data.
     best = rep["best"]
     feasible = [t for t in rep["trials"] if t.get("within_budget")]
