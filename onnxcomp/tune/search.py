@@ -40,6 +40,7 @@ from typing import Any
 
 from onnxcomp.errors import UsageError, VerificationError
 from onnxcomp.tune.executors import make_executor, usable_cores
+from onnxcomp.tune.metrics import CONFIDENCE
 from onnxcomp.tune.report import TrialPoint, TuneResult, choose, closest
 from onnxcomp.tune.space import (
     SearchSpace,
@@ -79,7 +80,7 @@ def study_name(model: str | Path, job: TrialJob, space: dict[str, Any]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     settings = {k: str(getattr(job, k)) for k in ("calibration_data", "eval_data", "train_data", "metric", "max_drop",
-                                                  "min_cosine", "ep", "threads", "seed")}
+                                                  "min_cosine", "confidence", "ep", "threads", "seed")}
     h.update(json.dumps([settings, space], sort_keys=True, default=str).encode())
     return f"onnxcomp-tune-{Path(model).stem}-{h.hexdigest()[:12]}"
 
@@ -223,6 +224,7 @@ def tune(
     metric: str = "cosine",
     max_drop: float | None = None,
     min_cosine: float | None = None,
+    confidence: float = CONFIDENCE,
     ep: str = "cpu",
     threads: int | None = None,
     trials: int = 30,
@@ -245,6 +247,8 @@ def tune(
         metric: ``cosine``, ``accuracy``, ``perplexity`` or ``MODULE:FUNCTION``.
         max_drop: Budget: absolute drop of the metric allowed (accuracy as a fraction).
         min_cosine: Budget: worst cosine (per output and channel) allowed.
+        confidence: A drop with paired per-sample errors (accuracy) is judged on its
+            one-sided upper bound at this confidence (`Budget`; 0.5: the measured drop).
         ep: Execution provider candidates are timed on.
         threads: Intra-op threads per worker (default: onnxruntime's, or cores ÷ workers).
         trials: Finished trials wanted in the study (presets included).
@@ -278,7 +282,7 @@ def tune(
     if workers > 1 and threads is None:
         threads = max(1, len(usable_cores()) // workers)
     job = TrialJob(model=str(model), calibration_data=calibration_data, eval_data=eval_data, train_data=train_data,
-                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, ep=ep, threads=threads, seed=seed,
+                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, confidence=confidence, ep=ep, threads=threads, seed=seed,
                    timing_s=timing_s)
     job.budget  # noqa: B018 - validates the budget before anything is loaded
     if workers * (threads or 1) > len(usable_cores()):

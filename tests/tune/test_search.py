@@ -62,6 +62,11 @@ def test_choose_the_fastest_within_budget_then_the_closest_to_the_original() -> 
     assert choose([slow, tied_better_metric, tied_closer, outside]) is tied_closer
     assert choose([slow, tied_better_metric]) is tied_better_metric
     assert choose([outside]) is None
+    # Within NEAR_EQUAL (timing noise) of the fastest counts as equally fast: the closer one wins.
+    nearly, faster_looser = point(4, 0.31, 0.982, 0.99), point(5, 0.3, 0.984, 0.976)
+    assert choose([faster_looser, nearly]) is nearly
+    assert choose([faster_looser, nearly], near_equal=0.0) is faster_looser
+    assert choose([faster_looser, point(6, 0.4, 0.99, 0.999)]) is faster_looser  # 33 % slower is slower
 
 
 def test_results_stop_cleanly_at_the_time_budget() -> None:
