@@ -11,7 +11,8 @@ Usage::
   training images and distills on the training split (898), and the written model is
   then scored on the **test** split (450 images), which the tune never sees. On 449
   or 450 images a drop of 0.005 allows two errors more than FP32 makes.
-  Target: the written model ≥ 2× faster than FP32 (timed again here, interleaved, with
+  The budget is judged with the default ``--confidence 0.95`` (the drop's upper bound
+  from paired per-sample errors). Target: the written model ≥ 2× faster than FP32 (timed again here, interleaved, with
   ``onnxcomp compare``), accuracy within 0.005 of FP32 on the test split, a Pareto front
   of ≥ 5 points.
 * ``resnet18`` / ``bert``: ``--min-cosine 0.99`` on generated inputs independent of the
