@@ -84,7 +84,8 @@ def choose(points: list[TrialPoint], near_equal: float = NEAR_EQUAL) -> TrialPoi
 
     Equally fast: a latency ratio within ``near_equal`` (relative) of the fastest point
     within the budget (`NEAR_EQUAL`, timing noise; candidates of one computation share a
-    measurement, `onnxcomp.tune.search`, and tie exactly). Among those: the one closest
+    measurement, `onnxcomp.tune.search`, and tie exactly), and never slower than a preset
+    within the budget. Among those: the one closest
     to the original (the higher cosine), then the better metric, then the faster, then
     the earlier trial (a preset before a search trial that built the same model). Every
     one of them met the budget on the eval data; the budget is a drop *relative to the
@@ -98,8 +99,10 @@ def choose(points: list[TrialPoint], near_equal: float = NEAR_EQUAL) -> TrialPoi
     feasible = [p for p in points if p.within_budget]
     if not feasible:
         return None
-    fastest = min(p.latency_ratio for p in feasible)
-    tied = [p for p in feasible if p.latency_ratio <= fastest * (1 + near_equal)]
+    # Never slower than a preset within the budget: the tune is measured against them.
+    cap = min([min(p.latency_ratio for p in feasible) * (1 + near_equal)]
+              + [p.latency_ratio for p in feasible if p.preset])
+    tied = [p for p in feasible if p.latency_ratio <= cap]
     return min(tied, key=lambda p: (-float(p.result.get("cosine", 0.0)), -p.score, p.latency_ratio, p.number))
 
 

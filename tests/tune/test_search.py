@@ -67,6 +67,8 @@ def test_choose_the_fastest_within_budget_then_the_closest_to_the_original() -> 
     assert choose([faster_looser, nearly]) is nearly
     assert choose([faster_looser, nearly], near_equal=0.0) is faster_looser
     assert choose([faster_looser, point(6, 0.4, 0.99, 0.999)]) is faster_looser  # 33 % slower is slower
+    preset = TrialPoint(7, {}, "", "int8", {**faster_looser.result})  # never slower than a preset within budget
+    assert choose([preset, nearly]) is preset
 
 
 def test_results_stop_cleanly_at_the_time_budget() -> None:
