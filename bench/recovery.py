@@ -9,7 +9,7 @@ Runs, on the same pruned model (``prune-channels:ratio=R``):
   4x the epochs);
 * the presets ``prune-recover`` and ``prune-distill-int8`` (INT8 runs need ``quantize-int8``).
 
-and prints top-1 on the 360-image test split, parameters, and pass seconds (wall clock,
+and prints top-1 on the 450-image test split, parameters, and pass seconds (wall clock,
 noisy on shared machines: read them as "order of magnitude", not as a benchmark).
 
 Usage::

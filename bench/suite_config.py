@@ -98,8 +98,8 @@ def _settings(quick: bool) -> dict[str, ModelSetting]:
         # Issue 4's transformer setting: batch 8 x sequence 32, padded rows included.
         "bert": ModelSetting("bert", batch=8, seq_len=32, calib_samples=16 if quick else 64,
                              eval_samples=32 if quick else 128),
-        # The trained model: accuracy on the whole 360-image test split, batches of 8.
-        "digits": ModelSetting("digits", batch=8, dynamic_batch=True, calib_samples=64, eval_samples=360),
+        # The trained model: accuracy on the whole 450-image test split, batches of 8.
+        "digits": ModelSetting("digits", batch=8, dynamic_batch=True, calib_samples=64, eval_samples=450),
     }
 
 

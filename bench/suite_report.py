@@ -176,7 +176,7 @@ def render_markdown(doc: Doc) -> str:
                "p50 in the same run (< 1 = faster).")
     out.append("- **Fidelity:** against the FP32 model on held-out inputs the tools never saw (cosine over all output "
                "elements, worst output; top-1 agreement for classifiers); for the trained `digits` model, top-1 "
-               "**accuracy on the 360-image test split**. Calibration samples are separate from evaluation samples.")
+               "**accuracy on the 450-image test split**. Calibration samples are separate from evaluation samples.")
     out.append(f"- **Pruning:** every pruning tool removes {cfg.get('ratio', 0.5):.0%} of the channels of each pruned "
                "layer. **No fine-tuning for anyone**, except onnxcomp's recovery presets (`prune-recover`: "
                "training-free layer-wise reconstruction on the calibration samples; `prune-distill-int8`: "

@@ -1,7 +1,7 @@
 """Command line: ``python -m models export [--out DIR] [--small] [--names a,b] [--keep-batchnorm]``.
 
 Writes ``<name>.onnx`` and ``<name>.calib.npz`` for every selected model, plus
-``digits.test.npz`` (and ``digits.train.npz``) when digits is selected, and
+``digits.test.npz`` (and ``digits.val.npz``, ``digits.train.npz``) when digits is selected, and
 prints one line per model: file size, parameter count, and the cosine
 similarity between onnxruntime and PyTorch outputs.
 """
@@ -74,6 +74,7 @@ def _export_all(args: argparse.Namespace) -> int:
         extra = ""
         if name == "digits":
             digits.test_split_npz(out / "digits.test.npz")
+            digits.validation_split_npz(out / "digits.val.npz")
             digits.train_split_npz(out / "digits.train.npz")
             _, acc = digits.train_or_load(small=args.small, seed=args.seed)
             extra = f"  test_acc={acc:.4f}"

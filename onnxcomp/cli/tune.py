@@ -23,6 +23,9 @@ def default_tuned_path(model: Path) -> Path:
               help="What the budget is about; a custom f(outputs, data) -> float, higher is better.")
 @click.option("--max-drop", type=float, metavar="X", help="Budget: absolute drop of the metric (accuracy as a fraction: 0.005 = half a point).")
 @click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="Y", help="Budget: worst cosine, per output and per channel.")
+@click.option("--confidence", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.95, show_default=True,
+              help="--max-drop on accuracy: a candidate must fit with this one-sided confidence (drop + z paired "
+              "standard errors); 0.5: the measured drop.")
 @click.option("--ep", default="cpu", show_default=True, help="Execution provider candidates are timed on (cpu, cuda, cuda:1, ...).")
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads per worker (default: onnxruntime's; cores ÷ workers with --workers).")
 @click.option("--trials", type=click.IntRange(min=1), default=30, show_default=True, help="Trials in the study (presets included).")
@@ -41,7 +44,7 @@ def default_tuned_path(model: Path) -> Path:
               help="Interleaved timing per trial.")
 @handle_errors
 def tune(model: Path, calibration_data: str | None, eval_data: str | None, train_data: str | None, metric: str,
-         max_drop: float | None, min_cosine: float | None, ep: str, threads: int | None, trials: int,
+         max_drop: float | None, min_cosine: float | None, confidence: float, ep: str, threads: int | None, trials: int,
          time_budget: float | None, workers: int, ray_address: str | None, storage: str | None, seed: int,
          output: Path | None, report_path: Path | None, plot_path: Path | None, markdown_path: Path | None,
          timing_s: float) -> None:
@@ -70,7 +73,7 @@ def tune(model: Path, calibration_data: str | None, eval_data: str | None, train
                 bar(done / total, f"trial {done}/{total}, {message}")
 
         result = run_tune(model, calibration_data=calibration_data, eval_data=eval_data, train_data=train_data,
-                          metric=metric, max_drop=max_drop, min_cosine=min_cosine, ep=ep, threads=threads, trials=trials,
+                          metric=metric, max_drop=max_drop, min_cosine=min_cosine, confidence=confidence, ep=ep, threads=threads, trials=trials,
                           time_budget_min=time_budget, workers=workers, ray=ray_address, storage=storage, seed=seed,
                           output=out, timing_s=timing_s, progress=progress)
     State.written.append(str(out))

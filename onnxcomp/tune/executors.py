@@ -22,7 +22,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from onnxcomp.errors import UsageError
@@ -82,15 +82,7 @@ class LocalProcesses:
     def map(self, configs: Sequence[dict[str, Any]], deadline: float | None = None) -> Iterator[dict[str, Any]]:
         """Results of ``configs``, in order (all submitted at once); after ``deadline``,
         trials not yet started are cancelled and the results stop at the first of them."""
-        futures = [self.pool.submit(run_trial, self.job, c) for c in configs]
-        for f in futures:
-            wait([f], timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if not f.done():  # past the deadline: cancel what has not started, let running ones finish
-                for g in futures:
-                    g.cancel()
-                if f.cancelled():
-                    return
-            yield f.result()
+        return in_order([self.pool.submit(run_trial, self.job, c) for c in configs], deadline)
 
     def close(self, now: bool = False) -> None:
         """Stop the worker processes (pending trials are cancelled); ``now``: also the
@@ -101,6 +93,19 @@ class LocalProcesses:
             for proc in list(getattr(self.pool, "_processes", {}).values()):
                 proc.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_order(futures: list[Future], deadline: float | None) -> Iterator[Any]:
+    """The futures' results in order; once ``deadline`` passes, the ones not yet started
+    are cancelled (running ones finish) and the results stop at the first cancelled one."""
+    for f in futures:
+        wait([f], timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if not f.done():  # past the deadline: cancel what has not started, let running ones finish
+            for g in futures:
+                g.cancel()
+        if f.cancelled():  # this one, or a later one cancelled while an earlier one ran
+            return
+        yield f.result()
 
 
 def shipped(job: TrialJob) -> TrialJob:

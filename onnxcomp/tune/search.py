@@ -20,7 +20,9 @@ The loop (`tune`):
    process, ``--workers`` processes or Ray tasks) and told in the order they were asked.
    The configurations of a batch depend only on the seed and the results of earlier
    batches, so a fixed ``--seed`` gives the same first batches with any number of
-   workers (later ones can differ through latency noise).
+   workers (later ones can differ through latency noise). Every trial is a distinct
+   configuration (`ask_distinct`): one the sampler asks again is skipped (told
+   ``PRUNED``, not counted) and replaced by a seeded random one (`Filler`).
 5. The fastest trial within the budget is built again (the same seed gives the same
    model) and written atomically.
 """
@@ -38,8 +40,10 @@ from typing import Any
 
 from onnxcomp.errors import UsageError, VerificationError
 from onnxcomp.tune.executors import make_executor, usable_cores
+from onnxcomp.tune.metrics import CONFIDENCE
 from onnxcomp.tune.report import TrialPoint, TuneResult, choose, closest
 from onnxcomp.tune.space import (
+    SearchSpace,
     derive_space,
     describe,
     preset_configs,
@@ -52,6 +56,9 @@ log = logging.getLogger("onnxcomp")
 
 #: Configurations asked (and run in parallel) at a time.
 BATCH = 8
+
+#: Random draws tried for a new configuration before the space counts as exhausted.
+FILL_TRIES = 2000
 
 #: ``progress(done, total, message)``.
 TuneProgress = Callable[[int, int, str], None]
@@ -73,7 +80,7 @@ def study_name(model: str | Path, job: TrialJob, space: dict[str, Any]) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     settings = {k: str(getattr(job, k)) for k in ("calibration_data", "eval_data", "train_data", "metric", "max_drop",
-                                                  "min_cosine", "ep", "threads", "seed")}
+                                                  "min_cosine", "confidence", "ep", "threads", "seed")}
     h.update(json.dumps([settings, space], sort_keys=True, default=str).encode())
     return f"onnxcomp-tune-{Path(model).stem}-{h.hexdigest()[:12]}"
 
@@ -125,6 +132,67 @@ def resume_study(study: Any, presets: dict[str, dict[str, Any]], spread: list[di
     return len(_finished(study))
 
 
+class Filler:
+    """Random configurations of the space in a seeded order: what replaces a duplicate.
+
+    A model-guided sampler that has settled asks the configurations it believes best
+    again and again; each such ask is a trial that measures nothing new. A seeded
+    Optuna `RandomSampler` draws a fresh point of the same space instead (through
+    `suggest`, so every draw is a valid configuration), in an order that depends only on
+    the seed: the same tune gives the same trials with any number of workers.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int) -> None:
+        import optuna
+
+        self.space = space
+        self.study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+
+    def draw(self, taken: set[str]) -> dict[str, Any] | None:
+        """A configuration whose `config_key` is not in ``taken`` (None: none found in
+        `FILL_TRIES` draws, the space is as good as exhausted)."""
+        from optuna.trial import TrialState
+
+        for _ in range(FILL_TRIES):
+            trial = self.study.ask()
+            config = suggest(trial, self.space)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            if config_key(config) not in taken:
+                return config
+        return None
+
+
+def ask_distinct(study: Any, space: SearchSpace, size: int, taken: set[str], filler: Filler) -> list[tuple[Any, dict[str, Any]]]:
+    """Ask ``size`` trials whose configurations are not in ``taken`` (the `config_key` of
+    every configuration measured or being measured; the batch's are added to it), as
+    ``(trial, configuration)`` pairs.
+
+    A configuration asked again is told ``PRUNED``, marked ``duplicate_of`` (its key),
+    and a random new one (`Filler`) is enqueued in its place: ``--trials`` counts
+    distinct candidates, and a sampler that has settled on a few configurations cannot
+    burn the time on them. Fewer than ``size`` pairs only when the space has no new
+    configuration left.
+    """
+    from optuna.trial import TrialState
+
+    batch: list[tuple[Any, dict[str, Any]]] = []
+    while len(batch) < size:
+        trial = study.ask()
+        config = suggest(trial, space)
+        key = config_key(config)
+        if key in taken:
+            trial.set_user_attr("duplicate_of", key)
+            study.tell(trial, state=TrialState.PRUNED)
+            fresh = filler.draw(taken)
+            if fresh is None:
+                break
+            study.enqueue_trial(fresh)
+            continue
+        taken.add(key)
+        batch.append((trial, config))
+    return batch
+
+
 def _finished(study: Any) -> list[Any]:
     """Trials that ran to a result (interrupted ones carry none)."""
     return [t for t in study.get_trials(deepcopy=False) if "result" in t.user_attrs and t.state.is_finished()]
@@ -156,6 +224,7 @@ def tune(
     metric: str = "cosine",
     max_drop: float | None = None,
     min_cosine: float | None = None,
+    confidence: float = CONFIDENCE,
     ep: str = "cpu",
     threads: int | None = None,
     trials: int = 30,
@@ -178,6 +247,8 @@ def tune(
         metric: ``cosine``, ``accuracy``, ``perplexity`` or ``MODULE:FUNCTION``.
         max_drop: Budget: absolute drop of the metric allowed (accuracy as a fraction).
         min_cosine: Budget: worst cosine (per output and channel) allowed.
+        confidence: A drop with paired per-sample errors (accuracy) is judged on its
+            one-sided upper bound at this confidence (`Budget`; 0.5: the measured drop).
         ep: Execution provider candidates are timed on.
         threads: Intra-op threads per worker (default: onnxruntime's, or cores ÷ workers).
         trials: Finished trials wanted in the study (presets included).
@@ -211,7 +282,7 @@ def tune(
     if workers > 1 and threads is None:
         threads = max(1, len(usable_cores()) // workers)
     job = TrialJob(model=str(model), calibration_data=calibration_data, eval_data=eval_data, train_data=train_data,
-                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, ep=ep, threads=threads, seed=seed,
+                   metric=metric, max_drop=max_drop, min_cosine=min_cosine, confidence=confidence, ep=ep, threads=threads, seed=seed,
                    timing_s=timing_s)
     job.budget  # noqa: B018 - validates the budget before anything is loaded
     if workers * (threads or 1) > len(usable_cores()):
@@ -228,28 +299,25 @@ def tune(
     done = resume_study(study, presets, spread)
     deadline = None if time_budget_min is None else started + 60 * time_budget_min
     executor = make_executor(job, workers=workers, ray=ray)
-    known = {config_key(t.user_attrs["config"]): t.user_attrs["result"] for t in _finished(study)}
+    measured = {config_key(t.user_attrs["config"]) for t in _finished(study)}
     models: dict[str, tuple[int, dict[str, Any]]] = {}
     for t in _finished(study):
         _remember(models, t.number, t.user_attrs["result"])
+    filler, exhausted = Filler(space, seed), False
     try:
         while done < trials and (deadline is None or time.monotonic() < deadline):
-            asked = [study.ask() for _ in range(min(BATCH, trials - done))]
-            configs = [suggest(t, space) for t in asked]
+            batch = ask_distinct(study, space, min(BATCH, trials - done), measured, filler)
+            if not batch:
+                exhausted = True  # every configuration the space holds has been measured
+                break
+            asked, configs = [t for t, _ in batch], [c for _, c in batch]
             if progress:
                 progress(done, trials, f"running {len(configs)} trial(s): {_best_text(study, main)}")
-            # A configuration measured before (the sampler may ask one twice) is not run
-            # again: its result is reused, marked as such.
-            keys = [config_key(c) for c in configs]
-            todo = {k: c for k, c in zip(keys, configs) if k not in known}
-            fresh = executor.map(list(todo.values()), deadline)
-            for trial, config, key in zip(asked, configs, keys):
-                if key in known:
-                    result = {**known[key], "reused": True}
-                elif (measured := next(fresh, None)) is None:
+            fresh = executor.map(configs, deadline)
+            for trial, config in zip(asked, configs):
+                if (outcome := next(fresh, None)) is None:
                     break  # the time budget ran out: trials not run stay open, a resume asks them again
-                else:
-                    result = known[key] = _same_model(measured, models)
+                result = _same_model(outcome, models)
                 _tell(study, trial, config, result)
                 _remember(models, trial.number, result)
                 done += 1
@@ -265,9 +333,12 @@ def tune(
         original_metric=main.metric.display(main.eval.original), eval_data=main.eval.description, ep=ep, threads=threads,
         storage=storage, study=name, space=space.to_dict(), points=points, notes=list(space.notes),
     )
+    if exhausted:
+        result.notes.append(f"the search space holds {done} distinct configurations: all measured")
+    result.duplicates_skipped = sum(1 for t in study.get_trials(deepcopy=False) if "duplicate_of" in t.user_attrs)
     result.notes.append("reused across trials: the loaded model, the eval data and the original's outputs on it, the "
-                        "original's timing session (one per worker), and the result of any configuration asked twice (run once); "
-                        "calibration statistics are collected by quantize-int8 inside each trial (the quantization "
+                        "original's timing session (one per worker); each configuration is measured once (one the "
+                        "sampler asks again is replaced by a random new one, `duplicates_skipped`); calibration statistics are collected by quantize-int8 inside each trial (the quantization "
                         "API offers no cache, and a pruned graph has other activations anyway)")
     result.best = choose(points)
     if result.best is None:
@@ -306,7 +377,8 @@ def _same_model(result: dict[str, Any], models: dict[str, tuple[int, dict[str, A
     that differ only in numbers (two calibrators' activation scales: the same kernels on the
     same shapes, `onnxcomp.tune.trial.compute_digest`). Timing them again would only add
     noise, and picking the luckier of two timings of one computation would flatter the
-    result; with equal latency the better metric wins (`onnxcomp.tune.report.choose`).
+    result; with equal latency the one closest to the original wins, then the better metric
+    (`onnxcomp.tune.report.choose`).
     The report says which: ``same_model_as`` (identical bytes) or ``same_compute_as``.
     """
     if "error" in result:

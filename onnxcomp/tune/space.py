@@ -47,13 +47,20 @@ FALLBACK_TARGET = 0.99
 #: blocked layouts (8 or 16 channels), so 45 channels can be slower than 64.
 ROUND_TO = (1, 8, 16)
 
-#: Prune ratios searched (a grid: equal configurations are recognised as such). Up to 0.9:
-#: the fast, lossy end of the front is part of what a user chooses from.
-RATIO_LOW, RATIO_HIGH, RATIO_STEP = 0.05, 0.9, 0.05
+#: Prune ratios searched (a grid: equal configurations are recognised as such). Up to 0.95
+#: (the pass's limit): the fast, lossy end of the front is part of what a user chooses from.
+RATIO_LOW, RATIO_HIGH, RATIO_STEP = 0.05, 0.95, 0.05
 
 #: Prune ratios of `spread_configs`: light ones (with recovery and INT8, what can beat the
 #: INT8 preset within a tight floor) and a grid over the whole range.
 LIGHT_RATIOS, GRID_RATIOS = (0.05, 0.1, 0.2), (0.1, 0.3, 0.5, 0.7, 0.85)
+
+#: The fast end of `spread_configs`: heavy ratios, channels not rounded up (round_to 8
+#: would keep 8 of 32 channels at any ratio past 0.75), with recovery, the last also with
+#: INT8. A recovered model at 0.85 can match the original on a small eval set, and then
+#: every slower, less accurate candidate is dominated: without these the front is the
+#: original, one or two students and nothing faster (digits: 4 points).
+FAST_RATIOS = (0.8, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
@@ -256,13 +263,19 @@ def spread_configs(space: SearchSpace) -> list[dict[str, Any]]:
        preset under a tight floor (better ranges instead of float layers);
     2. light pruning (`LIGHT_RATIOS`) + recovery + INT8;
     3. a grid: `GRID_RATIOS` × (INT8 or not), with recovery (distill when training data
-       is given, else reconstruct) and without — the accurate and the fast, lossy ends
-       of the front.
+       is given, else reconstruct; without, when the space has no recovery) — the
+       accurate and the fast, lossy ends of the front. The criterion and allocation
+       cycle along the grid (the pass's default first), so each is tried at light and
+       heavy ratios without multiplying the trials;
+    4. the fast end: `FAST_RATIOS` with channels rounded to 1, recovered, the heaviest
+       also with INT8 — faster, less accurate points for the front.
 
-    Pruning uses the pass's default criterion, uniform allocation and channels rounded
-    to 8 (onnxruntime's blocked convolution layouts). Configurations equal to a preset's
-    are left out (the preset is a trial already); every one is a point of the space
-    (`suggest` with these values gives them back).
+    An unrecovered copy of a recovered candidate is left out: it runs the same kernels on
+    the same shapes (one latency measurement, `onnxcomp.tune.search`) at a worse metric,
+    so it can never be on the front (the ``prune`` preset is the unrecovered point).
+    Channels are rounded to 8 (onnxruntime's blocked convolution layouts).
+    Configurations equal to a preset's are left out (the preset is a trial already);
+    every one is a point of the space (`suggest` with these values gives them back).
     """
     passes = registered_passes()
     out: list[dict[str, Any]] = []
@@ -280,22 +293,25 @@ def spread_configs(space: SearchSpace) -> list[dict[str, Any]]:
     out += [{**base, **q} for q in quants]
     int8 = next(iter(quants), None)
     if space.prunable:
-        p = passes[PRUNE].Options()
-        criterion = p.criterion if p.criterion in space.criteria else space.criteria[0]
+        default = passes[PRUNE].Options()
+        criteria = sorted(space.criteria, key=lambda c: c != default.criterion)  # the default first
+        allocations = sorted(space.allocations, key=lambda a: a != "uniform")
         recover = "distill" if "distill" in space.recoveries else space.recoveries[-1]
 
-        def pruned(ratio: float, recovery: str, q: dict[str, Any] | None) -> dict[str, Any]:
-            return {"prune": True, "prune.ratio": ratio, "prune.criterion": criterion, "prune.allocation": "uniform",
-                    "prune.round_to": 8, "recover": recovery, **(q or {"quant": "none"})}
+        def pruned(ratio: float, q: dict[str, Any] | None, i: int = 0, round_to: int = 8) -> dict[str, Any]:
+            return {"prune": True, "prune.ratio": ratio, "prune.criterion": criteria[i % len(criteria)],
+                    "prune.allocation": allocations[i % len(allocations)], "prune.round_to": round_to,
+                    "recover": recover, **(q or {"quant": "none"})}
 
         # After pruning, INT8 with a few fallbacks: pruning has made the layers touchier.
         pq = None if int8 is None else {**int8, "quant.fallback": 4}
         if pq is not None and recover != "none":
-            out += [pruned(r, recover, pq) for r in LIGHT_RATIOS]
-        for q in [None, pq] if pq is not None else [None]:
-            out += [pruned(r, recover, q) for r in GRID_RATIOS]
-            if recover != "none":
-                out += [pruned(r, "none", q) for r in GRID_RATIOS[2:]]
+            out += [pruned(r, pq) for r in LIGHT_RATIOS]
+        for offset, q in enumerate([None, pq] if pq is not None else [None]):
+            out += [pruned(r, q, i + offset) for i, r in enumerate(GRID_RATIOS)]
+        out += [pruned(r, None, i, round_to=1) for i, r in enumerate(FAST_RATIOS)]
+        if pq is not None:
+            out.append(pruned(FAST_RATIOS[-1], pq, len(FAST_RATIOS), round_to=1))
     presets = {json.dumps(c, sort_keys=True) for c in preset_configs(space).values()}
     seen: set[str] = set()
     unique = []

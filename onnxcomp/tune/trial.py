@@ -36,7 +36,7 @@ from onnxcomp.perf.timing import (
     paired_ratio,
     timed_rounds,
 )
-from onnxcomp.tune.metrics import Budget, EvalSet, load_metric
+from onnxcomp.tune.metrics import CONFIDENCE, Budget, EvalSet, load_metric
 from onnxcomp.tune.space import pipeline_of
 
 log = logging.getLogger("onnxcomp")
@@ -53,6 +53,7 @@ class TrialJob:
     metric: str = "cosine"
     max_drop: float | None = None
     min_cosine: float | None = None
+    confidence: float = CONFIDENCE
     ep: str = "cpu"
     threads: int | None = None
     seed: int = 0
@@ -65,7 +66,7 @@ class TrialJob:
     @property
     def budget(self) -> Budget:
         """The job's budget."""
-        return Budget(self.max_drop, self.min_cosine)
+        return Budget(self.max_drop, self.min_cosine, self.confidence)
 
 
 MIN_ROUNDS = 20
@@ -166,13 +167,17 @@ class Worker:
 
     def _run(self, config: dict[str, Any]) -> dict[str, Any]:
         candidate, report = self.build(config)
-        score, cosine = self.eval.score(candidate)
+        score, cosine, paired = self.eval.score_details(candidate)
         ratio = self.latency_ratio(candidate)
-        violation = self.job.budget.violation(self.eval.original, score, cosine)
+        budget, stderr = self.job.budget, paired.get("drop_stderr")
+        violation = budget.violation(self.eval.original, score, cosine, stderr)
+        if stderr is not None and budget.max_drop is not None:
+            paired["drop_bound"] = budget.drop_bound(self.eval.original, score, stderr)
         return {
             "score": score,
             "metric": self.metric.display(score),
             "cosine": cosine,
+            **paired,
             "latency_ratio": ratio,
             "violation": violation,
             "within_budget": violation <= 0,

@@ -286,12 +286,17 @@ def test_calibration_npz(name: str, out_dir: Path) -> None:
 
 def test_digits_split_npz(tmp_path: Path) -> None:
     test = digits.test_split_npz(tmp_path / "test.npz")
+    val = digits.validation_split_npz(tmp_path / "val.npz")
     train = digits.train_split_npz(tmp_path / "train.npz")
-    with np.load(test) as te, np.load(train) as tr:
-        assert set(te.files) == set(tr.files) == {"input", "label"}
-        assert te["input"].shape == (360, 1, 8, 8) and te["input"].dtype == np.float32
-        assert tr["input"].shape == (1437, 1, 8, 8)
-        assert te["label"].dtype == np.int64 and set(np.unique(te["label"])) == set(range(10))
+    with np.load(test) as te, np.load(val) as va, np.load(train) as tr:
+        assert set(te.files) == set(va.files) == set(tr.files) == {"input", "label"}
+        assert te["input"].shape == (450, 1, 8, 8) and te["input"].dtype == np.float32
+        assert va["input"].shape == (449, 1, 8, 8) and tr["input"].shape == (898, 1, 8, 8)
+        for split in (te, va):
+            assert split["label"].dtype == np.int64 and set(np.unique(split["label"])) == set(range(10))
+        # Three disjoint splits: no image of the validation or test split was trained on.
+        rows = [{x.tobytes() for x in s["input"]} for s in (tr, va, te)]
+        assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
         # Normalised with training statistics.
         assert abs(float(tr["input"].mean())) < 1e-4 and abs(float(tr["input"].std()) - 1) < 1e-4
 
@@ -303,7 +308,7 @@ def test_digits_trainer_short_schedule_is_deterministic_and_cached(tmp_path: Pat
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     entry = next((tmp_path / "a").iterdir())
-    assert {"weights.pt", "meta.json", "test.npz", "train.npz"} <= {p.name for p in entry.iterdir()}
+    assert {"weights.pt", "meta.json", "test.npz", "val.npz", "train.npz"} <= {p.name for p in entry.iterdir()}
     # Second call is served from the cache: same weights, no retraining.
     mtime = (entry / "weights.pt").stat().st_mtime_ns
     m3, acc3 = digits.train_or_load(tmp_path / "a", small=True, epochs=1)

@@ -49,3 +49,22 @@ def test_budget() -> None:
     assert c.violation(1.0, 0.0, 0.995) < 0 < c.violation(1.0, 1.0, 0.985)
     with pytest.raises(UsageError):
         load_metric("top5")
+
+
+def test_budget_judges_a_paired_drop_on_its_upper_bound() -> None:
+    b = Budget(max_drop=0.005)  # default: one-sided 95 %, z = 1.645
+    assert b.z == pytest.approx(1.6449, abs=1e-4)
+    # Drop 0.003: within on the point estimate; with a stderr of 0.002 (many changed
+    # samples) the bound 0.0063 is not; with 0.0005 (few) it is.
+    assert b.violation(0.99, 0.987, 1.0) < 0
+    assert b.violation(0.99, 0.987, 1.0, stderr=0.002) > 0
+    assert b.violation(0.99, 0.987, 1.0, stderr=0.0005) < 0
+    # And the other way round: a larger but firm drop passes where a smaller, loose one fails.
+    assert b.violation(0.99, 0.986, 1.0, stderr=0.0003) < 0 < b.violation(0.99, 0.988, 1.0, stderr=0.003)
+    assert b.drop_bound(0.99, 0.987, 0.002) == pytest.approx(0.003 + b.z * 0.002)
+    # confidence 0.5 is the measured drop; a cosine floor is judged as measured.
+    assert Budget(max_drop=0.005, confidence=0.5).violation(0.99, 0.987, 1.0, stderr=0.002) < 0
+    assert Budget(min_cosine=0.99).violation(1.0, 0.0, 0.995, stderr=0.5) < 0
+    for bad in (0.4, 1.0):
+        with pytest.raises(UsageError, match="--confidence"):
+            Budget(max_drop=0.005, confidence=bad)

@@ -95,9 +95,16 @@ def test_spread_covers_the_space_and_is_asked_as_given() -> None:
     # Every calibrator alone, light and heavy pruning, with and without INT8 and recovery.
     assert {c.get("quant.calibrator") for c in spread if not c["prune"]} >= set(space.calibrators)
     ratios = {c["prune.ratio"] for c in spread if c["prune"]}
-    assert min(ratios) <= 0.1 and max(ratios) >= 0.8
+    assert min(ratios) <= 0.1 and max(ratios) >= 0.95
+    # The fast end: heavy ratios with channels not rounded up, recovered, also with INT8.
+    fast = [c for c in spread if c["prune"] and c["prune.round_to"] == 1]
+    assert {c["prune.ratio"] for c in fast} >= {0.9, 0.95} and {c["quant"] != "none" for c in fast} == {False, True}
     assert {(c["quant"] != "none", c["recover"]) for c in spread if c["prune"] and c["prune.ratio"] >= 0.5} == {
-        (False, "none"), (False, "distill"), (True, "none"), (True, "distill")}
+        (False, "distill"), (True, "distill")}  # unrecovered copies compute the same, worse: left out
+    # Every criterion and allocation is tried, at light and heavy ratios.
+    for option, values in (("prune.criterion", space.criteria), ("prune.allocation", space.allocations)):
+        for light in (True, False):
+            assert {c[option] for c in spread if c["prune"] and (c["prune.ratio"] < 0.5) == light} == set(values)
     # Enqueued, each is asked back unchanged (a value outside the sampler's grid would not be).
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"])
