@@ -27,9 +27,10 @@ until the target is met (`sensitivity`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -43,6 +44,7 @@ from onnxcomp.quantization import (
     CALIBRATORS,
     DYNAMIC_RULES,
     STATIC_RULES,
+    ActivationSamples,
     Evaluator,
     QParams,
     QuantPlan,
@@ -50,14 +52,17 @@ from onnxcomp.quantization import (
     Score,
     TensorStats,
     activation_qparams,
+    apply_smoothing,
     build_plan,
     calibrate_range,
     collect_stats,
     fallback,
     find_sites,
     layer_costs,
+    layer_error_energy,
     materialize,
-    smooth,
+    ranked_fallback,
+    smoothing_scales,
     weight_params,
     weight_qparams,
 )
@@ -66,6 +71,13 @@ NEEDS_DATA = "quantize-int8 needs --calibration-data (an .npz, a folder of them,
 
 #: Opset the QDQ form needs (per-channel DequantizeLinear ``axis``).
 QDQ_OPSET = 13
+
+#: Float outputs kept from the calibration session to score candidates: at most
+#: ``eval_batches`` batches and this many bytes (at least one batch). Image models stay far
+#: below it; a 256-token window of an LM's logits is 50 MB, so five windows are kept (with
+#: two, SmolLM2's all-8-bit model scored 0.9915 and was kept, held-out 0.9825; with five it
+#: missed the aim and three layers went float, held-out 0.9895).
+REFERENCE_BYTES = 256 << 20
 
 #: The lossless cleanups run before planning (registered passes, run as the manager would
 #: run them): Constant nodes become initializers (Clip bounds), BatchNormalization folds
@@ -256,11 +268,18 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         transformer = is_transformer_like(graph)
         mode = o.mode if o.mode != "auto" else ("dynamic" if transformer else "static")
         ops_excluded = set(o.exclude)
-        batches = o.calibration_batches
+        # The dynamic scheme (transformers) streams the data one sample at a time: an LM's
+        # sample is a window whose exposed activations and logits are ~150 MB (256 tokens
+        # of a 135M decoder), and a batch of 8 held them all at once. Its statistics are
+        # maxima, which do not depend on the batching; candidates are scored per sample, as
+        # deployed. Batch counts (calibration_batches, eval_batches) keep their meaning.
+        source = calibration.rebatched(1) if mode == "dynamic" else calibration
+        per_batch = max(1, calibration.batch_size // source.batch_size)
+        limit = None if o.calibration_batches is None else o.calibration_batches * per_batch
 
         def data() -> Iterator[dict[str, np.ndarray]]:
-            for i, feeds in enumerate(calibration):
-                if batches is not None and i >= batches:
+            for i, feeds in enumerate(source):
+                if limit is not None and i >= limit:
                     return
                 yield feeds
 
@@ -282,40 +301,54 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         if not (probe.layers or probe.activations or probe.weights or probe.dynamic or probe.gathers):
             return PassResult(modified=bool(prepared), stats={"mode": mode, "layers_quantized": 0, **prepared})
 
-        # SmoothQuant (dynamic scheme): a lossless rescaling, applied once before any
-        # candidate is built, so every candidate and the reference share it.
-        alpha = o.smoothquant_alpha if o.smoothquant_alpha is not None else 0.5
-        smoothed = 0
-        if mode == "dynamic" and alpha > 0:
-            sites = find_sites(probe.dynamic)
-            if sites:
-                names = [s.tensor.name for s in sites]
-                st = collect_stats(ctx.to_model(graph), data(), names, channel_stats=names, progress=ctx.progress)
-                smoothed = smooth(graph, sites, st, alpha)
-                if smoothed:
-                    probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
-
-        float_model = ctx.to_model(graph)
         ranges: dict[str, tuple[float, float]] = {}
         checking = o.target_cosine is not None or o.target_max_abs is not None
+        # The calibration session also yields the float outputs of the first batches (within
+        # a byte budget): candidates are scored against them, no second float session.
         kept: list[dict] = []
-        # Tensors sharing a weight's scale (8-bit embedding Gather) need no statistics.
-        groups = probe.shared.groups()
-        need = [
-            a for a in probe.activations if not any(m in probe.weights for m in groups.get(probe.shared.find(a), [a]))
-        ]
+        keep_outputs = o.eval_batches * per_batch if checking else 0
         stats: dict = {}
-        if need:
-            # Histograms also when checking: a missed target first tries the other
-            # calibrators on the same statistics (`repair_calibration`), no second pass.
-            hist = o.calibrator != "minmax" or checking
-            # The calibration session also yields the float outputs of the first batches:
-            # the fidelity check below reuses them instead of a second float session.
-            stats = collect_stats(
-                float_model, data(), need, histogram=hist, progress=ctx.progress,
-                keep_outputs=o.eval_batches if checking else 0, kept=kept,
-            )
-            ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
+        smoothed = 0
+        energies: dict[str, float] = {}
+        if mode == "dynamic":
+            # SmoothQuant: a lossless rescaling, applied once before any candidate is built,
+            # so every candidate shares it. The one float session runs the input as it is
+            # (weights left in its file stay there): channel maxima, reference outputs, and
+            # samples of every layer input for the per-layer error ranking of the fallback.
+            alpha = o.smoothquant_alpha if o.smoothquant_alpha is not None else 0.5
+            sites = find_sites(probe.dynamic) if alpha > 0 else []
+            names = [s.tensor.name for s in sites]
+            samples = ActivationSamples() if checking and names else None
+            if names or checking:
+                channel = collect_stats(
+                    ctx.to_model(graph), data(), names, channel_stats=names, progress=ctx.progress,
+                    max_batches=None if names else keep_outputs, keep_outputs=keep_outputs, kept=kept,
+                    keep_bytes=REFERENCE_BYTES, samples=samples,
+                )
+                scales = smoothing_scales(sites, channel, alpha)
+                smoothed = apply_smoothing(graph, sites, scales)
+                if smoothed:
+                    probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
+                if samples is not None:
+                    inputs = {n.name: site.tensor.name for site in sites for n in site.layers}
+                    energies = layer_error_energy(probe.dynamic, inputs, samples, scales=scales, per_channel=o.per_channel)
+                del samples
+        else:
+            # Tensors sharing a weight's scale (8-bit embedding Gather) need no statistics.
+            groups = probe.shared.groups()
+            need = [
+                a for a in probe.activations if not any(m in probe.weights for m in groups.get(probe.shared.find(a), [a]))
+            ]
+            if need or checking:
+                # Histograms also when checking: a missed target first tries the other
+                # calibrators on the same statistics (`repair_calibration`), no second pass.
+                hist = o.calibrator != "minmax" or checking
+                stats = collect_stats(
+                    ctx.to_model(graph), data(), need, histogram=hist, progress=ctx.progress,
+                    max_batches=None if need else keep_outputs, keep_outputs=keep_outputs, kept=kept,
+                    keep_bytes=REFERENCE_BYTES,
+                )
+                ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
 
         inserted: dict[str, int] = {}
 
@@ -329,20 +362,19 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
 
         built: dict[frozenset[str], tuple[gs.Graph, QuantPlan]] = {}
 
-        def candidate(excluded_layers: set[str]) -> onnx.ModelProto:
+        def candidate(excluded_layers: set[str]) -> Any:
+            # Only the latest candidate is kept (it may become the result), and dropped
+            # before the next is built: one set of quantized weights in memory at a time.
+            built.clear()
             g = graph.copy()
             plan = quantize_into(g, excluded_layers)
-            built.clear()  # keep only the latest candidate: it may become the result
             built[frozenset(excluded_layers)] = (g, plan)
-            return ctx.to_model(g)
+            return ctx.export(g)  # a `Candidate`: its weights are lent to onnxruntime, not copied
 
         excluded_layers: set[str] = set()
         extra: dict[str, object] = {}
         if checking:
-            if kept:
-                evaluator = Evaluator(None, [k["feeds"] for k in kept], [k["outputs"] for k in kept])
-            else:
-                evaluator = Evaluator(float_model, calibration.first_batches(o.eval_batches))
+            evaluator = Evaluator(None, [k["feeds"] for k in kept], [k["outputs"] for k in kept])
             # The scoring batches are also the calibration batches, so their cosine
             # overestimates unseen data a little: hold back part of the error budget
             # (0.99 with the default 0.2 aims at 0.992).
@@ -365,12 +397,25 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                     "quantize-int8: cosine %.4f on the scoring batches meets target_cosine but not its margin (%.4f); "
                     "no layer kept float", score.cosine, aim if aim is not None else float("nan"),
                 )
+            elif not near_miss and energies:
+                # Dynamic MatMuls: ranked by their own error (`layer_error_energy`) per unit of
+                # compute, no scan: a float layer costs its integer kernel's gain in proportion
+                # to its compute (an LM's output projection is 30x a block's projection). At
+                # most as many layers as max_fallback sensitivity groups would hold.
+                costs = layer_costs(graph, probe.layers)
+                order = sorted(energies, key=lambda n: -energies[n] / max(costs.get(n, 1.0), 1e-12))
+                per_group = math.ceil(len(probe.layers) / min(o.max_sensitivity_groups, len(probe.layers)))
+                fb = ranked_fallback(
+                    order, candidate, evaluator, target_cosine=aim, target_max_abs=o.target_max_abs,
+                    max_layers=o.max_fallback * per_group, progress=ctx.progress, costs=costs,
+                )
             elif not near_miss:
                 fb = fallback(
                     probe.layers, candidate, evaluator, target_cosine=aim, target_max_abs=o.target_max_abs,
                     max_groups=o.max_sensitivity_groups, max_fallback=o.max_fallback, progress=ctx.progress,
                     costs=layer_costs(graph, probe.layers),
                 )
+            if not near_miss:
                 excluded_layers = fb.excluded
                 extra.update(
                     estimated_cosine=round(fb.score.cosine, 6), target_met=fb.met, candidates=fb.candidates + 1,

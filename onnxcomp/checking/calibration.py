@@ -224,6 +224,14 @@ class CalibrationData:
             (held if j in picked else fit).setdefault(c, []).append(idx)
         return self._subset(fit, "fit"), self._subset(held, "held-out")
 
+    def rebatched(self, batch_size: int) -> CalibrationData:
+        """The same samples in batches of ``batch_size`` (a model with a fixed batch size
+        keeps its own): e.g. one sample at a time, to hold one sample's activations."""
+        if self._fixed_batch is not None or batch_size == self.batch_size:
+            return self
+        return CalibrationData(self._source, specs=self._specs, batch_size=batch_size, generated=self.generated,
+                               label=self._label, select=self._select, kind=self._kind)
+
     def _subset(self, parts: dict[int, list[np.ndarray]], kind: str) -> CalibrationData:
         select = {c: np.concatenate(v) for c, v in parts.items()}
         sub = CalibrationData(self._source, specs=self._specs, batch_size=self.batch_size, generated=self.generated,

@@ -32,6 +32,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.errors import UsageError
+from onnxcomp.ir.candidate import Candidate
 from onnxcomp.ir.convert import ModelMeta, to_model
 
 if typing.TYPE_CHECKING:
@@ -110,12 +111,12 @@ class PassContext:
         self,
         *,
         original_model: onnx.ModelProto,
-        meta: "ModelMeta",
-        calibration: "CalibrationData | None" = None,
+        meta: ModelMeta,
+        calibration: CalibrationData | None = None,
         seed: int = 0,
         logger: logging.Logger | None = None,
         progress: Callable[[str], None] | None = None,
-        train_data: "CalibrationData | None" = None,
+        train_data: CalibrationData | None = None,
     ) -> None:
         self.original_model = original_model
         self.meta = meta
@@ -130,8 +131,19 @@ class PassContext:
         self._analyses: dict[str, Any] = {}
 
     def to_model(self, graph: gs.Graph) -> onnx.ModelProto:
-        """Export the current graph (e.g. to run it in onnxruntime for statistics)."""
+        """Export the current graph (e.g. to run it in onnxruntime for statistics).
+
+        Every weight held in memory is written into the new ModelProto (weights still in
+        the input's file stay references to it): for a graph whose weights a pass rewrote,
+        that is a second copy of them. To run a graph, `export` lends them instead.
+        """
         return to_model(graph.copy(), self.meta)
+
+    def export(self, graph: gs.Graph) -> Candidate:
+        """Export the current graph for onnxruntime without copying its large weights: a
+        `Candidate` whose weights are lent (``make_session(c.header_model,
+        lent=c.lent_arrays())``; ``c.finish()`` writes them, once, if the model is kept)."""
+        return Candidate.export(graph.copy(), self.meta)
 
     def analysis(self, key: str, compute: Callable[[], Any]) -> Any:
         """Return a cached analysis, computing it on first use.

@@ -6,6 +6,7 @@
 * `insert`: the one place that materialises Q/DQ and dynamic-MatMul nodes;
 * `smoothquant`: activation-outlier scale migration into weights;
 * `sensitivity`: per-layer sensitivity and greedy float fallback;
+* `proxy`: per-layer error energy of dynamic quantization, to rank layers for the fallback;
 * `blockwise`, `hessian`, `gptq`, `awq`, `weightonly`: block-wise 4/8-bit weight-only
   quantization (``quantize-weights``): RTN and packing, streamed ``XᵀX``, GPTQ, AWQ scale
   search, and the graph rewrites (MatMulNBits / block-wise DequantizeLinear, AWQ folds).
@@ -34,15 +35,29 @@ from onnxcomp.quantization.collect import collect_stats
 from onnxcomp.quantization.gptq import gptq, layer_error
 from onnxcomp.quantization.hessian import InputMoments, collect_moments
 from onnxcomp.quantization.insert import materialize, weight_params
-from onnxcomp.quantization.rules import DYNAMIC_RULES, STATIC_RULES, QuantPlan, RuleOptions, build_plan
+from onnxcomp.quantization.proxy import ActivationSamples, layer_error_energy
+from onnxcomp.quantization.rules import (
+    DYNAMIC_RULES,
+    STATIC_RULES,
+    QuantPlan,
+    RuleOptions,
+    build_plan,
+)
 from onnxcomp.quantization.sensitivity import (
     Evaluator,
     FallbackResult,
     Score,
     fallback,
     layer_costs,
+    ranked_fallback,
 )
-from onnxcomp.quantization.smoothquant import SmoothSite, find_sites, smooth
+from onnxcomp.quantization.smoothquant import (
+    SmoothSite,
+    apply_smoothing,
+    find_sites,
+    smooth,
+    smoothing_scales,
+)
 from onnxcomp.quantization.weightonly import (
     WeightSite,
     apply_input_scale,
@@ -55,6 +70,7 @@ __all__ = [
     "CALIBRATORS",
     "DYNAMIC_RULES",
     "STATIC_RULES",
+    "ActivationSamples",
     "BlockQuant",
     "Evaluator",
     "FallbackResult",
@@ -68,6 +84,7 @@ __all__ = [
     "WeightSite",
     "activation_qparams",
     "apply_input_scale",
+    "apply_smoothing",
     "build_plan",
     "calibrate_range",
     "collect_moments",
@@ -81,12 +98,15 @@ __all__ = [
     "gptq",
     "layer_costs",
     "layer_error",
+    "layer_error_energy",
     "materialize",
     "matmulnbits_arrays",
     "pack_codes",
+    "ranked_fallback",
     "rtn",
     "search_awq_scales",
     "smooth",
+    "smoothing_scales",
     "unpack_codes",
     "weight_params",
     "weight_qparams",

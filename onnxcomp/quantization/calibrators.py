@@ -253,9 +253,9 @@ def activation_qparams(lo: float, hi: float, *, dtype: Literal["uint8", "int8"],
             scale, zp = 2.0 * amax / 255.0, 128
     else:
         scale = (hi - lo) / (qmax - qmin)
-        zp = int(round(qmin - lo / scale)) if scale > 0 else (0 if dtype == "uint8" else 0)
+        zp = round(qmin - lo / scale) if scale > 0 else 0
     if not scale > 0 or not math.isfinite(scale):
-        scale, zp = 1.0, (0 if dtype == "uint8" else 0)
+        scale, zp = 1.0, 0
     zp = int(np.clip(zp, qmin, qmax))
     return QParams(np.array(scale, dtype=np.float32), np.array(zp, dtype=npd))
 

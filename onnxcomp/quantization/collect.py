@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import onnx
 
+from onnxcomp.checking.runtime import make_session
 from onnxcomp.errors import CalibrationDataError
 from onnxcomp.quantization.calibrators import TensorStats
-from onnxcomp.checking.runtime import make_session
+from onnxcomp.quantization.proxy import ActivationSamples
 
 
 def expose_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -79,6 +80,8 @@ def collect_stats(
     progress: Callable[[str], None] | None = None,
     keep_outputs: int = 0,
     kept: list[dict[str, np.ndarray]] | None = None,
+    keep_bytes: int | None = None,
+    samples: ActivationSamples | None = None,
 ) -> dict[str, TensorStats]:
     """Run calibration batches through ``model`` and stream statistics of ``names``.
 
@@ -94,6 +97,10 @@ def collect_stats(
             ``keep_outputs`` batches to ``kept`` as ``{"feeds": ..., "outputs": ...}``, so a
             later fidelity check needs no second float session.
         kept: The list receiving them.
+        keep_bytes: Keep no more batches once their outputs would pass this many bytes
+            (the first batch is always kept): an LM's logits are 50 MB per 256 tokens.
+        samples: Also sample the observed tensors of every kept batch into this
+            (`ActivationSamples`, for the per-layer error ranking of the float fallback).
 
     Raises:
         CalibrationDataError: No batch could be fed.
@@ -103,10 +110,21 @@ def collect_stats(
     stats = {n: TensorStats(histogram=histogram, channel_axis_last=n in chan) for n in names}
     model_outputs = [o.name for o in model.graph.output]
     observed = names + ([o for o in model_outputs if o not in names] if keep_outputs else [])
+    keeping, kept_bytes = keep_outputs > 0 and kept is not None, 0
     for i, (feeds, values) in enumerate(stream_tensors(model, batches, observed, max_batches=max_batches, progress=progress)):
         for n in names:
             if n in values:
                 stats[n].update(values[n])
-        if i < keep_outputs and kept is not None:
-            kept.append({"feeds": feeds, "outputs": {o: values[o] for o in model_outputs}})
+        if keeping and i < keep_outputs:
+            # Copies: onnxruntime's output arrays keep its session's whole arena alive
+            # (440 MB for two windows of a 135M LM, where the logits are 100 MB).
+            outputs = {o: np.array(values[o], copy=True) for o in model_outputs}
+            size = sum(np.asarray(v).nbytes for v in outputs.values())
+            if kept and keep_bytes is not None and kept_bytes + size > keep_bytes:
+                keeping = False
+                continue
+            kept.append({"feeds": feeds, "outputs": outputs})  # type: ignore[union-attr]
+            kept_bytes += size
+            if samples is not None:
+                samples.add({n: values[n] for n in names if n in values})
     return stats

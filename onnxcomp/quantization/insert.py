@@ -31,9 +31,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.quantization.calibrators import QParams, quantize_bias, quantize_weight, weight_qparams
-from onnxcomp.quantization.rules import QuantPlan
 from onnxcomp.ir import consumer_map, remove_dead_nodes, toposort
+from onnxcomp.quantization.calibrators import (
+    QParams,
+    quantize_bias,
+    quantize_weight,
+    weight_qparams,
+)
+from onnxcomp.quantization.rules import QuantPlan
 
 
 @dataclass
@@ -207,7 +212,7 @@ def materialize(
 
 
 def _dynamic_matmul(
-    node: gs.Node, name: "_Namer", dql: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]], per_channel: bool
+    node: gs.Node, name: _Namer, dql: dict[str, tuple[gs.Variable, gs.Variable, gs.Variable]], per_channel: bool
 ) -> list[gs.Node]:
     """Replace ``node`` (MatMul X·W or Gemm X·W + C) by the dynamic integer pattern.
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir import OpRules, consumer_map
+from onnxcomp.ir import OpRules, consumer_map, np_dtype
 
 #: Ops whose output, when it follows a quantized op with no other consumer, carries the Q.
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -163,7 +163,12 @@ class GraphView:
 
     @staticmethod
     def is_float_weight(t: gs.Tensor) -> bool:
-        return isinstance(t, gs.Constant) and np.asarray(t.values).dtype.kind == "f"
+        # dtype and shape come from the tensor's header: planning must not load weights
+        # (a lazily loaded 540 MB decoder would be read into memory by its rules alone).
+        if not isinstance(t, gs.Constant):
+            return False
+        dtype = np_dtype(t.dtype)
+        return dtype is not None and dtype.kind == "f"
 
     @staticmethod
     def is_float_var(t: gs.Tensor) -> bool:
@@ -281,11 +286,11 @@ def gemm_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0:
         return False
     a, b = node.inputs[0], node.inputs[1]
-    if not view.is_float_var(a) or not view.is_float_weight(b) or np.asarray(b.values).ndim != 2:
+    if not view.is_float_var(a) or not view.is_float_weight(b) or len(b.shape) != 2:
         return False
     if len(node.inputs) > 2 and node.inputs[2].name:
         c = node.inputs[2]
-        if not view.is_float_weight(c) or np.asarray(c.values).ndim != 1 or node.attrs.get("beta", 1.0) != 1.0:
+        if not view.is_float_weight(c) or len(c.shape) != 1 or node.attrs.get("beta", 1.0) != 1.0:
             return False
     axis = (0 if node.attrs.get("transB", 0) else 1) if view.options.per_channel else None
     return _conv_like(node, view, plan, axis)
@@ -298,7 +303,7 @@ def matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     a, b = node.inputs
     if not view.is_float_var(a):
         return False
-    if view.is_float_weight(b) and np.asarray(b.values).ndim == 2:
+    if view.is_float_weight(b) and len(b.shape) == 2:
         plan.mark_input(a, node)
         plan.mark_weight(b, None, node)
     elif view.options.quantize_activation_matmul and view.is_float_var(b):
@@ -410,7 +415,7 @@ def gather_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     """Gather from a constant 2-D float table (embeddings): int8 table, Gather on int8 rows,
     one DequantizeLinear after it (never a DequantizeLinear of the whole table per run)."""
     table = node.inputs[0]
-    if not view.is_float_weight(table) or np.asarray(table.values).ndim != 2 or node.attrs.get("axis", 0) != 0:
+    if not view.is_float_weight(table) or len(table.shape) != 2 or node.attrs.get("axis", 0) != 0:
         return False
     plan.gathers.append(node)
     return False
@@ -430,8 +435,7 @@ def dynamic_matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool
     a, b = node.inputs
     if not view.is_float_var(a) or not view.is_float_weight(b):
         return False
-    w = np.asarray(b.values)
-    if w.ndim != 2 or w.size < view.options.min_weight_size:
+    if len(b.shape) != 2 or math.prod(b.shape) < view.options.min_weight_size:
         return False
     plan.dynamic.append(node)
     return True
@@ -445,12 +449,11 @@ def dynamic_gemm_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     a, b = node.inputs[0], node.inputs[1]
     if not view.is_float_var(a) or not view.is_float_weight(b):
         return False
-    w = np.asarray(b.values)
-    if w.ndim != 2 or w.size < view.options.min_weight_size:
+    if len(b.shape) != 2 or math.prod(b.shape) < view.options.min_weight_size:
         return False
     if len(node.inputs) > 2 and node.inputs[2].name:
         c = node.inputs[2]
-        if not view.is_float_weight(c) or np.asarray(c.values).ndim != 1:
+        if not view.is_float_weight(c) or len(c.shape) != 1:
             return False
     plan.dynamic.append(node)
     return True

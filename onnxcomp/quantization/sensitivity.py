@@ -3,27 +3,33 @@
 Each candidate is a whole model evaluated in ONE onnxruntime session on a few calibration
 batches (never a session per node). The number of candidates is bounded:
 
-* sensitivity: layers are cut into at most ``max_groups`` consecutive groups (topological
-  order); candidate *g* quantizes only group *g*; its sensitivity is ``1 - cosine``
-  (worst output) against the float model;
-* fallback: groups go back to float, most sensitive first, one candidate each, until the
-  target holds or ``max_fallback`` groups are float; then each of those groups but the
-  last is tried 8-bit again (one candidate each, the most expensive first, by
-  `layer_costs`) and stays 8-bit if the target still holds.
+* `fallback` (static QDQ): layers are cut into at most ``max_groups`` consecutive groups
+  (topological order); candidate *g* quantizes only group *g*; its sensitivity is
+  ``1 - cosine`` (worst output) against the float model. Groups then go back to float,
+  most sensitive first, one candidate each, until the target holds or ``max_fallback``
+  groups are float; then each of those groups but the last is tried 8-bit again (one
+  candidate each, the most expensive first, by `layer_costs`) and stays 8-bit if the
+  target still holds.
+* `ranked_fallback` (dynamic MatMuls): the layers come ranked by a cheap per-layer error
+  measure (`onnxcomp.quantization.proxy`) instead of a scan, and the fewest leading
+  layers that meet the target are found by doubling and bisection (O(log) candidates).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from onnxcomp.checking.metrics import FidelityAccumulator, summarize
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.ir import static_shape
+from onnxcomp.ir.candidate import Candidate
 
 
 @dataclass(frozen=True)
@@ -36,13 +42,15 @@ class Score:
     def meets(self, target_cosine: float | None, target_max_abs: float | None) -> bool:
         if target_cosine is not None and self.cosine < target_cosine:
             return False
-        if target_max_abs is not None and self.max_abs > target_max_abs:
-            return False
-        return True
+        return target_max_abs is None or self.max_abs <= target_max_abs
 
 
 class Evaluator:
-    """Reference outputs of the float model on fixed feeds; scores candidate models."""
+    """Reference outputs of the float model on fixed feeds; scores candidate models.
+
+    A candidate runs feed by feed and each output is folded into the fidelity sums at once,
+    so at most one feed's outputs of a candidate are alive, beside the references.
+    """
 
     def __init__(
         self,
@@ -54,32 +62,42 @@ class Evaluator:
         self.feeds = feeds
         if reference_outputs is None:
             assert reference is not None
-            reference_outputs = self._outputs(reference)
+            sess = self._session(reference)
+            # Copies: onnxruntime's output arrays would keep the session's arena alive.
+            reference_outputs = [{k: np.array(v, copy=True) for k, v in run(sess, f).items()} for f in feeds]
         self.reference = reference_outputs
         self.sessions = 0
 
-    def _outputs(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    @staticmethod
+    def _session(model: onnx.ModelProto | Candidate) -> ort.InferenceSession:
         # Graph optimizations on: candidates are scored as they will run (fused integer
-        # kernels round differently from the QDQ float simulation).
-        sess = make_session(model, optimize=True)
-        return [run(sess, f) for f in self.feeds]
+        # kernels round differently from the QDQ float simulation). One-shot: a few runs
+        # never earn back prepacked copies of the weights or spinning threads.
+        if isinstance(model, Candidate):
+            return make_session(model.header_model, lent=model.lent_arrays(), optimize=True, one_shot=True)
+        return make_session(model, optimize=True, one_shot=True)
 
-    def score(self, model: onnx.ModelProto) -> Score:
+    def score(self, model: onnx.ModelProto | Candidate) -> Score:
         """Worst cosine and largest max |error| of ``model`` against the reference.
 
-        The figures are the verification's own (`FidelityAccumulator`, `summarize`), so the
-        fallback aims at exactly what the run reports: whatever granularity the headline
-        uses (per output, per channel) decides which layers go back to float.
+        ``model`` may be a `Candidate`: its weights are lent to onnxruntime, not copied
+        into a serialized model. The figures are the verification's own
+        (`FidelityAccumulator`, `summarize`), so the fallback aims at exactly what the run
+        reports: whatever granularity the headline uses (per output, per channel) decides
+        which layers go back to float.
         """
         self.sessions += 1
-        outs = self._outputs(model)
+        sess = self._session(model)
         accs: dict[str, FidelityAccumulator] = {}
-        for r_out, c_out in zip(self.reference, outs):
+        for feeds, r_out in zip(self.feeds, self.reference):
+            c_out = run(sess, feeds)
             for k, r in r_out.items():
                 r = np.asarray(r)
                 if r.dtype.kind != "f" or not r.size:
                     continue
                 accs.setdefault(k, FidelityAccumulator()).add(r, np.asarray(c_out[k]))
+            del c_out
+        del sess
         if not accs:
             return Score(1.0, 0.0)
         overall = summarize({k: a.result() for k, a in accs.items()})
@@ -92,7 +110,7 @@ def group_layers(layers: Sequence[str], max_groups: int) -> list[tuple[str, ...]
         return []
     k = min(max_groups, len(layers))
     bounds = np.linspace(0, len(layers), k + 1).astype(int)
-    return [tuple(layers[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [tuple(layers[a:b]) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def layer_costs(graph: gs.Graph, layers: Sequence[str]) -> dict[str, float]:
@@ -196,6 +214,56 @@ def fallback(
                     excluded, score = trial, s
             return FallbackResult(excluded, score, len(groups) + n, True, _share(excluded, costs))
     return FallbackResult(excluded, score, len(groups) + n, False, _share(excluded, costs))
+
+
+def ranked_fallback(
+    order: Sequence[str],
+    build: Callable[[set[str]], onnx.ModelProto | Candidate],
+    evaluator: Evaluator,
+    *,
+    target_cosine: float | None,
+    target_max_abs: float | None,
+    max_layers: int,
+    progress: Callable[[str], None] | None = None,
+    costs: Mapping[str, float] | None = None,
+) -> FallbackResult:
+    """Float fallback along a ranking: the fewest leading layers of ``order`` (most harmful
+    first, e.g. by `onnxcomp.quantization.proxy.layer_error_energy`) kept float that meet
+    the target, for a model whose all-8-bit candidate misses it.
+
+    Searched by doubling (1, 2, 4, ... leading layers float, at most ``max_layers``) up to
+    the first candidate that meets the target, then by bisection between the last miss and
+    that hit, to within an eighth of the hit: about 2 log2(k) candidates for k layers,
+    where a scan of every layer group costs one candidate per group. Every answer is a
+    candidate that was scored; the ranking only decides which are tried.
+    """
+    cap = min(max_layers, len(order))
+    scores: dict[int, Score] = {}
+
+    def meets(k: int) -> bool:
+        if progress:
+            progress(f"fallback: {k} ranked layers float")
+        scores[k] = evaluator.score(build(set(order[:k])))
+        return scores[k].meets(target_cosine, target_max_abs)
+
+    miss, hit, k = 0, 0, 1  # 0 layers float (all 8-bit) is known to miss
+    while k <= cap:
+        if meets(k):
+            hit = k
+            break
+        miss = k
+        k = cap if k < cap < 2 * k else 2 * k
+    if not hit:
+        excluded = set(order[:miss])
+        return FallbackResult(excluded, scores.get(miss, Score(0.0, float("inf"))), len(scores), False, _share(excluded, costs))
+    while hit - miss > max(1, hit // 8):
+        mid = (miss + hit) // 2
+        if meets(mid):
+            hit = mid
+        else:
+            miss = mid
+    excluded = set(order[:hit])
+    return FallbackResult(excluded, scores[hit], len(scores), True, _share(excluded, costs))
 
 
 def _share(excluded: set[str], costs: Mapping[str, float] | None) -> float:

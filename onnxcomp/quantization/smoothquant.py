@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxcomp.ir import consumer_map, peek_values, toposort
 from onnxcomp.quantization.calibrators import TensorStats
-from onnxcomp.ir import consumer_map, toposort
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,16 @@ class SmoothSite:
 
 
 def _weight_in_rows(node: gs.Node) -> np.ndarray:
-    """The layer's weight as K x N (input channels on rows)."""
-    w = np.asarray(node.inputs[1].values, dtype=np.float32)
+    """The layer's weight as K x N (input channels on rows), read without caching it on
+    the graph (`peek_values`): a lazily loaded weight stays on disk for whoever needs it next."""
+    w = peek_values(node.inputs[1]).astype(np.float32, copy=False)
     return w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
+
+
+def _rows(node: gs.Node) -> int:
+    """K, the input channels of the layer's weight, from its header."""
+    shape = node.inputs[1].shape
+    return int(shape[1] if node.op == "Gemm" and node.attrs.get("transB", 0) else shape[0])
 
 
 def _set_weight_rows(node: gs.Node, w_rows: np.ndarray, tag: str) -> None:
@@ -61,7 +68,7 @@ def find_sites(layers: list[gs.Node]) -> list[SmoothSite]:
     for n in layers:
         if n.op not in ("MatMul", "Gemm") or not isinstance(n.inputs[1], gs.Constant):
             continue
-        if np.asarray(n.inputs[1].values).ndim != 2:
+        if len(n.inputs[1].shape) != 2:
             continue
         x = n.inputs[0]
         by_input.setdefault(id(x), []).append(n)
@@ -74,13 +81,12 @@ def find_sites(layers: list[gs.Node]) -> list[SmoothSite]:
 OUTLIER_RATIO = 6.0
 
 
-def smooth(
-    graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float, *, outlier_ratio: float = OUTLIER_RATIO
-) -> int:
-    """Migrate scales at every site with outlier channels; returns how many were smoothed."""
-    consumers = consumer_map(graph)
-    outputs = {t.name for t in graph.outputs}
-    done = 0
+def smoothing_scales(
+    sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float, *, outlier_ratio: float = OUTLIER_RATIO
+) -> dict[str, np.ndarray]:
+    """The migration factors ``s`` of every site with outlier channels, by the name of the
+    activation it reads (the graph is not changed; see `apply_smoothing`)."""
+    out: dict[str, np.ndarray] = {}
     for site in sites:
         st = stats.get(site.tensor.name)
         if st is None or st.channel_absmax is None:
@@ -88,12 +94,25 @@ def smooth(
         a = st.channel_absmax
         if a.size == 0 or a.max() < outlier_ratio * max(float(np.median(a)), 1e-12):
             continue
-        ws = [_weight_in_rows(n) for n in site.layers]
-        if any(w.shape[0] != a.size for w in ws):
+        if any(_rows(n) != a.size for n in site.layers):
             continue
-        wmax = np.max(np.stack([np.abs(w).max(axis=1) for w in ws]), axis=0)
+        wmax = np.zeros(a.size, dtype=np.float32)
+        for n in site.layers:  # one weight in memory at a time
+            np.maximum(wmax, np.abs(_weight_in_rows(n)).max(axis=1), out=wmax)
         s = np.power(np.maximum(a, 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1.0 - alpha)
-        s = np.clip(s, 1e-4, 1e4).astype(np.float32)
+        out[site.tensor.name] = np.clip(s, 1e-4, 1e4).astype(np.float32)
+    return out
+
+
+def apply_smoothing(graph: gs.Graph, sites: list[SmoothSite], scales: dict[str, np.ndarray]) -> int:
+    """Rewrite the sites that have a factor in ``scales`` (`smoothing_scales`); how many were."""
+    consumers = consumer_map(graph)
+    outputs = {t.name for t in graph.outputs}
+    done = 0
+    for site in sites:
+        s = scales.get(site.tensor.name)
+        if s is None:
+            continue
         x = site.tensor
         tag = f"{done}"
         producer = x.inputs[0] if x.inputs else None
@@ -107,7 +126,7 @@ def smooth(
                 if len(producer.inputs) > idx and producer.inputs[idx].name:
                     old = producer.inputs[idx]
                     producer.inputs[idx] = gs.Constant(
-                        f"{old.name}_smoothed_{tag}", (np.asarray(old.values, dtype=np.float32) / s).astype(np.float32)
+                        f"{old.name}_smoothed_{tag}", (peek_values(old).astype(np.float32) / s).astype(np.float32)
                     )
         else:
             xs = gs.Variable(f"{x.name}_smoothed_{tag}", dtype=np.float32, shape=x.shape)
@@ -115,9 +134,16 @@ def smooth(
             graph.nodes.append(gs.Node("Mul", f"{x.name}_SmoothQuant_{tag}", {}, [x, inv], [xs]))
             for n in site.layers:
                 n.inputs[0] = xs
-        for n, w in zip(site.layers, ws):
-            _set_weight_rows(n, w * s[:, None], f"{n.name}")
+        for n in site.layers:
+            _set_weight_rows(n, _weight_in_rows(n) * s[:, None], f"{n.name}")
         done += 1
     if done:
         toposort(graph)
     return done
+
+
+def smooth(
+    graph: gs.Graph, sites: list[SmoothSite], stats: dict[str, TensorStats], alpha: float, *, outlier_ratio: float = OUTLIER_RATIO
+) -> int:
+    """Migrate scales at every site with outlier channels; returns how many were smoothed."""
+    return apply_smoothing(graph, sites, smoothing_scales(sites, stats, alpha, outlier_ratio=outlier_ratio))
