@@ -262,61 +262,63 @@ def main() -> None:
     t0 = time.perf_counter()
     prep = prepare(args.cache, args.calib, args.heldout, args.seq)
     print(f"prepared in {time.perf_counter() - t0:.0f} s: {prep.meta['source']}", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="int4-real-", dir=args.cache / "work" / "smollm2"))
-    wanted = [m for m in [*METHODS, BARE_RTN] if not args.methods or any(s in m for s in args.methods.split(","))]
-    rows: list[tuple[str, Path, float, int]] = [("FP32", prep.fp32, 0.0, 0)]
-    for k, label in enumerate(wanted):
-        dst = work / f"m{k}.onnx"
-        uses_data = METHODS.get(label, ("", False))[1]
-        secs, peak = quantize(label, prep.fp32, dst, prep.calib if uses_data else None, work)
-        print(f"{label}: {secs:.1f} s, peak {peak / 2**20:.0f} MiB", flush=True)
-        rows.append((label, dst, secs, peak))
-    scored = [r for r in rows if r[0] != BARE_RTN]
-    quality = score_all([p for _, p, _, _ in scored], prep.heldout, batch=4)
-    lat = prefill_ms([p for _, p, _, _ in scored], seq=128)
-    size0 = prep.fp32.stat().st_size
-    ppl0 = quality[0][0]
-    m = prep.meta
-    lines = [
-        (f"Model: {m['source']}; {m['params']:,} parameters; FP32 export {size0 / 1e6:.0f} MB "
-        f"(dequantized Q4_1/Q8_0 weights: see the docstring). Port vs transformers: max |logits diff| {m['port_max_abs_logits_diff']:.1e}."),
-        (f"Text: {m['text']} (sha256 {m['text_sha256'][:12]}). Held-out: {len(prep.heldout)} x {args.seq} tokens; "
-        f"calibration: another {args.calib} x {args.seq} (disjoint topics). Prefill 1 x 128, 2 threads, median of 15 interleaved "
-        f"rounds (noisy, shared 2-core machine). Tool time and peak RSS: the tool's own process."),
-        "",
-        "| method | size vs FP32 | tool s | peak RSS MB (× FP32 file) | perplexity | increase | logits cosine | prefill ms | vs FP32 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (label, path, secs, peak), (ppl, cos), ms in zip(scored, quality, lat):
-        mem = f"{peak / 1e6:.0f} ({peak / size0:.1f}×)" if peak else "-"
-        lines.append(f"| {label} | {path.stat().st_size / size0:.3f} | {secs:.1f} | {mem} | {ppl:.3f} | "
-                     f"{ppl / ppl0 - 1:+.2%} | {cos:.5f} | {ms:.1f} | ×{lat[0] / ms:.2f} |")
-    for label, _, secs, peak in rows:
-        if label == BARE_RTN:
-            lines += ["", f"{label}: {secs:.1f} s, peak RSS {peak / 1e6:.0f} MB (the tool time comparable to onnxruntime's)."]
-    print("\n".join(lines), flush=True)  # the main table survives a failure of the decode part
-    printed = len(lines)
-    if args.decode:
-        kv_rows: list[tuple[str, Path]] = [("FP32", prep.kv)]
-        for k, label in enumerate(lb for lb in KV_METHODS if lb in wanted):
-            dst = work / f"kv{k}.onnx"
-            quantize(label, prep.kv, dst, None, work)
-            kv_rows.append((label, dst))
-        # The same measurement as `onnxcomp bench --decode N --shape input_ids=1x64 --threads 2`.
-        res = onnxcomp.bench([str(p) for _, p in kv_rows], threads=2, decode=args.decode, shapes={"input_ids": (1, 64)},
-                             rounds=5, warmup=2)
-        tps = [m.decode.tokens_per_s for m in res.models]
-        lines += ["", (f"KV-cache export: prefill 64 tokens, then {args.decode} greedy decode steps with the cache fed back "
-                       f"(`onnxcomp bench --decode {args.decode}`); tokens/s at the median per-token time of "
-                       f"{res.rounds} interleaved generations, 2 threads. "
-                       "Quantized without calibration data (gptq/awq give the same graph, so the same speed)."), "",
-                  "| model | size vs FP32 | decode tokens/s | vs FP32 |", "|---|---|---|---|"]
-        for (label, path), r in zip(kv_rows, tps):
-            lines.append(f"| {label} | {path.stat().st_size / prep.kv.stat().st_size:.3f} | {r:.1f} | ×{r / tps[0]:.2f} |")
-    text = "\n".join(lines)
-    print("\n".join(lines[printed:]))
-    if args.out:
-        args.out.write_text(text + "\n")
+    # The quantized models (about 1 GB a run) go with the folder, also on an error or Ctrl-C.
+    with tempfile.TemporaryDirectory(prefix="int4-real-", dir=args.cache / "work" / "smollm2") as tmp:
+        work = Path(tmp)
+        wanted = [m for m in [*METHODS, BARE_RTN] if not args.methods or any(s in m for s in args.methods.split(","))]
+        rows: list[tuple[str, Path, float, int]] = [("FP32", prep.fp32, 0.0, 0)]
+        for k, label in enumerate(wanted):
+            dst = work / f"m{k}.onnx"
+            uses_data = METHODS.get(label, ("", False))[1]
+            secs, peak = quantize(label, prep.fp32, dst, prep.calib if uses_data else None, work)
+            print(f"{label}: {secs:.1f} s, peak {peak / 2**20:.0f} MiB", flush=True)
+            rows.append((label, dst, secs, peak))
+        scored = [r for r in rows if r[0] != BARE_RTN]
+        quality = score_all([p for _, p, _, _ in scored], prep.heldout, batch=4)
+        lat = prefill_ms([p for _, p, _, _ in scored], seq=128)
+        size0 = prep.fp32.stat().st_size
+        ppl0 = quality[0][0]
+        m = prep.meta
+        lines = [
+            (f"Model: {m['source']}; {m['params']:,} parameters; FP32 export {size0 / 1e6:.0f} MB "
+            f"(dequantized Q4_1/Q8_0 weights: see the docstring). Port vs transformers: max |logits diff| {m['port_max_abs_logits_diff']:.1e}."),
+            (f"Text: {m['text']} (sha256 {m['text_sha256'][:12]}). Held-out: {len(prep.heldout)} x {args.seq} tokens; "
+            f"calibration: another {args.calib} x {args.seq} (disjoint topics). Prefill 1 x 128, 2 threads, median of 15 interleaved "
+            f"rounds (noisy, shared 2-core machine). Tool time and peak RSS: the tool's own process."),
+            "",
+            "| method | size vs FP32 | tool s | peak RSS MB (× FP32 file) | perplexity | increase | logits cosine | prefill ms | vs FP32 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for (label, path, secs, peak), (ppl, cos), ms in zip(scored, quality, lat):
+            mem = f"{peak / 1e6:.0f} ({peak / size0:.1f}×)" if peak else "-"
+            lines.append(f"| {label} | {path.stat().st_size / size0:.3f} | {secs:.1f} | {mem} | {ppl:.3f} | "
+                         f"{ppl / ppl0 - 1:+.2%} | {cos:.5f} | {ms:.1f} | ×{lat[0] / ms:.2f} |")
+        for label, _, secs, peak in rows:
+            if label == BARE_RTN:
+                lines += ["", f"{label}: {secs:.1f} s, peak RSS {peak / 1e6:.0f} MB (the tool time comparable to onnxruntime's)."]
+        print("\n".join(lines), flush=True)  # the main table survives a failure of the decode part
+        printed = len(lines)
+        if args.decode:
+            kv_rows: list[tuple[str, Path]] = [("FP32", prep.kv)]
+            for k, label in enumerate(lb for lb in KV_METHODS if lb in wanted):
+                dst = work / f"kv{k}.onnx"
+                quantize(label, prep.kv, dst, None, work)
+                kv_rows.append((label, dst))
+            # The same measurement as `onnxcomp bench --decode N --shape input_ids=1x64 --threads 2`.
+            res = onnxcomp.bench([str(p) for _, p in kv_rows], threads=2, decode=args.decode, shapes={"input_ids": (1, 64)},
+                                 rounds=5, warmup=2)
+            tps = [m.decode.tokens_per_s for m in res.models]
+            lines += ["", (f"KV-cache export: prefill 64 tokens, then {args.decode} greedy decode steps with the cache fed back "
+                           f"(`onnxcomp bench --decode {args.decode}`); tokens/s at the median per-token time of "
+                           f"{res.rounds} interleaved generations, 2 threads. "
+                           "Quantized without calibration data (gptq/awq give the same graph, so the same speed)."), "",
+                      "| model | size vs FP32 | decode tokens/s | vs FP32 |", "|---|---|---|---|"]
+            for (label, path), r in zip(kv_rows, tps):
+                lines.append(f"| {label} | {path.stat().st_size / prep.kv.stat().st_size:.3f} | {r:.1f} | ×{r / tps[0]:.2f} |")
+        text = "\n".join(lines)
+        print("\n".join(lines[printed:]))
+        if args.out:
+            args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
