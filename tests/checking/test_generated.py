@@ -87,3 +87,18 @@ def test_bench_feeds_respect_shape_and_batch() -> None:
     assert make_feeds(image_model(320, -1), shapes={"x": (2, 3, 320, 320)})["x"].shape == (2, 3, 320, 320)
     feeds = make_feeds(silero_like())
     assert feeds["sr"] == 16000 and _runs(silero_like(), feeds)
+
+
+def test_kv_cache_dims_start_empty(tmp_path) -> None:
+    """A causal LM's past key/values get length 0 (a prefill), not random cache contents."""
+    import models
+    from onnxcomp.checking.generated import runnable_inputs
+
+    path = models.export("decoder_kv", tmp_path / "kv.onnx", small=True, seq_len=4)
+    model = onnx.load(str(path))
+    plan = candidate_plans(model)[0]
+    assert plan.sizes["past"] == 0 and plan.roles["past"] == "cache"
+    feeds = runnable_inputs(model, count=2)
+    pasts = [k for k in feeds[0] if k.startswith("past_key_values")]
+    assert pasts and all(f[k].shape[2] == 0 for f in feeds for k in pasts)
+    assert all(f["input_ids"].shape[1] > 0 for f in feeds)

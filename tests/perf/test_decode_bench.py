@@ -17,7 +17,14 @@ import onnxcomp
 from onnxcomp.checking.runtime import make_session
 from onnxcomp.cli import main
 from onnxcomp.errors import UsageError
+from onnxcomp.io.files import load_model
 from onnxcomp.perf.decode import DecodeRunner, KvLayout
+from onnxcomp.perf.speed_check import (
+    DECODE_PROMPT,
+    DECODE_TOKENS,
+    measure_speed,
+    slower_warning,
+)
 
 
 def invoke(*args: object) -> tuple[int, str, str]:
@@ -127,3 +134,21 @@ def test_layout_pairs_by_position_and_feeds_mask_and_positions() -> None:
 def test_layout_names_an_input_it_cannot_feed() -> None:
     with pytest.raises(UsageError, match="token_type_ids"):
         KvLayout.detect(_hf_style(["logits", "present.0.key"], extra_input="token_type_ids"))
+
+
+def test_speed_check_times_decode_for_a_model_with_a_kv_cache(kv_models: tuple[Path, Path]) -> None:
+    """``optimize``'s speed check times generations of a KV-cache model and reports the decode ratio."""
+    fp32, q4 = (load_model(p) for p in kv_models)
+    speed = measure_speed(fp32, q4, duration_s=0.05, min_rounds=3, warmup=1)
+    assert speed["timed"] == "decode"
+    assert speed["prompt_tokens"] == DECODE_PROMPT and speed["decode_tokens"] == DECODE_TOKENS
+    assert speed["rounds"] >= 3 and speed["input_ms"] > 0 and speed["result_ms"] > 0
+    assert np.isfinite(speed["ratio"]) and np.isfinite(speed["prefill_ratio"])
+    assert "decoding" in slower_warning({**speed, "ratio": 0.5})
+
+
+def test_speed_check_times_plain_runs_without_a_kv_cache(tmp_path: Path) -> None:
+    path = models.export("decoder", tmp_path / "lm.onnx", small=True, seq_len=4)
+    model = load_model(path)
+    speed = measure_speed(model, model, duration_s=0.05, min_rounds=3, warmup=1)
+    assert speed["timed"] == "run" and "prefill_ratio" not in speed
