@@ -188,6 +188,13 @@ def make_session(
     return ort.InferenceSession(model, sess_options=so, providers=pargs)
 
 
+#: Lent arrays of at least this many bytes in all are read in place (`_lent_session`);
+#: smaller ones are copied: a copy of a few MB costs nothing, and where a graph
+#: optimization must read a lent weight (QDQ weights of CNNs, measured in 1 of 10
+#: sessions of the test suite) the in-place attempt is a session built for nothing.
+IN_PLACE_BYTES = 32 << 20
+
+
 @functools.cache
 def _placeholder_folder() -> str:
     """A folder holding an empty file named `PLACEHOLDER_LOCATION` (removed at exit).
@@ -208,7 +215,7 @@ _PLACEHOLDER_FOLDERS: list[tempfile.TemporaryDirectory] = []
 def _lent_session(
     parts: RuntimeParts, options: Callable[[], ort.SessionOptions], providers: Sequence[str | tuple[str, dict[str, str]]]
 ) -> ort.InferenceSession:
-    """A session on ``parts`` that reads the lent arrays where they are.
+    """A session on ``parts`` that reads the lent arrays where they are (from `IN_PLACE_BYTES`).
 
     ``add_initializer`` hands onnxruntime the arrays themselves; ``add_external_initializers``
     makes it copy them (measured with onnxruntime 1.32: a 400 MB weight cost +400 MB at
@@ -216,17 +223,20 @@ def _lent_session(
     values (constant folding of ``Transpose(weight)``, say) cannot see such an array and
     fails; the session is then built again the copying way.
     """
+    in_place = bool(parts.names) and sum(a.nbytes for a in parts.arrays) >= IN_PLACE_BYTES
     so = options()
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays]
-    if parts.names:
+    if in_place:
         so.log_severity_level = 4  # a failure here is expected and handled: not for the user's terminal
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", _placeholder_folder())
         for name, value in zip(parts.names, values):
             so.add_initializer(name, value)
+    elif parts.names:
+        so.add_external_initializers(parts.names, values)
     try:
         session = ort.InferenceSession(parts.model_bytes, sess_options=so, providers=list(providers))
     except Exception as e:
-        if not parts.names:
+        if not in_place:
             raise
         log.debug("onnxruntime could not use %d lent weights in place (%s); copying them", len(parts.names), one_line(e, 200))
         so = options()

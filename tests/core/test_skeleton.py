@@ -62,7 +62,10 @@ def _matmul_model(transposed: bool) -> tuple[onnx.ModelProto, np.ndarray]:
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), w
 
 
-def test_lent_weights_are_read_in_place_not_copied() -> None:
+def test_lent_weights_are_read_in_place_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxcomp.checking.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "IN_PLACE_BYTES", 0)  # a small weight: large ones are read in place
     model, w = _matmul_model(transposed=False)
     parts = runtime_parts(model)
     assert parts.names == ["w"]
@@ -76,9 +79,12 @@ def test_lent_weights_are_read_in_place_not_copied() -> None:
     np.testing.assert_allclose(run(sess, {"x": x})["y"], x @ (2.0 * w), rtol=1e-5, atol=1e-4)
 
 
-def test_a_session_whose_optimizer_reads_a_lent_weight_falls_back_to_a_copy() -> None:
+def test_a_session_whose_optimizer_reads_a_lent_weight_falls_back_to_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     # onnxruntime's constant folding evaluates Transpose(w): it must read w's values,
     # which a weight lent in place does not give it; the session is built the copying way.
+    import onnxcomp.checking.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "IN_PLACE_BYTES", 0)
     model, w = _matmul_model(transposed=True)
     x = np.arange(32, dtype=np.float32)[None]
     for optimize in (False, True):
