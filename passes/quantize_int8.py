@@ -366,7 +366,7 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
             wp = weight_params(plan, tensors)
             acts = self._activation_params(plan, ranges, tensors, o)
             inserted.update(materialize(g, plan, acts, wp).as_dict())
-            if fold_weights(g, probe.layers):  # computed weights of the layers left float
+            if mode == "dynamic" and fold_weights(g, probe.layers):  # SmoothQuant's deferred weights of float layers
                 remove_dead_nodes(g)
             return plan
 
