@@ -21,7 +21,11 @@ from onnxcomp.quantization import fold_weights, materialize, weight_params
 from onnxcomp.quantization.collect import collect_stats
 from onnxcomp.quantization.rules import DYNAMIC_RULES, RuleOptions, build_plan
 from onnxcomp.quantization.sensitivity import Evaluator
-from onnxcomp.quantization.smoothquant import apply_smoothing, find_sites, smoothing_scales
+from onnxcomp.quantization.smoothquant import (
+    apply_smoothing,
+    find_sites,
+    smoothing_scales,
+)
 
 
 def _smoothing(model: onnx.ModelProto, defer: bool) -> tuple[gs.Graph, object, list[str]]:
