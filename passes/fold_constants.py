@@ -33,7 +33,10 @@ only as a layer's weight (Conv/Gemm/MatMul weights, normalization and RNN parame
 embedding tables; e.g. a ``ConstantOfShape`` that builds a Conv kernel) gets the larger
 ``max_weight_bytes``: a normal export stores it as an initializer, onnxruntime builds it
 at session start anyway, and only as a constant can later passes (BatchNorm folding,
-quantization, pruning) work on it.
+quantization, pruning) work on it. Neither limit lets an output over ``max_size_bytes``
+be made from a large constant that other nodes still read: the model would hold the
+constant twice in two layouts (``Transpose`` of the embedding table a tied LM head shares
+with the embedding Gather: +113 MB on a 135M decoder).
 
 Models with IR version < 4 fold like any other: `onnxcomp.ir.to_graph` imports their
 initializers (which such models must also list as graph inputs) as constants.
@@ -188,6 +191,18 @@ def _limit(node: gs.Node, opts: FoldConstantsOptions) -> int:
     return opts.max_size_bytes
 
 
+def _keeps_large_input(node: gs.Node, max_bytes: int) -> bool:
+    """True if a constant input of ``node`` larger than ``max_bytes`` is also read by another
+    node: folding would keep it *and* a large output derived from it (``Transpose(table)``
+    of an LM's tied output projection is a 113 MB second copy of the embedding table
+    the Gather still reads). Such a node stays; onnxruntime computes it when a session
+    starts, and passes that need it as a weight read through it (see `quantize-int8`)."""
+    return any(
+        isinstance(t, gs.Constant) and any(r is not node for r in t.outputs) and constant_nbytes(t) > max_bytes
+        for t in node.inputs
+    )
+
+
 def _foldable_op(node: gs.Node) -> bool:
     return is_standard(node) and node.op not in _NEVER and not has_subgraph(node)
 
@@ -311,7 +326,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                     ctx.logger.debug("fold-constants: numpy rule declined %s (%s): %s", node.name, node.op, e)
                     outs = None
                 if outs is not None:
-                    if self._fits(outs, input_bytes, limit):
+                    if self._fits(node, outs, input_bytes, limit, opts):
                         self._apply(node, outs, stats)
                     else:
                         stats["_declined"].add(id(node))
@@ -321,8 +336,10 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 pending.update(id(t) for t in node.outputs)
 
     @staticmethod
-    def _fits(outs: list[np.ndarray], input_bytes: int, limit: int) -> bool:
-        total = sum(o.nbytes for o in outs)
+    def _fits(node: gs.Node, outs: list[np.ndarray], input_bytes: int, limit: int, opts: FoldConstantsOptions) -> bool:
+        total = sum(o.nbytes for o in outs if o is not None)
+        if total > opts.max_size_bytes and _keeps_large_input(node, opts.max_size_bytes):
+            return False
         return total <= limit or total <= input_bytes
 
     @staticmethod
@@ -375,7 +392,7 @@ class FoldConstants(Pass[FoldConstantsOptions]):
                 continue
             arrays = [np.asarray(o) for o in outs if o is not None]
             input_bytes = sum(constant_nbytes(t) for t in node.inputs if isinstance(t, gs.Constant))
-            if not self._fits(arrays, input_bytes, _limit(node, opts)):
+            if not self._fits(node, arrays, input_bytes, _limit(node, opts), opts):
                 stats["_declined"].add(id(node))
                 continue
             self._apply(node, [np.asarray(o) if o is not None else None for o in outs], stats)

@@ -28,8 +28,10 @@ until the target is met (`sensitivity`).
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -37,7 +39,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp import Pass, PassContext, PassOptions, PassResult, get_pass, register_pass
-from onnxcomp.checking import make_session, run
+from onnxcomp.checking import OutputStore, make_session, run
 from onnxcomp.errors import UsageError
 from onnxcomp.ir import default_opset, remove_dead_nodes, to_graph, toposort
 from onnxcomp.quantization import (
@@ -58,6 +60,7 @@ from onnxcomp.quantization import (
     collect_stats,
     fallback,
     find_sites,
+    fold_weights,
     layer_costs,
     layer_error_energy,
     materialize,
@@ -304,8 +307,11 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         ranges: dict[str, tuple[float, float]] = {}
         checking = o.target_cosine is not None or o.target_max_abs is not None
         # The calibration session also yields the float outputs of the first batches (within
-        # a byte budget): candidates are scored against them, no second float session.
+        # a byte budget): candidates are scored against them, no second float session. They
+        # are kept in files (`OutputStore`) and read back one batch at a time: an LM's are
+        # 256 MB of logits, held beside every candidate session otherwise.
         kept: list[dict] = []
+        references = OutputStore(Path(tempfile.gettempdir()))
         keep_outputs = o.eval_batches * per_batch if checking else 0
         stats: dict = {}
         smoothed = 0
@@ -323,10 +329,12 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                 channel = collect_stats(
                     ctx.to_model(graph), data(), names, channel_stats=names, progress=ctx.progress,
                     max_batches=None if names else keep_outputs, keep_outputs=keep_outputs, kept=kept,
-                    keep_bytes=REFERENCE_BYTES, samples=samples,
+                    keep_bytes=REFERENCE_BYTES, samples=samples, outputs_to=references,
                 )
                 scales = smoothing_scales(sites, channel, alpha)
-                smoothed = apply_smoothing(graph, sites, scales)
+                # Deferred: the rescaled weights stay Mul(w, s) over the (lazily loaded)
+                # originals until a candidate quantizes them, not 400 MB of new arrays.
+                smoothed = apply_smoothing(graph, sites, scales, defer=True)
                 if smoothed:
                     probe = build_plan(graph, registry, rule_opts, opset=opset, skip=skip(set()))
                 if samples is not None:
@@ -346,7 +354,7 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
                 stats = collect_stats(
                     ctx.to_model(graph), data(), need, histogram=hist, progress=ctx.progress,
                     max_batches=None if need else keep_outputs, keep_outputs=keep_outputs, kept=kept,
-                    keep_bytes=REFERENCE_BYTES,
+                    keep_bytes=REFERENCE_BYTES, outputs_to=references,
                 )
                 ranges = {k: calibrate_range(v, o.calibrator, percentile=o.percentile) for k, v in stats.items()}
 
@@ -358,6 +366,8 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
             wp = weight_params(plan, tensors)
             acts = self._activation_params(plan, ranges, tensors, o)
             inserted.update(materialize(g, plan, acts, wp).as_dict())
+            if mode == "dynamic" and fold_weights(g, probe.layers):  # SmoothQuant's deferred weights of float layers
+                remove_dead_nodes(g)
             return plan
 
         built: dict[frozenset[str], tuple[gs.Graph, QuantPlan]] = {}
@@ -374,7 +384,7 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         excluded_layers: set[str] = set()
         extra: dict[str, object] = {}
         if checking:
-            evaluator = Evaluator(None, [k["feeds"] for k in kept], [k["outputs"] for k in kept])
+            evaluator = Evaluator(None, [k["feeds"] for k in kept], references)
             # The scoring batches are also the calibration batches, so their cosine
             # overestimates unseen data a little: hold back part of the error budget
             # (0.99 with the default 0.2 aims at 0.992).

@@ -31,6 +31,7 @@ from onnxcomp.checking.metrics import (
 from onnxcomp.checking.perplexity import paired_perplexity
 from onnxcomp.checking.runtime import make_session, resolve_providers, run
 from onnxcomp.checking.verify import (
+    OutputStore,
     Tolerance,
     drift,
     evaluate,
@@ -46,6 +47,7 @@ __all__ = [
     "FidelityAccumulator",
     "InputSpec",
     "OutputFidelity",
+    "OutputStore",
     "Tolerance",
     "VerificationData",
     "drift",

@@ -163,6 +163,18 @@ class Checker:
         if self.verifier is not None:
             self.verifier.prefetch()
 
+    def expect_lossy_pass(self) -> None:
+        """A lossy pass is about to run: on a large input, run the reference now.
+
+        Such a pass nearly always changes the model, and the input's reference run (its
+        session and the input's weights, 0.9 GB for a 540 MB decoder) then follows it on
+        top of what the pass left: run first, it comes on top of the graph alone
+        (the int8 preset on SmolLM2: 1.25 GB peak after the pass). Its outputs are kept
+        in files (`OutputStore`). Small inputs start it in the background anyway.
+        """
+        if self.verifier is not None and not self.verifier.small:
+            self.verifier.reference_outputs  # noqa: B018 - computed now, for the check that follows
+
     def check(self, candidate: Candidate, lossless: bool) -> Verdict:
         """Check ``candidate``; an accepted lossless one becomes the new baseline.
 

@@ -7,8 +7,10 @@ from `make_session` / `open_session`, so every session is configured in one plac
 
 from __future__ import annotations
 
+import functools
+import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,15 @@ import onnx
 import onnxruntime as ort
 
 from onnxcomp.errors import InvalidModelError, UsageError, one_line
-from onnxcomp.ir.weightless import ArrayCache, RuntimeParts, references_files, runtime_parts
+from onnxcomp.ir.weightless import (
+    PLACEHOLDER_LOCATION,
+    ArrayCache,
+    RuntimeParts,
+    references_files,
+    runtime_parts,
+)
+
+log = logging.getLogger("onnxcomp")
 
 EP_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -171,14 +181,72 @@ def make_session(
             return _session_from_file(model, so, pargs, workdir)
         model = parts
     if isinstance(model, RuntimeParts):
-        if model.names:
-            so.add_external_initializers(model.names, [ort.OrtValue.ortvalue_from_numpy(a) for a in model.arrays])
-        session = ort.InferenceSession(model.model_bytes, sess_options=so, providers=pargs)
-        session._onnxcomp_borrowed = model  # the session reads these arrays: keep them alive
-        return session
+        return _lent_session(model, lambda: _session_options(
+            threads=threads, optimize=optimize, one_shot=one_shot, spinning=spinning, profile_prefix=profile_prefix), pargs)
     if isinstance(model, Path):
         model = str(model)
     return ort.InferenceSession(model, sess_options=so, providers=pargs)
+
+
+#: Lent arrays of at least this many bytes in all are read in place (`_lent_session`);
+#: smaller ones are copied: a copy of a few MB costs nothing, and where a graph
+#: optimization must read a lent weight (QDQ weights of CNNs, measured in 1 of 10
+#: sessions of the test suite) the in-place attempt is a session built for nothing.
+IN_PLACE_BYTES = 32 << 20
+
+
+@functools.cache
+def _placeholder_folder() -> str:
+    """A folder holding an empty file named `PLACEHOLDER_LOCATION` (removed at exit).
+
+    onnxruntime checks that the external-data file of every initializer exists, even of
+    those whose values `SessionOptions.add_initializer` supplies; an empty one also makes
+    any attempt to read a lent weight from it fail loudly instead of reading garbage.
+    """
+    folder = tempfile.TemporaryDirectory(prefix="onnxcomp-lent-")
+    _PLACEHOLDER_FOLDERS.append(folder)  # kept alive until exit, then removed
+    (Path(folder.name) / PLACEHOLDER_LOCATION).touch()
+    return folder.name
+
+
+_PLACEHOLDER_FOLDERS: list[tempfile.TemporaryDirectory] = []
+
+
+def _lent_session(
+    parts: RuntimeParts, options: Callable[[], ort.SessionOptions], providers: Sequence[str | tuple[str, dict[str, str]]]
+) -> ort.InferenceSession:
+    """A session on ``parts`` that reads the lent arrays where they are (from `IN_PLACE_BYTES`).
+
+    ``add_initializer`` hands onnxruntime the arrays themselves; ``add_external_initializers``
+    makes it copy them (measured with onnxruntime 1.32: a 400 MB weight cost +400 MB at
+    session creation, against +9 MB). A graph optimization that reads a lent weight's
+    values (constant folding of ``Transpose(weight)``, say) cannot see such an array and
+    fails; the session is then built again the copying way.
+    """
+    in_place = bool(parts.names) and sum(a.nbytes for a in parts.arrays) >= IN_PLACE_BYTES
+    so = options()
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays]
+    if in_place:
+        so.log_severity_level = 4  # a failure here is expected and handled: not for the user's terminal
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", _placeholder_folder())
+        for name, value in zip(parts.names, values):
+            so.add_initializer(name, value)
+    elif parts.names:
+        so.add_external_initializers(parts.names, values)
+    try:
+        session = ort.InferenceSession(parts.model_bytes, sess_options=so, providers=list(providers))
+    except Exception as e:
+        if not in_place:
+            raise
+        log.debug("onnxruntime could not use %d lent weights in place (%s); copying them", len(parts.names), one_line(e, 200))
+        so = options()
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays]
+        so.add_external_initializers(parts.names, values)
+        session = ort.InferenceSession(parts.model_bytes, sess_options=so, providers=list(providers))
+    # The session reads these arrays (through these OrtValues, which it does not own):
+    # they must live as long as it does.
+    session._onnxcomp_borrowed = (parts, values)
+    return session
 
 
 def _session_from_file(

@@ -86,10 +86,14 @@ class OutputStore(Sequence[dict[str, np.ndarray]]):
         self._items: list[dict[str, np.ndarray] | list[tuple[str, Path]]] = []
         weakref.finalize(self, shutil.rmtree, self._folder, True)
 
-    def append(self, outputs: dict[str, np.ndarray]) -> None:
-        """Add the next feed's outputs (object arrays, e.g. strings, stay in memory)."""
+    def append(self, outputs: dict[str, np.ndarray], *, copy: bool = False) -> None:
+        """Add the next feed's outputs (object arrays, e.g. strings, stay in memory).
+
+        ``copy``: outputs kept in memory are copies (an onnxruntime output array keeps its
+        session's whole arena alive); spilled ones are written from the arrays as they are.
+        """
         if sum(a.nbytes for a in outputs.values()) < SPILL_BYTES or any(a.dtype.hasobject for a in outputs.values()):
-            self._items.append(outputs)
+            self._items.append({k: np.array(v, copy=True) for k, v in outputs.items()} if copy else outputs)
             return
         files = []
         for j, (name, value) in enumerate(outputs.items()):

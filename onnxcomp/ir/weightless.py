@@ -4,15 +4,17 @@ Verifying a pass means running ``onnx.checker`` and onnxruntime on the result. H
 either one a whole ``ModelProto`` costs a serialization and a parse of every weight byte
 (for a 90 MB BERT that is most of the verification time), although neither needs the
 bytes: the checker needs each weight's type and shape, and onnxruntime can borrow the
-weights as arrays (``SessionOptions.add_external_initializers``) instead of parsing them.
+weights as arrays (``SessionOptions.add_initializer``) instead of parsing them.
 
 So large main-graph initializers are stripped from a lightweight copy of the model:
 
 * `structure_skeleton` turns them into typed graph inputs (what the checker and shape
   inference need of them);
 * `runtime_parts` marks them external and returns the arrays for onnxruntime to borrow.
-  onnxruntime copies what it borrows, so a model whose weights are still in an
-  external-data file (`references_files`) is better handed over as a file, which it maps.
+  onnxruntime reads them in place, unless one of its graph optimizations must read a
+  weight's values, and then copies them all (`onnxcomp.checking.runtime.make_session`);
+  so a model whose weights are still in an external-data file (`references_files`) is
+  better handed over as a file, which it maps.
 
 Subgraph and function tensors and small constants (shape vectors, axes, scalars: what
 shape inference reads) stay inline.
@@ -34,8 +36,9 @@ from onnxcomp.io.files import copy_fields_except
 #: Initializers at least this large (payload bytes) are stripped.
 MIN_STRIPPED_BYTES = 4096
 
-#: The ``location`` of a stripped tensor; never read (onnxruntime gets the array instead).
-_PLACEHOLDER = "onnxcomp-borrowed-weight"
+#: The ``location`` of a stripped tensor; never read (onnxruntime gets the array instead),
+#: but onnxruntime checks that a file of that name exists (see `onnxcomp.checking.runtime`).
+PLACEHOLDER_LOCATION = "onnxcomp-borrowed-weight"
 
 
 @functools.cache
@@ -203,5 +206,5 @@ def runtime_parts(
         stub.name, stub.data_type = t.name, t.data_type
         stub.dims.extend(t.dims)
         stub.data_location = TensorProto.EXTERNAL
-        stub.external_data.add(key="location", value=_PLACEHOLDER)
+        stub.external_data.add(key="location", value=PLACEHOLDER_LOCATION)
     return RuntimeParts(out.SerializeToString(), names, arrays)

@@ -343,6 +343,8 @@ class PipelineRun:
         if before is None:
             before = graph_cost(graph, flops=False)
             self._costs = {known: before}
+        if not p.lossless:
+            self.checker.expect_lossy_pass()
         t0 = time.perf_counter()
         try:
             result = p.run(graph, ctx)

@@ -7,6 +7,8 @@
 * `smoothquant`: activation-outlier scale migration into weights;
 * `sensitivity`: per-layer sensitivity and greedy float fallback;
 * `proxy`: per-layer error energy of dynamic quantization, to rank layers for the fallback;
+* `weightexpr`: layer weights computed from a constant (``Transpose(table)``, deferred
+  SmoothQuant ``Mul(w, s)``), evaluated one at a time when a layer is quantized;
 * `blockwise`, `hessian`, `gptq`, `awq`, `weightonly`: block-wise 4/8-bit weight-only
   quantization (``quantize-weights``): RTN and packing, streamed ``XᵀX``, GPTQ, AWQ scale
   search, and the graph rewrites (MatMulNBits / block-wise DequantizeLinear, AWQ folds).
@@ -58,6 +60,7 @@ from onnxcomp.quantization.smoothquant import (
     smooth,
     smoothing_scales,
 )
+from onnxcomp.quantization.weightexpr import fold_weights
 from onnxcomp.quantization.weightonly import (
     WeightSite,
     apply_input_scale,
@@ -95,6 +98,7 @@ __all__ = [
     "fallback",
     "find_sites",
     "find_weight_sites",
+    "fold_weights",
     "gptq",
     "layer_costs",
     "layer_error",

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.checking.runtime import make_session
+from onnxcomp.checking.verify import OutputStore
 from onnxcomp.errors import CalibrationDataError
 from onnxcomp.quantization.calibrators import TensorStats
 from onnxcomp.quantization.proxy import ActivationSamples
@@ -82,6 +83,7 @@ def collect_stats(
     kept: list[dict[str, np.ndarray]] | None = None,
     keep_bytes: int | None = None,
     samples: ActivationSamples | None = None,
+    outputs_to: OutputStore | None = None,
 ) -> dict[str, TensorStats]:
     """Run calibration batches through ``model`` and stream statistics of ``names``.
 
@@ -101,6 +103,9 @@ def collect_stats(
             (the first batch is always kept): an LM's logits are 50 MB per 256 tokens.
         samples: Also sample the observed tensors of every kept batch into this
             (`ActivationSamples`, for the per-layer error ranking of the float fallback).
+        outputs_to: Keep the outputs here instead (``kept`` then gets ``{"feeds": ...}``
+            only): an `OutputStore` holds large ones in files, so the references an LM's
+            fallback scores against (256 MB of logits) are read back one batch at a time.
 
     Raises:
         CalibrationDataError: No batch could be fed.
@@ -116,14 +121,18 @@ def collect_stats(
             if n in values:
                 stats[n].update(values[n])
         if keeping and i < keep_outputs:
-            # Copies: onnxruntime's output arrays keep its session's whole arena alive
-            # (440 MB for two windows of a 135M LM, where the logits are 100 MB).
-            outputs = {o: np.array(values[o], copy=True) for o in model_outputs}
-            size = sum(np.asarray(v).nbytes for v in outputs.values())
+            outputs = {o: np.asarray(values[o]) for o in model_outputs}
+            size = sum(v.nbytes for v in outputs.values())
             if kept and keep_bytes is not None and kept_bytes + size > keep_bytes:
                 keeping = False
                 continue
-            kept.append({"feeds": feeds, "outputs": outputs})  # type: ignore[union-attr]
+            if outputs_to is not None:
+                outputs_to.append(outputs, copy=True)
+                kept.append({"feeds": feeds})  # type: ignore[union-attr]
+            else:
+                # Copies: onnxruntime's output arrays keep its session's whole arena alive
+                # (440 MB for two windows of a 135M LM, where the logits are 100 MB).
+                kept.append({"feeds": feeds, "outputs": {o: np.array(v, copy=True) for o, v in outputs.items()}})  # type: ignore[union-attr]
             kept_bytes += size
             if samples is not None:
                 samples.add({n: values[n] for n in names if n in values})

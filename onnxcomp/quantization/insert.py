@@ -39,6 +39,7 @@ from onnxcomp.quantization.calibrators import (
     weight_qparams,
 )
 from onnxcomp.quantization.rules import QuantPlan
+from onnxcomp.quantization.weightexpr import weight_value
 
 
 @dataclass
@@ -221,7 +222,7 @@ def _dynamic_matmul(
     x, w = node.inputs[0], node.inputs[1]
     bias = node.inputs[2] if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name else None
     y = node.outputs[0]
-    values = np.asarray(w.values, dtype=np.float32)
+    values = weight_value(w)  # computed if w is an expression (Transpose(table), SmoothQuant's Mul)
     if node.op == "Gemm" and node.attrs.get("transB", 0):
         values = np.ascontiguousarray(values.T)
     qp = weight_qparams(values, 1 if per_channel else None)  # per output column

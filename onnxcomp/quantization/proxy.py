@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.ir import peek_values
 from onnxcomp.quantization.calibrators import quantize_weight, weight_qparams
+from onnxcomp.quantization.weightexpr import weight_value
 
 #: Rows kept per activation and run (evenly spaced, the first included).
 SAMPLED_ROWS = 32
@@ -65,8 +65,8 @@ def dynamic_dequantized(x: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def _weight_rows(node: gs.Node) -> np.ndarray:
-    """The layer's weight as K x N, read without caching it on the graph."""
-    w = peek_values(node.inputs[1]).astype(np.float32, copy=False)
+    """The layer's weight as K x N, read (or computed, see `weightexpr`) without caching it on the graph."""
+    w = weight_value(node.inputs[1])
     return w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
 
 

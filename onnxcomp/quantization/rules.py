@@ -44,6 +44,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxcomp.ir import OpRules, consumer_map, np_dtype
+from onnxcomp.quantization.weightexpr import weight_shape
 
 #: Ops whose output, when it follows a quantized op with no other consumer, carries the Q.
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -427,15 +428,17 @@ DYNAMIC_RULES.register("Gather")(gather_rule)
 
 @DYNAMIC_RULES.register("MatMul", since=1)
 def dynamic_matmul_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
-    """MatMul with a constant 2-D weight -> dynamic-activation integer MatMul.
+    """MatMul with a constant 2-D weight (or one computed from a constant, see
+    `onnxcomp.quantization.weightexpr`) -> dynamic-activation integer MatMul.
 
     Declines small weights (``min_weight_size``): quantizing the activation at run time
     costs more than the integer product saves there.
     """
     a, b = node.inputs
-    if not view.is_float_var(a) or not view.is_float_weight(b):
+    shape = weight_shape(b)  # a constant, or e.g. Transpose(table) of a tied output projection
+    if not view.is_float_var(a) or shape is None:
         return False
-    if len(b.shape) != 2 or math.prod(b.shape) < view.options.min_weight_size:
+    if len(shape) != 2 or math.prod(shape) < view.options.min_weight_size:
         return False
     plan.dynamic.append(node)
     return True
@@ -447,9 +450,10 @@ def dynamic_gemm_rule(node: gs.Node, view: GraphView, plan: QuantPlan) -> bool:
     if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
         return False
     a, b = node.inputs[0], node.inputs[1]
-    if not view.is_float_var(a) or not view.is_float_weight(b):
+    shape = weight_shape(b)
+    if not view.is_float_var(a) or shape is None:
         return False
-    if len(b.shape) != 2 or math.prod(b.shape) < view.options.min_weight_size:
+    if len(shape) != 2 or math.prod(shape) < view.options.min_weight_size:
         return False
     if len(node.inputs) > 2 and node.inputs[2].name:
         c = node.inputs[2]

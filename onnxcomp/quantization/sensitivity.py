@@ -30,6 +30,7 @@ from onnxcomp.checking.metrics import FidelityAccumulator, summarize
 from onnxcomp.checking.runtime import make_session, run
 from onnxcomp.ir import static_shape
 from onnxcomp.ir.candidate import Candidate
+from onnxcomp.quantization.weightexpr import weight_shape
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ class Evaluator:
         self,
         reference: onnx.ModelProto | None,
         feeds: list[dict[str, np.ndarray]],
-        reference_outputs: list[dict[str, np.ndarray]] | None = None,
+        reference_outputs: Sequence[dict[str, np.ndarray]] | None = None,
     ) -> None:
-        """Args: the float model (or its outputs on ``feeds``, already computed) and the feeds."""
+        """Args: the float model (or its outputs on ``feeds``, already computed: a list, or
+        an `onnxcomp.checking.verify.OutputStore` read back one feed at a time) and the feeds."""
         self.feeds = feeds
         if reference_outputs is None:
             assert reference is not None
@@ -126,10 +128,11 @@ def layer_costs(graph: gs.Graph, layers: Sequence[str]) -> dict[str, float]:
         shape = static_shape(n.outputs[0])
         elems = float(np.prod(shape)) if shape else 1.0
         w = next((t for t in n.inputs[1:2] if isinstance(t, gs.Constant)), None)
-        if w is None:
+        wshape = tuple(w.shape) if w is not None else weight_shape(n.inputs[1]) if n.op in ("MatMul", "Gemm") else None
+        if wshape is None:
             out[n.name] = elems
             continue
-        size = float(np.prod(w.shape))
+        size = float(np.prod(wshape))
         channels = (shape[1] if n.op in ("Conv", "ConvTranspose") else shape[-1]) if shape and len(shape) > 1 else 0
         out[n.name] = elems * size / channels if channels else size
     return out

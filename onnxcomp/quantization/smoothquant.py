@@ -31,6 +31,7 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.ir import consumer_map, peek_values, toposort
 from onnxcomp.quantization.calibrators import TensorStats
+from onnxcomp.quantization.weightexpr import scaled_weight, weight_shape, weight_value
 
 
 @dataclass(frozen=True)
@@ -41,24 +42,35 @@ class SmoothSite:
     layers: tuple[gs.Node, ...]
 
 
+def _transposed(node: gs.Node) -> bool:
+    return node.op == "Gemm" and bool(node.attrs.get("transB", 0))
+
+
 def _weight_in_rows(node: gs.Node) -> np.ndarray:
     """The layer's weight as K x N (input channels on rows), read without caching it on
-    the graph (`peek_values`): a lazily loaded weight stays on disk for whoever needs it next."""
-    w = peek_values(node.inputs[1]).astype(np.float32, copy=False)
-    return w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
+    the graph (`weight_value`): a lazily loaded weight stays on disk for whoever needs it next."""
+    w = weight_value(node.inputs[1])
+    return w.T if _transposed(node) else w
 
 
 def _rows(node: gs.Node) -> int:
     """K, the input channels of the layer's weight, from its header."""
-    shape = node.inputs[1].shape
-    return int(shape[1] if node.op == "Gemm" and node.attrs.get("transB", 0) else shape[0])
+    shape = weight_shape(node.inputs[1])
+    assert shape is not None and len(shape) == 2  # `find_sites` only takes such layers
+    return int(shape[1] if _transposed(node) else shape[0])
 
 
-def _set_weight_rows(node: gs.Node, w_rows: np.ndarray, tag: str) -> None:
+def _set_weight_rows(graph: gs.Graph, node: gs.Node, s: np.ndarray, tag: str, defer: bool) -> None:
+    """Scale the layer's weight rows (input channels) by ``s``: a new constant, or with
+    ``defer`` a ``Mul(w, s)`` evaluated when the layer is quantized (`weightexpr`)."""
     old = node.inputs[1]
-    w = w_rows.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w_rows
-    # A new constant per layer: the original may be shared with layers we do not smooth.
-    node.inputs[1] = gs.Constant(f"{old.name}_smoothed_{tag}", np.ascontiguousarray(w.astype(np.float32)))
+    name = f"{old.name}_smoothed_{tag}"  # per layer: the original may be shared with layers we do not smooth
+    if defer:
+        node.inputs[1] = scaled_weight(graph, old, s[None, :] if _transposed(node) else s[:, None], name)
+        return
+    w_rows = _weight_in_rows(node) * s[:, None]
+    w = w_rows.T if _transposed(node) else w_rows
+    node.inputs[1] = gs.Constant(name, np.ascontiguousarray(w.astype(np.float32)))
 
 
 def find_sites(layers: list[gs.Node]) -> list[SmoothSite]:
@@ -66,9 +78,10 @@ def find_sites(layers: list[gs.Node]) -> list[SmoothSite]:
     by_input: dict[int, list[gs.Node]] = {}
     tensors: dict[int, gs.Tensor] = {}
     for n in layers:
-        if n.op not in ("MatMul", "Gemm") or not isinstance(n.inputs[1], gs.Constant):
+        if n.op not in ("MatMul", "Gemm") or len(n.inputs) < 2:
             continue
-        if len(n.inputs[1].shape) != 2:
+        shape = weight_shape(n.inputs[1])
+        if shape is None or len(shape) != 2:
             continue
         x = n.inputs[0]
         by_input.setdefault(id(x), []).append(n)
@@ -104,8 +117,14 @@ def smoothing_scales(
     return out
 
 
-def apply_smoothing(graph: gs.Graph, sites: list[SmoothSite], scales: dict[str, np.ndarray]) -> int:
-    """Rewrite the sites that have a factor in ``scales`` (`smoothing_scales`); how many were."""
+def apply_smoothing(graph: gs.Graph, sites: list[SmoothSite], scales: dict[str, np.ndarray], *, defer: bool = False) -> int:
+    """Rewrite the sites that have a factor in ``scales`` (`smoothing_scales`); how many were.
+
+    ``defer``: the scaled weights become ``Mul(w, s)`` expressions (`onnxcomp.quantization.weightexpr`)
+    that the quantizer evaluates one at a time, instead of new float arrays held from now
+    on (for a decoder LM, two thirds of its weights); a layer left float needs
+    `onnxcomp.quantization.weightexpr.fold_weights`.
+    """
     consumers = consumer_map(graph)
     outputs = {t.name for t in graph.outputs}
     done = 0
@@ -135,7 +154,7 @@ def apply_smoothing(graph: gs.Graph, sites: list[SmoothSite], scales: dict[str, 
             for n in site.layers:
                 n.inputs[0] = xs
         for n in site.layers:
-            _set_weight_rows(n, _weight_in_rows(n) * s[:, None], f"{n.name}")
+            _set_weight_rows(graph, n, s, f"{n.name}", defer)
         done += 1
     if done:
         toposort(graph)

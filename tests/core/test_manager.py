@@ -288,3 +288,25 @@ def test_reading_weights_is_not_a_change(conv_model, registry) -> None:
 
     _, report = onnxcomp.optimize(conv_model, ["read-weights"])
     assert report.passes[0].modified is False
+
+
+def test_a_large_inputs_reference_run_comes_before_a_lossy_pass(relu_model, registry, monkeypatch) -> None:
+    import onnxcomp.checking.verify as verify_mod
+
+    monkeypatch.setattr(verify_mod, "OVERLAP_BYTES", -1)  # every input counts as large
+    order: list[str] = []
+    compute = verify_mod.Verifier._compute
+    monkeypatch.setattr(verify_mod.Verifier, "_compute", lambda self: (order.append("reference"), compute(self))[1])
+
+    @register_pass("recorded-lossy-relu")
+    class RecordedLossyRelu(Pass):
+        """Relu -> Sigmoid, noting when it runs."""
+
+        def run(self, graph, ctx):
+            order.append("pass")
+            graph.nodes[0].op = "Sigmoid"
+            return PassResult(modified=True)
+
+    # The reference run comes first, on top of the graph alone, not of what the pass leaves.
+    _, report = onnxcomp.optimize(relu_model, ["recorded-lossy-relu"])
+    assert order == ["reference", "pass"] and report.verification["verified"]

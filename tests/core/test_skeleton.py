@@ -9,11 +9,16 @@ import onnxruntime as ort
 import pytest
 from testutil import conv_model
 
-from onnxcomp.ir.convert import to_graph, to_model
 from onnxcomp.checking.checker import check_structure
 from onnxcomp.checking.runtime import make_session, run
-from onnxcomp.ir.weightless import MIN_STRIPPED_BYTES, runtime_parts, structure_skeleton
 from onnxcomp.checking.verify import Verifier
+from onnxcomp.ir.convert import to_graph, to_model
+from onnxcomp.ir.weightless import (
+    MIN_STRIPPED_BYTES,
+    RuntimeParts,
+    runtime_parts,
+    structure_skeleton,
+)
 
 
 def _big_conv_model() -> onnx.ModelProto:
@@ -42,6 +47,49 @@ def test_runtime_parts_strip_large_weights_and_match_a_plain_session() -> None:
     expected = plain.run(None, {"x": x})[0]
     got = run(make_session(model, optimize=False), {"x": x})["y"]
     np.testing.assert_array_equal(got, expected)
+
+
+def _matmul_model(transposed: bool) -> tuple[onnx.ModelProto, np.ndarray]:
+    """``y = x @ w`` (or ``x @ Transpose(w)``) with a weight large enough to be lent."""
+    w = np.random.default_rng(3).standard_normal((32, 32)).astype(np.float32)
+    nodes = [onnx.helper.make_node("MatMul", ["x", "wt" if transposed else "w"], ["y"])]
+    if transposed:
+        nodes.insert(0, onnx.helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]))
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 32])], [onnx.numpy_helper.from_array(w, "w")],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), w
+
+
+def test_lent_weights_are_read_in_place_not_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxcomp.checking.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "IN_PLACE_BYTES", 0)  # a small weight: large ones are read in place
+    model, w = _matmul_model(transposed=False)
+    parts = runtime_parts(model)
+    assert parts.names == ["w"]
+    lent = w.copy()  # writable (the parts' own array views the proto's bytes)
+    x = np.ones((1, 32), np.float32)
+    sess = make_session(RuntimeParts(parts.model_bytes, ["w"], [lent]), optimize=True, one_shot=True)
+    np.testing.assert_allclose(run(sess, {"x": x})["y"], x @ w, rtol=1e-5, atol=1e-4)
+    # The session computes from the lent array itself: a change to it shows in the output
+    # (a copy made at session creation would not see it).
+    lent *= 2.0
+    np.testing.assert_allclose(run(sess, {"x": x})["y"], x @ (2.0 * w), rtol=1e-5, atol=1e-4)
+
+
+def test_a_session_whose_optimizer_reads_a_lent_weight_falls_back_to_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # onnxruntime's constant folding evaluates Transpose(w): it must read w's values,
+    # which a weight lent in place does not give it; the session is built the copying way.
+    import onnxcomp.checking.runtime as runtime_mod
+
+    monkeypatch.setattr(runtime_mod, "IN_PLACE_BYTES", 0)
+    model, w = _matmul_model(transposed=True)
+    x = np.arange(32, dtype=np.float32)[None]
+    for optimize in (False, True):
+        got = run(make_session(runtime_parts(model), optimize=optimize), {"x": x})["y"]
+        np.testing.assert_allclose(got, x @ w.T, rtol=1e-5, atol=1e-3)
 
 
 def test_runtime_parts_reject_a_payload_that_does_not_match_its_shape() -> None:

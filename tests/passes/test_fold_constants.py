@@ -333,3 +333,37 @@ def test_reshape_target_with_another_tensors_dim_is_left() -> None:
     }""")
     out, res = run_pass(m, "fold-constants")
     assert ops(out)["Shape"] == 1 and ops(out)["Concat"] == 1
+
+
+def _tied_head_model(vocab: int, hidden: int, *, tied: bool = True) -> onnx.ModelProto:
+    """MatMul(h, Transpose(table)), and with ``tied`` h = Gather(table, ids): an LM's tied
+    output projection reads the embedding table the Gather reads."""
+    table = np.random.default_rng(0).standard_normal((vocab, hidden)).astype(np.float32)
+    nodes = [
+        onnx.helper.make_node("Transpose", ["table"], ["table_t"], perm=[1, 0]),
+        onnx.helper.make_node("MatMul", ["h", "table_t"], ["logits"]),
+    ]
+    if tied:
+        nodes.insert(0, onnx.helper.make_node("Gather", ["table", "ids"], ["h"]))
+        inputs = [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 4])]
+    else:
+        inputs = [onnx.helper.make_tensor_value_info("h", onnx.TensorProto.FLOAT, [1, 4, hidden])]
+    graph = onnx.helper.make_graph(
+        nodes, "tied", inputs, [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4, vocab])],
+        [onnx.numpy_helper.from_array(table, "table")],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+def test_a_large_shared_weight_is_not_folded_into_a_second_layout() -> None:
+    m = _tied_head_model(vocab=512, hidden=64)  # a 128 KB table
+    # Over max_size_bytes: the table stays once, the Transpose stays a node.
+    out, res = run_pass(m, "fold-constants", max_size_bytes=64 << 10)
+    assert ops(out)["Transpose"] == 1 and len(out.graph.initializer) == 1
+    assert res.stats["declined_too_large"] == 1 and not res.modified
+    # Small enough (the default 1 MB): folded as before.
+    out, res = run_pass(m, "fold-constants")
+    assert "Transpose" not in ops(out) and len(out.graph.initializer) == 2
+    # A large weight that only the Transpose reads is still folded (nothing is held twice).
+    out, res = run_pass(_tied_head_model(vocab=512, hidden=64, tied=False), "fold-constants", max_size_bytes=64 << 10)
+    assert "Transpose" not in ops(out) and res.stats["declined_too_large"] == 0
