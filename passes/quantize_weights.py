@@ -22,6 +22,7 @@ to 21 when lower).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,8 +34,9 @@ import onnx_graphsurgeon as gs
 from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.checking import fidelity, make_session, paired_perplexity, run, summarize
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import default_opset, unique_namer
+from onnxcomp.ir import default_opset, remove_dead_nodes, unique_namer
 from onnxcomp.quantization import (
+    InputMoments,
     apply_input_scale,
     collect_moments,
     emit_matmulnbits,
@@ -137,10 +139,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             if bad and default_opset(graph) < QDQ_OPSET:
                 raise UsageError(f"quantize-weights format=qdq raises the opset to {QDQ_OPSET}, which changes {', '.join(bad)}; convert the model first")
         layers = [s for s in sites if s.kind != "gather"]
-        moments = {}
+        moments: dict[str, InputMoments] = {}
         if (o.algorithm != "rtn" or mixed) and layers:
-            widths = {s.activation.name: s.w_nk().shape[1] for s in layers}
-            moments = collect_moments(ctx.to_model(graph), self._batches(ctx), widths, progress=ctx.progress)
+            moments = self._moments(graph, ctx, layers)
         extra: dict[str, object] = {}
         if moments:
             rows = min(m.rows for m in moments.values())
@@ -161,12 +162,20 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         weights: list[np.ndarray | None] = []
         quants, sensitivity, errs = [], [], []
         bytes_before = 0
+        last_reader = {x: i for i, x in enumerate(inputs)}
+        h_input, h_shared = None, None
         for i, site in enumerate(sites):
             w = self._scaled(site, scales.get(i))
             weights.append(w if keep else None)
             bytes_before += w.nbytes
             ctx.progress(f"quantize-weights: {i + 1}/{len(sites)} {site.node.name}")
-            h = moments[inputs[i]].hessian if site.kind != "gather" and moments else None
+            h = None
+            if site.kind != "gather" and inputs[i] in moments:
+                if h_input != inputs[i]:  # layers sharing an input (q/k/v) are consecutive
+                    h_input, h_shared = inputs[i], moments[inputs[i]].hessian
+                h = h_shared
+                if last_reader[inputs[i]] == i:  # its last reader: free the sums (400 MB in all on a 135M LM)
+                    del moments[inputs[i]]
             if h is not None and i in scales:  # the layer now reads x / s
                 h = h / np.outer(scales[i], scales[i])
             if o.algorithm == "gptq" and h is not None:
@@ -324,6 +333,30 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         if result[1] is not None:
             stats["estimated_perplexity_increase"] = round(result[1], 6)
         return precision, stats
+
+    def _moments(self, graph: gs.Graph, ctx: PassContext, layers: list) -> dict[str, InputMoments]:
+        """``XᵀX`` and mean ``|x|`` of every layer input, streamed one calibration sample at a time.
+
+        The session computes the layer inputs and nothing else: onnxruntime runs every node
+        of a graph whatever outputs are asked for, and a decoder's output projection (8 x
+        256 x 49,152 float logits per batch of a 135M LM) feeds no layer input. One sample
+        per run holds one sample's activations; the sums do not depend on the batching.
+        ``calibration_batches`` still counts the data's own batches.
+        """
+        assert ctx.calibration is not None
+        widths = {s.activation.name: s.weight.shape[1 if s.transposed else 0] for s in layers}  # no weight read
+        g = graph.copy()
+        tensors, graph_inputs = g.tensors(), {t.name for t in g.inputs}
+        outputs = [tensors[n] for n in widths if n not in graph_inputs]
+        if outputs:  # else every layer reads a graph input: no run at all (see stream_tensors)
+            for t in outputs:
+                t.dtype = t.dtype or np.float32  # float layer inputs (find_weight_sites)
+            g.outputs = outputs
+            remove_dead_nodes(g)
+        source = ctx.calibration.rebatched(1)
+        per_batch = max(1, ctx.calibration.batch_size // source.batch_size)
+        limit = None if self.options.calibration_batches is None else self.options.calibration_batches * per_batch
+        return collect_moments(ctx.to_model(g), itertools.islice(source, limit), widths, progress=ctx.progress)
 
     def _batches(self, ctx: PassContext) -> Iterator[dict[str, np.ndarray]]:
         assert ctx.calibration is not None
