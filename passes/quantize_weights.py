@@ -156,9 +156,11 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         if o.algorithm == "awq":
             scales, extra = self._awq(graph, sites, moments)
             sites = self._sites(graph)  # same order: folds only add nodes at the end
-        # Float weights are kept only where a later step reads them again (mixed precision,
-        # AWQ's scaled copies); otherwise one is in memory at a time (models over 2 GB).
-        keep = mixed or bool(scales)
+        # Float weights are kept only where a later step reads them again: mixed precision
+        # may emit a site at other bits (from AWQ's scaled copy, which the file does not
+        # hold). Otherwise one is in memory at a time (models over 2 GB; AWQ on a 135M LM
+        # kept 540 MB of scaled copies nothing read).
+        keep = mixed
         weights: list[np.ndarray | None] = []
         quants, sensitivity, errs = [], [], []
         bytes_before = 0

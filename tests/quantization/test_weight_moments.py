@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -96,3 +98,23 @@ def test_float32_sums_give_the_float64_hessian_and_gptq_result():
     wt = (rng.standard_normal((n, k)) * 0.1).astype(np.float32)
     errs = [layer_error(wt, gptq(wt, h, bits=4, block_size=32, symmetric=False).dequantize(), h64) for h in (h32, h64)]
     assert abs(errs[0] - errs[1]) <= 1e-3 * errs[1]
+
+
+def test_errors_in_row_chunks_equal_whole_matrix_errors(monkeypatch):
+    """layer_error and the AWQ search work a few rows at a time (memory): same results."""
+    # importlib: the package's name `gptq` is the function, not the module.
+    awq = importlib.import_module("onnxcomp.quantization.awq")
+    gq = importlib.import_module("onnxcomp.quantization.gptq")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((512, 64)) * np.linspace(0.1, 5, 64)
+    h = x.T @ x / 512
+    ws = [(rng.standard_normal((n, 64)) * 0.1).astype(np.float32) for n in (50, 19)]
+    wq = ws[0] + rng.standard_normal(ws[0].shape).astype(np.float32) * 0.01
+    whole_err = layer_error(ws[0], wq, h)
+    whole = awq.search_scales(ws, h, np.abs(x).mean(0), bits=4, block_size=32, symmetric=False, grid=5)
+    monkeypatch.setattr(gq, "ERROR_ROWS", 8)
+    monkeypatch.setattr(awq, "ERROR_ROWS", 8)
+    assert np.isclose(layer_error(ws[0], wq, h), whole_err, rtol=1e-12)
+    chunked = awq.search_scales(ws, h, np.abs(x).mean(0), bits=4, block_size=32, symmetric=False, grid=5)
+    assert chunked[1] == whole[1] and np.array_equal(chunked[0], whole[0])
+    assert np.isclose(chunked[2], whole[2], rtol=1e-12)
