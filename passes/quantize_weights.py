@@ -161,9 +161,12 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         # hold). Otherwise one is in memory at a time (models over 2 GB; AWQ on a 135M LM
         # kept 540 MB of scaled copies nothing read).
         keep = mixed
+        # Without mixed precision nothing reads a site again: each is written at once, so
+        # its unpacked codes (and an AWQ-scaled float copy) live only until then.
+        name = None if mixed else unique_namer(graph, prefix="wq")
         weights: list[np.ndarray | None] = []
         quants, sensitivity, errs = [], [], []
-        bytes_before = 0
+        bytes_before = bytes_after = 0
         last_reader = {x: i for i, x in enumerate(inputs)}
         h_input, h_shared = None, None
         for i, site in enumerate(sites):
@@ -186,6 +189,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 errs.append((layer_error(w, bq.dequantize(), h), layer_error(w, rtn(w, bits, o.block_size, o.symmetric).dequantize(), h)))
             else:
                 bq = rtn(w, self._site_bits(site), o.block_size, o.symmetric)
+            if name is not None:
+                bytes_after += self._emit_site(graph, site, bq, name)
+                continue
             quants.append(bq)
             if mixed:  # relative output error of this layer alone: the order in which layers get more bits
                 d = w - bq.dequantize()
@@ -200,7 +206,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             assert float_model is not None
             precision, mp_stats = self._mixed_precision(graph, ctx, float_model, quants, weights, sensitivity)
             extra.update(mp_stats)
-        bytes_after = self._emit(graph, sites, quants, weights, precision)
+            bytes_after = self._emit(graph, sites, quants, weights, precision)
+        else:
+            self._finish(graph)
         tied = [p for s, p in zip(sites, precision) if s.tied]
         if tied:  # 0 = left float by mixed precision
             extra["tied_projection_bits"] = max(tied)
@@ -262,14 +270,21 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 continue
             if bits != bq.bits:
                 bq = rtn(w, bits, o.block_size, o.symmetric)
-            node_name = name(site.node.name or site.kind)
-            if o.format == "matmulnbits":
-                nbytes += emit_matmulnbits(graph, site, bq, accuracy_level=self._accuracy_level(bq.bits), name=node_name)
-            else:
-                nbytes += emit_qdq(graph, site, bq, name=node_name)
-        self._set_opsets(graph, o.format)
-        graph.cleanup()
+            nbytes += self._emit_site(graph, site, bq, name)
+        self._finish(graph)
         return nbytes
+
+    def _emit_site(self, graph: gs.Graph, site, bq, name) -> int:
+        """Replace one site by its quantized node(s); returns the new bytes."""
+        node_name = name(site.node.name or site.kind)
+        if self.options.format == "matmulnbits":
+            return emit_matmulnbits(graph, site, bq, accuracy_level=self._accuracy_level(bq.bits), name=node_name)
+        return emit_qdq(graph, site, bq, name=node_name)
+
+    def _finish(self, graph: gs.Graph) -> None:
+        """After the last site: the opset imports the format needs, replaced nodes removed."""
+        self._set_opsets(graph, self.options.format)
+        graph.cleanup()
 
     @staticmethod
     def _replace_weight(site, w_nk: np.ndarray) -> None:

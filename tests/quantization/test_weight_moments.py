@@ -1,4 +1,5 @@
-"""The calibration statistics of quantize-weights: what the moments session runs, how it is fed, float32 sums."""
+"""What quantize-weights holds in memory: the moments session (what it runs, how it is fed),
+float32 sums, errors in row chunks, weights let go as soon as their site is written."""
 
 from __future__ import annotations
 
@@ -118,3 +119,19 @@ def test_errors_in_row_chunks_equal_whole_matrix_errors(monkeypatch):
     chunked = awq.search_scales(ws, h, np.abs(x).mean(0), bits=4, block_size=32, symmetric=False, grid=5)
     assert chunked[1] == whole[1] and np.array_equal(chunked[0], whole[0])
     assert np.isclose(chunked[2], whole[2], rtol=1e-12)
+
+
+def test_a_written_site_lets_go_of_its_float_weight():
+    """Sites are written one by one without mixed precision: the replaced node must not keep
+    the float weight (an AWQ-scaled copy in memory) alive until the final cleanup."""
+    from onnxcomp.ir import unique_namer
+    from onnxcomp.quantization import emit_matmulnbits, find_weight_sites, rtn
+
+    model, _ = _head_model(np.random.default_rng(3))
+    graph, _ = to_graph(model)
+    sites = find_weight_sites(graph, min_weight_size=0, block_size=16)
+    name = unique_namer(graph, prefix="wq")
+    for site in sites:
+        weight, node = site.weight, site.node
+        emit_matmulnbits(graph, site, rtn(site.w_nk(), 4, 16, False), accuracy_level=0, name=name(node.name))
+        assert weight.outputs == [] and node.inputs == [] and node.outputs == []
