@@ -22,6 +22,7 @@ to 21 when lower).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,8 +34,9 @@ import onnx_graphsurgeon as gs
 from onnxcomp import Pass, PassContext, PassOptions, PassResult, register_pass
 from onnxcomp.checking import fidelity, make_session, paired_perplexity, run, summarize
 from onnxcomp.errors import UsageError
-from onnxcomp.ir import default_opset, unique_namer
+from onnxcomp.ir import default_opset, remove_dead_nodes, unique_namer
 from onnxcomp.quantization import (
+    InputMoments,
     apply_input_scale,
     collect_moments,
     emit_matmulnbits,
@@ -137,10 +139,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             if bad and default_opset(graph) < QDQ_OPSET:
                 raise UsageError(f"quantize-weights format=qdq raises the opset to {QDQ_OPSET}, which changes {', '.join(bad)}; convert the model first")
         layers = [s for s in sites if s.kind != "gather"]
-        moments = {}
+        moments: dict[str, InputMoments] = {}
         if (o.algorithm != "rtn" or mixed) and layers:
-            widths = {s.activation.name: s.w_nk().shape[1] for s in layers}
-            moments = collect_moments(ctx.to_model(graph), self._batches(ctx), widths, progress=ctx.progress)
+            moments = self._moments(graph, ctx, layers)
         extra: dict[str, object] = {}
         if moments:
             rows = min(m.rows for m in moments.values())
@@ -155,18 +156,31 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         if o.algorithm == "awq":
             scales, extra = self._awq(graph, sites, moments)
             sites = self._sites(graph)  # same order: folds only add nodes at the end
-        # Float weights are kept only where a later step reads them again (mixed precision,
-        # AWQ's scaled copies); otherwise one is in memory at a time (models over 2 GB).
-        keep = mixed or bool(scales)
+        # Float weights are kept only where a later step reads them again: mixed precision
+        # may emit a site at other bits (from AWQ's scaled copy, which the file does not
+        # hold). Otherwise one is in memory at a time (models over 2 GB; AWQ on a 135M LM
+        # kept 540 MB of scaled copies nothing read).
+        keep = mixed
+        # Without mixed precision nothing reads a site again: each is written at once, so
+        # its unpacked codes (and an AWQ-scaled float copy) live only until then.
+        name = None if mixed else unique_namer(graph, prefix="wq")
         weights: list[np.ndarray | None] = []
         quants, sensitivity, errs = [], [], []
-        bytes_before = 0
+        bytes_before = bytes_after = 0
+        last_reader = {x: i for i, x in enumerate(inputs)}
+        h_input, h_shared = None, None
         for i, site in enumerate(sites):
             w = self._scaled(site, scales.get(i))
             weights.append(w if keep else None)
             bytes_before += w.nbytes
             ctx.progress(f"quantize-weights: {i + 1}/{len(sites)} {site.node.name}")
-            h = moments[inputs[i]].hessian if site.kind != "gather" and moments else None
+            h = None
+            if site.kind != "gather" and inputs[i] in moments:
+                if h_input != inputs[i]:  # layers sharing an input (q/k/v) are consecutive
+                    h_input, h_shared = inputs[i], moments[inputs[i]].hessian
+                h = h_shared
+                if last_reader[inputs[i]] == i:  # its last reader: free the sums (400 MB in all on a 135M LM)
+                    del moments[inputs[i]]
             if h is not None and i in scales:  # the layer now reads x / s
                 h = h / np.outer(scales[i], scales[i])
             if o.algorithm == "gptq" and h is not None:
@@ -175,6 +189,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 errs.append((layer_error(w, bq.dequantize(), h), layer_error(w, rtn(w, bits, o.block_size, o.symmetric).dequantize(), h)))
             else:
                 bq = rtn(w, self._site_bits(site), o.block_size, o.symmetric)
+            if name is not None:
+                bytes_after += self._emit_site(graph, site, bq, name)
+                continue
             quants.append(bq)
             if mixed:  # relative output error of this layer alone: the order in which layers get more bits
                 d = w - bq.dequantize()
@@ -189,7 +206,9 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
             assert float_model is not None
             precision, mp_stats = self._mixed_precision(graph, ctx, float_model, quants, weights, sensitivity)
             extra.update(mp_stats)
-        bytes_after = self._emit(graph, sites, quants, weights, precision)
+            bytes_after = self._emit(graph, sites, quants, weights, precision)
+        else:
+            self._finish(graph)
         tied = [p for s, p in zip(sites, precision) if s.tied]
         if tied:  # 0 = left float by mixed precision
             extra["tied_projection_bits"] = max(tied)
@@ -251,14 +270,21 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
                 continue
             if bits != bq.bits:
                 bq = rtn(w, bits, o.block_size, o.symmetric)
-            node_name = name(site.node.name or site.kind)
-            if o.format == "matmulnbits":
-                nbytes += emit_matmulnbits(graph, site, bq, accuracy_level=self._accuracy_level(bq.bits), name=node_name)
-            else:
-                nbytes += emit_qdq(graph, site, bq, name=node_name)
-        self._set_opsets(graph, o.format)
-        graph.cleanup()
+            nbytes += self._emit_site(graph, site, bq, name)
+        self._finish(graph)
         return nbytes
+
+    def _emit_site(self, graph: gs.Graph, site, bq, name) -> int:
+        """Replace one site by its quantized node(s); returns the new bytes."""
+        node_name = name(site.node.name or site.kind)
+        if self.options.format == "matmulnbits":
+            return emit_matmulnbits(graph, site, bq, accuracy_level=self._accuracy_level(bq.bits), name=node_name)
+        return emit_qdq(graph, site, bq, name=node_name)
+
+    def _finish(self, graph: gs.Graph) -> None:
+        """After the last site: the opset imports the format needs, replaced nodes removed."""
+        self._set_opsets(graph, self.options.format)
+        graph.cleanup()
 
     @staticmethod
     def _replace_weight(site, w_nk: np.ndarray) -> None:
@@ -324,6 +350,30 @@ class QuantizeWeights(Pass[QuantizeWeightsOptions]):
         if result[1] is not None:
             stats["estimated_perplexity_increase"] = round(result[1], 6)
         return precision, stats
+
+    def _moments(self, graph: gs.Graph, ctx: PassContext, layers: list) -> dict[str, InputMoments]:
+        """``XᵀX`` and mean ``|x|`` of every layer input, streamed one calibration sample at a time.
+
+        The session computes the layer inputs and nothing else: onnxruntime runs every node
+        of a graph whatever outputs are asked for, and a decoder's output projection (8 x
+        256 x 49,152 float logits per batch of a 135M LM) feeds no layer input. One sample
+        per run holds one sample's activations; the sums do not depend on the batching.
+        ``calibration_batches`` still counts the data's own batches.
+        """
+        assert ctx.calibration is not None
+        widths = {s.activation.name: s.weight.shape[1 if s.transposed else 0] for s in layers}  # no weight read
+        g = graph.copy()
+        tensors, graph_inputs = g.tensors(), {t.name for t in g.inputs}
+        outputs = [tensors[n] for n in widths if n not in graph_inputs]
+        if outputs:  # else every layer reads a graph input: no run at all (see stream_tensors)
+            for t in outputs:
+                t.dtype = t.dtype or np.float32  # float layer inputs (find_weight_sites)
+            g.outputs = outputs
+            remove_dead_nodes(g)
+        source = ctx.calibration.rebatched(1)
+        per_batch = max(1, ctx.calibration.batch_size // source.batch_size)
+        limit = None if self.options.calibration_batches is None else self.options.calibration_batches * per_batch
+        return collect_moments(ctx.to_model(g), itertools.islice(source, limit), widths, progress=ctx.progress)
 
     def _batches(self, ctx: PassContext) -> Iterator[dict[str, np.ndarray]]:
         assert ctx.calibration is not None

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxcomp.quantization.blockwise import rtn
-from onnxcomp.quantization.gptq import layer_error
+from onnxcomp.quantization.gptq import ERROR_ROWS, layer_error
 
 
 def search_scales(
@@ -36,9 +36,12 @@ def search_scales(
         s = s / np.sqrt(s.max() * s.min())  # keep the scales centred around 1
         err = 0.0
         for w in weights:
-            ws = np.asarray(w, np.float64) * s[None, :]
-            dq = rtn(ws.astype(np.float32), bits, block_size, symmetric).dequantize() / s[None, :]
-            err += layer_error(w, dq, h)
+            # A few thousand rows at a time (blocks lie within rows): a 49,152-row output
+            # projection would otherwise take five float copies of itself per grid point.
+            for r in range(0, w.shape[0], ERROR_ROWS):
+                wr = np.asarray(w[r : r + ERROR_ROWS], np.float64)
+                dq = rtn((wr * s[None, :]).astype(np.float32), bits, block_size, symmetric).dequantize() / s[None, :]
+                err += layer_error(wr, dq, h) * wr.shape[0] / w.shape[0]
         if best is None or err < best[2]:
             best = (s.astype(np.float32), alpha, err)
     assert best is not None

@@ -77,7 +77,16 @@ def gptq(
     return BlockQuant(out, scales, zps, k, bits, block_size, symmetric)
 
 
+#: Rows of ``ΔW`` per product in `layer_error`: float64 temporaries of a few MB, not five
+#: copies of the whole weight (1.1 GB for a 49,152 x 576 output projection).
+ERROR_ROWS = 4096
+
+
 def layer_error(w: np.ndarray, wq: np.ndarray, h: np.ndarray) -> float:
     """Mean squared output error ``tr(ΔW H ΔWᵀ) / N`` of using ``wq`` for ``w`` (both ``[N, K]``)."""
-    d = np.asarray(w, np.float64) - np.asarray(wq, np.float64)
-    return float(np.sum((d @ h) * d) / d.shape[0])  # a BLAS product, not einsum's loops
+    n = w.shape[0]
+    total = 0.0
+    for i in range(0, n, ERROR_ROWS):
+        d = np.asarray(w[i : i + ERROR_ROWS], np.float64) - np.asarray(wq[i : i + ERROR_ROWS], np.float64)
+        total += float(np.sum((d @ h) * d))  # a BLAS product, not einsum's loops
+    return total / n

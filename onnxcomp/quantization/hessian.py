@@ -4,7 +4,14 @@ GPTQ needs the Hessian of each layer's squared output error, ``H = XᵀX`` over 
 the layer input ``X [tokens, K]``; AWQ needs the mean magnitude of every input channel and
 uses ``H`` to score candidate scales exactly (the output error of a weight change ``ΔW`` is
 ``tr(ΔWᵀ H ΔW)``). Both come from one onnxruntime session over the calibration batches,
-with every wanted tensor exposed as an output; each batch only updates the sums.
+with every wanted tensor exposed as an output; each batch only updates the sums, so the
+result does not depend on how the samples are batched (feed one sample at a time to hold
+one sample's activations).
+
+The sums are float32: one ``[K, K]`` matrix per distinct layer input is the largest thing
+the statistics hold (30 decoder layers of a 135M LM: 400 MB in float32, 800 MB in float64).
+Each update's product is float32 already; adding a few dozen of them in float32 changes
+``H`` by about 1e-7 relative, far below GPTQ's damping (1 % of the mean diagonal).
 """
 
 from __future__ import annotations
@@ -22,26 +29,26 @@ from onnxcomp.quantization.collect import stream_tensors
 class InputMoments:
     """Sums over the rows seen so far of one layer input with ``K`` channels."""
 
-    xtx: np.ndarray  #: float64 [K, K], sum of x xᵀ over rows
+    xtx: np.ndarray  #: float32 [K, K], sum of x xᵀ over rows
     abs_sum: np.ndarray  #: float64 [K], sum of |x|
     rows: int = 0
 
     @classmethod
     def empty(cls, k: int) -> InputMoments:
         """Zero sums for ``k`` channels."""
-        return cls(np.zeros((k, k), np.float64), np.zeros(k, np.float64))
+        return cls(np.zeros((k, k), np.float32), np.zeros(k, np.float64))
 
     def update(self, x: np.ndarray) -> None:
         """Add the rows of ``x [..., K]``."""
         x2 = np.asarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
-        self.xtx += (x2.T @ x2).astype(np.float64)  # float32 product, float64 running sum
+        self.xtx += x2.T @ x2  # float32 product and running sum (see the module docstring)
         self.abs_sum += np.abs(x2).sum(axis=0, dtype=np.float64)
         self.rows += x2.shape[0]
 
     @property
     def hessian(self) -> np.ndarray:
-        """``XᵀX / rows`` (float64)."""
-        return self.xtx / max(self.rows, 1)
+        """``XᵀX / rows`` (a new float64 array)."""
+        return self.xtx.astype(np.float64) / max(self.rows, 1)
 
     @property
     def abs_mean(self) -> np.ndarray:

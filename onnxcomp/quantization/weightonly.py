@@ -117,9 +117,14 @@ def find_weight_sites(
 
 
 def _rewire(node: gs.Node, replacement: gs.Node) -> None:
-    """Let ``replacement`` produce ``node``'s outputs; ``node`` becomes dead."""
+    """Let ``replacement`` produce ``node``'s outputs; ``node`` becomes dead.
+
+    Its inputs are let go too, so its weight is freed now rather than at the graph's
+    cleanup (a pass writing sites one by one holds one float weight at a time).
+    """
     replacement.outputs = list(node.outputs)
     node.outputs.clear()
+    node.inputs.clear()
 
 
 def emit_matmulnbits(graph: gs.Graph, site: WeightSite, bq: BlockQuant, *, accuracy_level: int, name: str) -> int:
