@@ -22,11 +22,15 @@ from onnxcomp.ir.weightless import (
     PLACEHOLDER_LOCATION,
     ArrayCache,
     RuntimeParts,
+    in_place_bytes,
     references_files,
     runtime_parts,
 )
 
 log = logging.getLogger("onnxcomp")
+
+#: Where onnxruntime looks for the external-data files of a model given as bytes.
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 EP_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -175,8 +179,14 @@ def make_session(
         from onnxcomp.io.files import PROTO_LIMIT
 
         # The weights are lent as arrays, not serialized and parsed again (see skeleton),
-        # except weights still on disk: onnxruntime maps those from a file without a copy.
+        # except weights still on disk: onnxruntime reads those from the user's files,
+        # where they are, or else from a copy with external data.
         parts = runtime_parts(model, lent, cache) if lent or not references_files(model) else None
+        if parts is None:
+            here = in_place_bytes(model)
+            if here is not None:
+                so.add_session_config_entry(EXTERNAL_FOLDER_KEY, here[1])
+                return ort.InferenceSession(here[0], sess_options=so, providers=pargs)
         if parts is None or (len(parts.model_bytes) >= PROTO_LIMIT and not lent):
             return _session_from_file(model, so, pargs, workdir)
         model = parts
@@ -228,7 +238,7 @@ def _lent_session(
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in parts.arrays]
     if in_place:
         so.log_severity_level = 4  # a failure here is expected and handled: not for the user's terminal
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", _placeholder_folder())
+        so.add_session_config_entry(EXTERNAL_FOLDER_KEY, _placeholder_folder())
         for name, value in zip(parts.names, values):
             so.add_initializer(name, value)
     elif parts.names:

@@ -147,3 +147,32 @@ def test_the_api_returns_a_complete_model_without_output(tmp_path: Path, lazy_si
     expected = {t.name: numpy_helper.to_array(t) for t in _mlp().graph.initializer}
     for t in result.graph.initializer:
         np.testing.assert_array_equal(numpy_helper.to_array(t), expected[t.name])
+
+
+@pytest.mark.parametrize("form", ["single_file", "external_data"])
+def test_sessions_read_referenced_weights_from_the_users_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """onnxruntime reads weights still on disk where they are: no temporary copy, same outputs."""
+    from onnxcomp.checking import runtime
+    from onnxcomp.ir import weightless
+
+    monkeypatch.setattr(files, "LAZY_INLINE_BYTES", 0)
+    monkeypatch.setattr(files, "LAZY_INLINE_MIN_TENSOR", 1024)
+    monkeypatch.setattr(files, "LAZY_EXTERNAL_BYTES", 0)
+    model = _mlp()
+    if form == "single_file":
+        src = tmp_path / "m.onnx"
+        onnx.save(model, src)
+    else:
+        src = _external(model, tmp_path / "ext")
+    lazy = load_model(src, lazy_external=True)
+    data, folder = weightless.in_place_bytes(lazy)
+    assert Path(folder) == src.parent.resolve() and len(data) < 2048  # the weights are not in the bytes
+    copies = []
+    monkeypatch.setattr(runtime, "_session_from_file", lambda *a, **k: copies.append(a) or pytest.fail("copied"))
+    x = {"x": np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)}
+    got = runtime.run(runtime.make_session(lazy), x)["y"]
+    want = runtime.run(runtime.make_session(model), x)["y"]
+    np.testing.assert_array_equal(got, want)
+    assert not copies
+    # More in memory than may go inline (b2 and scale, with no allowance): not read in place.
+    assert weightless.in_place_bytes(lazy, max_inline=0) is None
