@@ -87,7 +87,9 @@ def measure_speed(
         ep: Execution provider (``cpu``, ``cuda``, …, as for ``bench``).
         data: Calibration ``.npz`` / folder whose first sample (first batch where the
             model's batch is fixed) is the input; None: generated inputs (symbolic dims 1).
-        seed: Seed of generated inputs.
+            A model with a KV cache generates from a random prompt instead (speed does
+            not depend on the tokens).
+        seed: Seed of generated inputs (and of the prompt).
         duration_s: Seconds of timed rounds.
         min_rounds: Fewest timed rounds.
         warmup: Untimed runs of each model first.
