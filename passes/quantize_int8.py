@@ -311,7 +311,7 @@ class QuantizeInt8(Pass[QuantizeInt8Options]):
         # are kept in files (`OutputStore`) and read back one batch at a time: an LM's are
         # 256 MB of logits, held beside every candidate session otherwise.
         kept: list[dict] = []
-        references = OutputStore(Path(tempfile.gettempdir()))
+        references = OutputStore(Path(tempfile.gettempdir())) if checking else None
         keep_outputs = o.eval_batches * per_batch if checking else 0
         stats: dict = {}
         smoothed = 0
